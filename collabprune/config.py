@@ -1,0 +1,311 @@
+"""Typed, validated run config (DESIGN.md §1).
+
+A run config is one YAML file with the sections ``data``, ``teacher``, ``model``, ``pruning``,
+``reward``, ``finetune``, ``search``, ``agents`` and ``output``. Every field has a default, so an empty
+file is the demo config. ``--set key.sub=value`` overrides are applied before validation, and any
+wrong field or value raises a :class:`~collabprune.errors.ConfigError` whose one-line message names
+the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collabprune.errors import ConfigError
+from collabprune.io import atomic_write_text
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown fields are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DemoDataConfig(_Section):
+    """How ``collabprune data demo`` builds the demo edges->photo dataset."""
+
+    size: int = Field(128, ge=32, le=1024, description="side of the square A and B crops, pixels")
+    crops_per_image: int = Field(24, ge=1, description="random crops taken from each source photo")
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    """Dataset location, layout and upstream preprocessing."""
+
+    root: Path = Path("data/demo")
+    dataset_mode: Literal["aligned", "unaligned"] = "aligned"
+    direction: Literal["AtoB", "BtoA"] = "AtoB"
+    preprocess: Literal["resize_and_crop", "crop", "none"] = "resize_and_crop"
+    load_size: int = Field(286, ge=8)
+    crop_size: int = Field(256, ge=8)
+    no_flip: bool = False
+    input_nc: int = Field(3, ge=1)
+    output_nc: int = Field(3, ge=1)
+    heldout_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="fraction of the train split held out for the reward"
+    )
+    demo: DemoDataConfig = DemoDataConfig()
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataConfig":
+        if self.preprocess == "resize_and_crop" and self.crop_size > self.load_size:
+            raise ValueError(
+                f"crop_size={self.crop_size} is larger than load_size={self.load_size}; "
+                "allowed: crop_size <= load_size"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """Generator and discriminator architecture (upstream ``--netG``, ``--netD`` names)."""
+
+    net_g: Literal["unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks"] = "unet_256"
+    net_d: Literal["basic", "n_layers"] = "basic"
+    n_layers_d: int = Field(3, ge=1, le=6)
+    ngf: int = Field(64, ge=1)
+    ndf: int = Field(64, ge=1)
+    norm: Literal["batch", "instance", "none"] = "batch"
+    use_dropout: bool = True
+
+
+class TeacherConfig(_Section):
+    """Teacher training (pix2pix recipe) or an existing teacher checkpoint folder."""
+
+    checkpoint_dir: Path = Path("runs/demo_teacher")
+    n_epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
+    n_epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero")
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    lambda_l1: float = Field(100.0, ge=0)
+    gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
+    save_every_epochs: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class BudgetConfig(_Section):
+    """MACs budgets as fractions of the teacher's physical MACs (DESIGN.md §3)."""
+
+    generator: float = Field(0.25, gt=0.0, le=1.0)
+    discriminator: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class PruningConfig(_Section):
+    """Channel space: keep-ratio range, rounding and importance criterion."""
+
+    budget: BudgetConfig = BudgetConfig()
+    r_min: float = Field(0.05, gt=0.0, le=1.0, description="smallest keep ratio an agent may ask for")
+    r_max: float = Field(1.0, gt=0.0, le=1.0, description="largest keep ratio an agent may ask for")
+    round_to: int = Field(8, ge=1, description="kept channels are a multiple of this")
+    min_channels: int = Field(8, ge=1, description="never keep fewer channels in a group")
+    importance: Literal["l1", "l2", "random"] = "l1"
+
+    @model_validator(mode="after")
+    def _range(self) -> "PruningConfig":
+        if self.r_min > self.r_max:
+            raise ValueError(f"r_min={self.r_min} > r_max={self.r_max}; allowed: r_min <= r_max")
+        return self
+
+
+class FidConfig(_Section):
+    """FID (pytorch-fid Inception pool3) and its offline fallback (DESIGN.md §4)."""
+
+    mode: Literal["fid", "fd_teacher_d"] = "fid"
+    weights: Path | None = None
+    download_timeout_s: float = Field(20.0, gt=0)
+    dims: Literal[64, 192, 768, 2048] = 2048
+    max_images: int = Field(200, ge=2, description="images of the held-out split used for FID")
+    batch_size: int = Field(16, ge=1)
+
+
+class KdeConfig(_Section):
+    """Local-density-preservation objective (DESIGN.md §4)."""
+
+    centres: int = Field(8, ge=1, description="B: inputs whose neighbourhoods are compared")
+    neighbours: int = Field(8, ge=2, description="K: perturbations per centre")
+    noise_std: float = Field(0.05, ge=0, description="std of the Gaussian input noise, [-1,1] units")
+    jitter: int = Field(2, ge=0, description="max random shift of the input, pixels")
+    features: Literal["teacher_d", "pixels", "inception"] = "teacher_d"
+
+
+class RewardConfig(_Section):
+    """Reward weights of DESIGN.md §4 and the penalty for a diverged candidate."""
+
+    w_fid: float = Field(1.0, ge=0)
+    w_kde: float = Field(1.0, ge=0)
+    w_bal: float = Field(0.5, ge=0)
+    penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges")
+    fid: FidConfig = FidConfig()
+    kde: KdeConfig = KdeConfig()
+
+
+class FinetuneConfig(_Section):
+    """Short fine-tuning of each candidate pair (and final fine-tuning of finalists)."""
+
+    steps: int = Field(100, ge=1)
+    final_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    lambda_l1: float = Field(100.0, ge=0, description="L1 to ground truth (pix2pix)")
+    lambda_distill: float = Field(10.0, ge=0, description="L1 to the teacher's output")
+    w_kde: float = Field(1.0, ge=0, description="weight of L_kde as a fine-tuning loss")
+    kde_every: int = Field(4, ge=1, description="add the L_kde loss every N steps")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class SearchConfig(_Section):
+    """The collaborative search loop (DESIGN.md §5)."""
+
+    rounds: int = Field(30, ge=1)
+    seed: int = 0
+    num_evaluators: int = Field(1, ge=1)
+    checkpoint_every: int = Field(5, ge=1)
+    round_timeout_s: float = Field(3600.0, gt=0, description="longest wait for one evaluation")
+    evaluator_max_restarts: int = Field(2, ge=0)
+
+
+class AgentsConfig(_Section):
+    """Stable-Baselines3 agents: algorithm, warm-up and hyperparameters."""
+
+    algo: Literal["sac", "td3", "ddpg", "ppo"] = "sac"
+    warmup_episodes: int = Field(5, ge=0, description="episodes of random actions before learning")
+    learning_rate: float = Field(3e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    buffer_size: int = Field(10000, ge=1)
+    gamma: float = Field(0.99, ge=0, le=1)
+    gradient_steps: int = Field(-1, description="SB3 gradient steps per rollout (-1: as many as env steps)")
+    net_arch: list[int] = [64, 64]
+    exchange: bool = Field(True, description="share observations with the peer agent")
+    extra: dict[str, Any] = Field(default_factory=dict, description="other SB3 keyword arguments")
+
+
+class OutputConfig(_Section):
+    """Where a run writes its run directory."""
+
+    run_dir: Path = Path("runs/demo")
+
+
+class RunConfig(_Section):
+    """One collabprune run: every section of the config file."""
+
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    model: ModelConfig = ModelConfig()
+    pruning: PruningConfig = PruningConfig()
+    reward: RewardConfig = RewardConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    search: SearchConfig = SearchConfig()
+    agents: AgentsConfig = AgentsConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-compatible data (paths as strings)."""
+        return json.loads(self.model_dump_json())
+
+    def digest(self) -> str:
+        """SHA-256 (hex, 16 chars) of the canonical JSON of this config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as YAML (so ``3``, ``0.5``, ``true``, ``[64,64]`` get their types)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config mapping (in place, and returned).
+
+    :param data: the raw mapping loaded from YAML.
+    :param overrides: strings of the form ``section.field=value``; values are parsed as YAML.
+    :raises ConfigError: when an override has no ``=`` or walks into a non-mapping.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    """One line naming the first bad field, its value and what is allowed."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown field '{loc}'"
+    value = first.get("input")
+    if isinstance(value, dict):
+        value = "{...}"
+    expected = first.get("ctx", {}).get("expected")
+    allowed = f"; allowed: {expected}" if expected else ""
+    return f"{source}: field '{loc}' has bad value {value!r}: {msg}{allowed}"
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a raw mapping into a :class:`RunConfig`.
+
+    :param data: raw mapping (from YAML, after overrides).
+    :param source: where it came from, for the error message (e.g. the file path).
+    :raises ConfigError: one line naming the field, the bad value and what is allowed.
+    """
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config, apply overrides and validate it.
+
+    :param path: the YAML file; ``None`` gives the defaults (the demo config).
+    :param overrides: ``key.sub=value`` strings applied before validation.
+    :raises ConfigError: missing/unparsable file, a non-mapping document, or an invalid field.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    return validate_config(data, source)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

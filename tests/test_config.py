@@ -1,0 +1,72 @@
+"""Config loading, overrides and one-line field errors (collabprune.config, CLI exit code 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collabprune.cli import main
+from collabprune.config import RunConfig, load_config
+from collabprune.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_and_demo_config_validate() -> None:
+    assert load_config(None).model.net_g == "unet_256"
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert demo.model.net_g == "unet_128" and demo.reward.fid.mode == "fd_teacher_d"
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(None, ["search.rounds=7", "pruning.budget.generator=0.4", "agents.net_arch=[32,32]",
+                             "model.use_dropout=false"])
+    assert cfg.search.rounds == 7 and cfg.pruning.budget.generator == 0.4
+    assert cfg.agents.net_arch == [32, 32] and cfg.model.use_dropout is False
+
+
+def test_digest_changes_with_content() -> None:
+    assert RunConfig().digest() == RunConfig().digest()
+    assert load_config(None, ["search.seed=1"]).digest() != RunConfig().digest()
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["model.net_g=unet_512"], ["model.net_g", "'unet_512'", "unet_256"]),
+        (["pruning.budget.generator=1.5"], ["pruning.budget.generator", "1.5", "less than or equal to 1"]),
+        (["search.roundz=3"], ["unknown field", "search.roundz"]),
+        (["finetune.steps=abc"], ["finetune.steps", "'abc'", "integer"]),
+        (["pruning.r_min=0.9", "pruning.r_max=0.5"], ["r_min=0.9", "r_max=0.5"]),
+        (["norole"], ["expected key.sub=value"]),
+    ],
+)
+def test_bad_values_give_one_line(overrides: list[str], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  norm: group\n")
+    code = main(["train-teacher", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "model.norm" in err and "'group'" in err and "Traceback" not in err
