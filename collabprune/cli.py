@@ -1,0 +1,177 @@
+"""``collabprune`` command line (the only core module that imports ``agents`` and ``envs``).
+
+Every command that takes a config also takes ``--set key.sub=value`` overrides. User errors
+(:class:`~collabprune.errors.CollabPruneError`) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from collabprune.errors import CollabPruneError, ConfigError
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", type=Path, nargs=None if required else "?", help="run config YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set search.rounds=5 (repeatable)")
+
+
+def _ratios(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.5,0.5,1") from None
+
+
+def _load(args: argparse.Namespace):
+    from collabprune.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_data_demo(args: argparse.Namespace) -> int:
+    """``collabprune data demo --out DIR [--size N]``: build the scikit-image edges->photo dataset."""
+    from collabprune.data.demo import build_demo_dataset
+
+    counts = build_demo_dataset(args.out, size=args.size, crops_per_image=args.crops_per_image, seed=args.seed)
+    print(f"demo dataset in {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    """``collabprune train-teacher CONFIG``: pix2pix teacher training (resumable)."""
+    from collabprune.teacher import train_teacher
+
+    cfg = _load(args)
+    report = train_teacher(cfg, progress=not args.no_progress)
+    print(
+        f"teacher in {cfg.teacher.checkpoint_dir}: {report['epochs_done']}/{report['epochs_total']} epochs, "
+        f"{report['seconds']:.0f} s; test L1 {report['test_l1']:.4f} "
+        f"(mean-image baseline {report['mean_image_l1']:.4f})"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``collabprune evaluate CONFIG [--g-ratios ...] [--d-ratios ...]``: score one candidate pair."""
+    from collabprune.evaluation import evaluate_one
+    from collabprune.report import print_metrics
+
+    cfg = _load(args)
+    result = evaluate_one(cfg, _ratios(args.g_ratios, "--g-ratios"), _ratios(args.d_ratios, "--d-ratios"))
+    print_metrics(result)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``collabprune search CONFIG [--out RUN_DIR] [--address ADDR]`` or ``--resume RUN_DIR``."""
+    from agents.driver import run_search
+    from collabprune.runs import resume_config
+
+    if args.resume is not None:
+        cfg = resume_config(args.resume, args.overrides)
+        run_dir = args.resume
+    else:
+        if args.config is None:
+            raise ConfigError("search: give a CONFIG file or --resume RUN_DIR")
+        cfg = _load(args)
+        run_dir = args.out or cfg.output.run_dir
+    summary = run_search(cfg, Path(run_dir), address=args.address, resume=args.resume is not None,
+                         progress=not args.no_progress)
+    print(f"search finished: {summary['rounds']} rounds, best reward {summary['best_reward']:.4f}, run dir {run_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``collabprune export RUN_DIR --out DIR [--onnx]``: the best pair as a loadable sub-network."""
+    from collabprune.export import export_best
+
+    info = export_best(args.run_dir, args.out, onnx=args.onnx)
+    print(f"exported to {args.out}: G {info['generator']['macs'] / 1e9:.3f} GMACs, "
+          f"{info['generator']['params'] / 1e6:.2f} M params")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``collabprune demo``: data -> teacher -> search -> export -> summary, on configs/demo.yaml."""
+    from collabprune.config import load_config
+    from collabprune.demo import run_demo
+
+    cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
+    run_demo(cfg, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``collabprune`` argument parser with all sub-commands."""
+    parser = argparse.ArgumentParser(prog="collabprune", description="Collaborative RL channel pruning of GANs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("demo", help="build the edges->photo demo dataset from scikit-image photos")
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--size", type=int, default=128)
+    d.add_argument("--crops-per-image", type=int, default=24)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_data_demo)
+
+    p = sub.add_parser("train-teacher", help="train the pix2pix teacher of a config")
+    _add_config(p)
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("evaluate", help="score one hand-chosen candidate pair (uniform if no ratios)")
+    _add_config(p)
+    p.add_argument("--g-ratios", help="comma-separated keep ratio per generator group")
+    p.add_argument("--d-ratios", help="comma-separated keep ratio per discriminator group")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search", help="run the collaborative search")
+    _add_config(p, required=False)
+    p.add_argument("--out", type=Path, help="run directory (default: output.run_dir)")
+    p.add_argument("--address", help="Ray cluster address (default: embedded Ray)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export the best pair of a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--onnx", action="store_true", help="also write generator.onnx")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the whole demo: data, teacher, search, export, summary")
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``collabprune`` console script.
+
+    :returns: the exit code: 0 on success, 2 on a user error (one line on stderr).
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CollabPruneError as err:
+        print(f"collabprune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("collabprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
