@@ -1,0 +1,182 @@
+"""Short adversarial fine-tuning of a pruned (G, D) pair (DESIGN.md §4).
+
+Per step: the pix2pix D and G updates of :class:`~collabprune.teacher.Pix2PixStep` (GAN loss +
+``lambda_l1`` * L1 to the ground truth), plus on G ``lambda_distill`` * L1 to the teacher's output
+and, every ``kde_every`` steps, ``w_kde`` * L_kde between the teacher's and the student's
+neighbourhoods of the batch. The D and G adversarial losses are recorded for the balance statistic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from collabprune.config import RunConfig
+from collabprune.objectives import GANLoss, kde_objective, make_neighbourhoods, pixel_features, teacher_d_features
+from collabprune.teacher import Pix2PixStep, adam_pair
+
+FeatureMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def dropout_on(net: nn.Module) -> Iterator[nn.Module]:
+    """Run ``net`` with its Dropout layers active and everything else (BatchNorm) as it is.
+
+    pix2pix keeps dropout on at test time (DESIGN.md §4: part of the neighbourhood's randomness).
+    """
+    drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    flags = [m.training for m in drops]
+    for m in drops:
+        m.train(True)
+    try:
+        yield net
+    finally:
+        for m, flag in zip(drops, flags):
+            m.train(flag)
+
+
+def neighbourhood_outputs(net: nn.Module, x_nb: torch.Tensor, seed: int) -> torch.Tensor:
+    """G outputs on a neighbourhood batch with dropout on, under a fixed RNG seed.
+
+    The same ``seed`` for teacher and student gives the same dropout draws where the shapes agree,
+    so a student identical to the teacher has L_kde exactly 0.
+
+    :param x_nb: perturbed inputs (B*K, C, H, W) from :func:`make_neighbourhoods`.
+    :returns: (B*K, C_out, H, W).
+    """
+    devices = [x_nb.device] if x_nb.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with dropout_on(net):
+            return net(x_nb)
+
+
+def make_feature_map(cfg: RunConfig, teacher_d: nn.Module, inception: nn.Module | None = None) -> FeatureMap:
+    """phi(inputs, outputs) -> (N, d) features of ``reward.kde.features`` (DESIGN.md §4).
+
+    ``teacher_d``: the frozen teacher D's penultimate features of cat(input, output), spatially
+    averaged; ``pixels``: 16x16 average-pooled pixels; ``inception``: the FID Inception's pool
+    features (``inception`` must be given). Differentiable w.r.t. ``outputs``.
+
+    :raises ValueError: ``inception`` features without an Inception network.
+    """
+    kind = cfg.reward.kde.features
+    if kind == "teacher_d":
+        return lambda inputs, outputs: teacher_d_features(teacher_d, inputs, outputs)
+    if kind == "pixels":
+        return lambda inputs, outputs: pixel_features(outputs)
+    if inception is None:
+        raise ValueError("reward.kde.features=inception needs the FID Inception network")
+    return lambda inputs, outputs: inception(outputs)
+
+
+def kde_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    phi: FeatureMap,
+    centres: torch.Tensor,
+    cfg: RunConfig,
+    seed: int,
+) -> torch.Tensor:
+    """L_kde of DESIGN.md §4 for a batch of centre inputs (differentiable w.r.t. the student).
+
+    :param centres: inputs x_b (B, C, H, W) in [-1, 1].
+    :param seed: seeds the perturbations and the dropout draws (same for teacher and student).
+    :returns: scalar tensor in [0, 2].
+    """
+    kc = cfg.reward.kde
+    gen = torch.Generator(device=centres.device).manual_seed(seed)
+    x_nb = make_neighbourhoods(centres, kc.neighbours, kc.noise_std, kc.jitter, gen)
+    with torch.no_grad():
+        t_out = neighbourhood_outputs(teacher, x_nb, seed)
+        t_feats = phi(x_nb, t_out)
+    s_feats = phi(x_nb, neighbourhood_outputs(student, x_nb, seed))
+    b = centres.shape[0]
+    return kde_objective(t_feats.reshape(b, kc.neighbours, -1), s_feats.reshape(b, kc.neighbours, -1))
+
+
+@dataclass
+class FinetuneResult:
+    """What one fine-tuning run recorded.
+
+    :param steps: steps completed.
+    :param d_losses: D loss per step (mean of real and fake terms).
+    :param g_adv_losses: G adversarial loss per step.
+    :param diverged: a loss became NaN/inf (the run stopped there).
+    :param seconds: wall time.
+    """
+
+    steps: int = 0
+    d_losses: list[float] = field(default_factory=list)
+    g_adv_losses: list[float] = field(default_factory=list)
+    diverged: bool = False
+    seconds: float = 0.0
+
+
+def _batches(data: Dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless seeded shuffled batches of ``data``."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield from DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=len(data) > batch_size, generator=gen)
+
+
+def finetune_pair(
+    student_g: nn.Module,
+    student_d: nn.Module,
+    teacher_g: nn.Module,
+    phi: FeatureMap,
+    data: Dataset,
+    cfg: RunConfig,
+    steps: int,
+    seed: int,
+    device: torch.device,
+) -> FinetuneResult:
+    """Fine-tune ``(student_g, student_d)`` in place for ``steps`` steps.
+
+    :param student_g: pruned generator (B, C_in, H, W) -> (B, C_out, H, W), on ``device``.
+    :param student_d: pruned conditional D, on ``device``.
+    :param teacher_g: frozen teacher generator (eval mode, on ``device``) for distillation and L_kde.
+    :param phi: feature map of the KDE term (:func:`make_feature_map`).
+    :param data: training pairs (never the reward or test split).
+    :param cfg: ``finetune`` and ``reward.kde`` sections are read.
+    :param steps: optimisation steps.
+    :param seed: seeds batches, perturbations and dropout.
+    :returns: the losses per step; ``diverged`` when a loss became NaN/inf.
+    """
+    fc = cfg.finetune
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    student_g.train()
+    student_d.train()
+    opt_g, opt_d = adam_pair(student_g, student_d, fc.lr, fc.beta1)
+    step = Pix2PixStep(student_g, student_d, opt_g, opt_d, GANLoss(cfg.teacher.gan_mode).to(device), fc.lambda_l1)
+    result = FinetuneResult()
+    batches = _batches(data, fc.batch_size, seed)
+    for i in range(steps):
+        item = next(batches)
+        real_a, real_b = item["A"].to(device), item["B"].to(device)
+        with torch.no_grad():
+            target = teacher_g(real_a)
+
+        def extra(fake_b: torch.Tensor) -> torch.Tensor:
+            loss = fc.lambda_distill * nn.functional.l1_loss(fake_b, target)
+            if fc.w_kde > 0 and i % fc.kde_every == 0:
+                loss = loss + fc.w_kde * kde_loss(student_g, teacher_g, phi, real_a, cfg, seed + i)
+            return loss
+
+        losses = step(real_a, real_b, extra)
+        result.steps = i + 1
+        result.d_losses.append(losses["d"])
+        result.g_adv_losses.append(losses["g_gan"])
+        if not all(math.isfinite(v) for v in losses.values()):
+            result.diverged = True
+            break
+    result.seconds = time.perf_counter() - t0
+    return result
