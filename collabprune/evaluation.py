@@ -28,12 +28,14 @@ from torch import nn
 
 from collabprune.config import RunConfig
 from collabprune.data import reward_split, train_split
-from collabprune.io import atomic_write_json
+from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from collabprune.metrics.fid import FidScorer, load_inception
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import discriminator_kwargs, generator_kwargs
+from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.objectives import balance_rho, balance_term, teacher_d_features
 from collabprune.pruning.prune import prune_model
+from collabprune.pruning.spec import SubnetSpec
 from collabprune.pruning.space import ChannelSpace
 from collabprune.finetune import FeatureMap, finetune_pair, kde_loss, make_feature_map
 from collabprune.runtime import resolve_device, seed_everything
@@ -175,7 +177,12 @@ class CandidateEvaluator:
         return result
 
     def evaluate(
-        self, g_ratios: Sequence[float], d_ratios: Sequence[float], seed: int, baseline: dict[str, Any] | None
+        self,
+        g_ratios: Sequence[float],
+        d_ratios: Sequence[float],
+        seed: int,
+        baseline: dict[str, Any] | None,
+        save_dir: Path | None = None,
     ) -> dict[str, Any]:
         """Prune, fine-tune and score one candidate pair.
 
@@ -184,15 +191,23 @@ class CandidateEvaluator:
         :param seed: seeds fine-tuning batches, perturbations and dropout.
         :param baseline: the uniform candidate's ``metrics``; ``None`` for the uniform candidate
             itself, which is then its own baseline (reward -(w_fid + w_kde + w_bal)).
+        :param save_dir: when given, the fine-tuned pair is written there (:func:`save_candidate`),
+            so an export reproduces exactly the network that was scored.
         :returns: JSON-able dict: ``g_ratios``, ``d_ratios``, ``g_channels``, ``d_channels``,
             ``metrics``, ``reward``, ``reward_terms``, ``diverged``, ``times`` (seconds).
         :raises ValueError: a ratio vector of the wrong length or with values outside (0, 1].
         """
         rho_t = self.evaluate_teacher()["metrics"]["rho"]
-        return self._run(list(g_ratios), list(d_ratios), seed, baseline, rho_t)
+        return self._run(list(g_ratios), list(d_ratios), seed, baseline, rho_t, save_dir)
 
     def _run(
-        self, g_ratios: list[float], d_ratios: list[float], seed: int, baseline: dict[str, Any] | None, rho_t: float | None
+        self,
+        g_ratios: list[float],
+        d_ratios: list[float],
+        seed: int,
+        baseline: dict[str, Any] | None,
+        rho_t: float | None,
+        save_dir: Path | None = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
         seed_everything(seed)
@@ -241,8 +256,17 @@ class CandidateEvaluator:
             out["reward_terms"] = {"penalty": self.cfg.reward.penalty}
         elif not is_teacher:  # the uniform candidate (baseline None) is its own baseline
             out["reward"], out["reward_terms"] = compute_reward(metrics, baseline or metrics, self.cfg)
+        if save_dir is not None and not out["diverged"]:
+            save_candidate(Path(save_dir), net_g, g_spec, net_d, d_spec)
         out["times"]["total_s"] = time.perf_counter() - t0
         return _finite_json(out)
+
+
+def save_candidate(folder: Path, net_g: nn.Module, g_spec: SubnetSpec, net_d: nn.Module, d_spec: SubnetSpec) -> None:
+    """Write a pruned pair as specs (JSON) + state dicts (CPU tensors), each file atomically."""
+    for role, net, spec in (("generator", net_g, g_spec), ("discriminator", net_d, d_spec)):
+        atomic_write_text(folder / SPEC_FILES[role], spec.to_json(indent=1))
+        atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / NETWORK_FILES[role])
 
 
 def _finite_json(obj: Any) -> Any:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from collabprune.config import RunConfig
+from collabprune.data import reseed
 from collabprune.objectives import GANLoss, kde_objective, make_neighbourhoods, pixel_features, teacher_d_features
 from collabprune.teacher import Pix2PixStep, adam_pair
 
@@ -123,6 +124,7 @@ class FinetuneResult:
 def _batches(data: Dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless seeded shuffled batches of ``data``."""
     gen = torch.Generator().manual_seed(seed)
+    reseed(data, seed)
     while True:
         yield from DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=len(data) > batch_size, generator=gen)
 

@@ -27,6 +27,7 @@ __all__ = [
     "has_val_split",
     "heldout_split",
     "make_dataset",
+    "reseed",
     "reward_split",
     "train_split",
 ]
@@ -46,6 +47,13 @@ def make_dataset(cfg: DataConfig, phase: str, train: bool = True, seed: int = 0)
     """
     cls = AlignedDataset if cfg.dataset_mode == "aligned" else UnalignedDataset
     return cls(cfg.root, phase, cfg, train=train, seed=seed)
+
+
+def reseed(dataset: Dataset, seed: int) -> None:
+    """Restart the augmentation draws of ``dataset`` (or of the dataset under a ``Subset``) from ``seed``."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    dataset.rng.reseed(seed)
 
 
 def heldout_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:

@@ -56,6 +56,10 @@ class SampleRng:
     """
 
     def __init__(self, seed: int) -> None:
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the draws from ``seed`` (so a run that reseeds sees the same augmentations)."""
         self.seed = int(seed)
         self._key: tuple[int, int] | None = None
         self._gen = torch.Generator().manual_seed(self.seed)

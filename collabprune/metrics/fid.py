@@ -17,12 +17,11 @@ Image convention: every image tensor handed to this module is ``(N, C, H, W)`` f
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
-import socket
 import threading
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,7 +239,7 @@ def resolve_inception_weights(path: Path | str | None, timeout_s: float = 20.0) 
     url = default_fid_weights_url()
     try:
         _download(url, cached, timeout_s)
-    except (OSError, ValueError, socket.timeout, urllib.error.URLError) as err:
+    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, timeouts: OSError
         reason = " ".join(str(getattr(err, "reason", err)).split()) or type(err).__name__
         raise FidWeightsError(
             f"FID Inception weights not found (looked at reward.fid.weights: unset, {FID_WEIGHTS_ENV}: "

@@ -1,0 +1,99 @@
+"""Candidate evaluation: teacher and uniform baselines, the reward, idempotence, caches, divergence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from collabprune.config import RunConfig
+from collabprune.evaluation import CandidateEvaluator, compute_reward
+from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
+from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
+from collabprune.pruning.prune import prune_model
+from collabprune.pruning.spec import SubnetSpec
+from tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
+    return tiny_config(tmp_path_factory.mktemp("tiny_eval"))
+
+
+@pytest.fixture(scope="module")
+def evaluator(cfg: RunConfig, tmp_path_factory: pytest.TempPathFactory) -> CandidateEvaluator:
+    return CandidateEvaluator(cfg, tmp_path_factory.mktemp("eval_run"))
+
+
+def _without_times(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "times"}
+
+
+def test_teacher_is_its_own_reference(evaluator: CandidateEvaluator) -> None:
+    teacher = evaluator.evaluate_teacher()
+    m = teacher["metrics"]
+    assert m["l_kde"] == 0.0 and m["bal"] == 0.0 and m["rho"] > 0
+    assert m["g_macs_fraction"] == 1.0 and m["fd_metric"] == "fd_teacher_d" and "fid" not in m
+    assert teacher["reward"] is None
+    assert evaluator.evaluate_teacher() == teacher  # cached in the run directory
+    assert (evaluator.run_dir / "teacher_eval.json").is_file()
+
+
+def test_uniform_meets_budget_and_is_its_own_baseline(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
+    g, d = evaluator.uniform_ratios()
+    assert len(set(g)) == 1 and len(g) == evaluator.g_space.num_groups
+    uniform = evaluator.evaluate(g, d, seed=0, baseline=None)
+    m = uniform["metrics"]
+    assert m["g_macs_fraction"] <= cfg.pruning.budget.generator
+    assert m["d_macs_fraction"] <= cfg.pruning.budget.discriminator
+    assert uniform["reward"] == pytest.approx(-(cfg.reward.w_fid + cfg.reward.w_kde + cfg.reward.w_bal), rel=1e-9) \
+        or m["bal"] < 0.05  # the bal floor keeps a near-perfectly balanced uniform from dividing by ~0
+    assert 0 < m["l_kde"] <= 2 and m["fd_teacher_d"] > 0
+
+
+def test_idempotent_for_config_ratios_seed(evaluator: CandidateEvaluator) -> None:
+    g = [0.5] * evaluator.g_space.num_groups
+    d = [0.75] * evaluator.d_space.num_groups
+    base = evaluator.evaluate(*evaluator.uniform_ratios(), seed=0, baseline=None)["metrics"]
+    first = evaluator.evaluate(g, d, seed=3, baseline=base)
+    second = evaluator.evaluate(g, d, seed=3, baseline=base)
+    assert _without_times(first) == _without_times(second)
+    assert isinstance(first["reward"], float) and set(first["reward_terms"]) == {"fid", "kde", "bal"}
+
+
+def test_real_statistics_are_computed_once(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
+    g, d = evaluator.uniform_ratios()
+    evaluator.evaluate(g, d, seed=1, baseline=None)
+    assert evaluator.scorer.cache_hits >= 1
+    again = CandidateEvaluator(cfg, evaluator.run_dir)  # a new process would read the disk cache
+    again.evaluate(g, d, seed=1, baseline=None)
+    assert again.scorer.cache_misses == 0 and again.scorer.cache_hits >= 1
+
+
+def test_diverging_candidate_gets_the_penalty(cfg: RunConfig, tmp_path: Path) -> None:
+    bad = cfg.model_copy(deep=True)
+    bad.finetune.lr = 1e30
+    ev = CandidateEvaluator(bad, tmp_path)
+    out = ev.evaluate(*ev.uniform_ratios(), seed=0, baseline=None)
+    assert out["diverged"] is True and out["reward"] == bad.reward.penalty
+
+
+def test_saved_candidate_rebuilds_exactly(evaluator: CandidateEvaluator, tmp_path: Path) -> None:
+    g, d = evaluator.uniform_ratios()
+    evaluator.evaluate(g, d, seed=0, baseline=None, save_dir=tmp_path)
+    spec = SubnetSpec.from_json((tmp_path / SPEC_FILES["generator"]).read_text())
+    net = build_from_spec(spec)
+    load_state_dict_strict(net, read_state_dict(tmp_path / NETWORK_FILES["generator"]), "saved")
+    # the saved generator is the pruned teacher after fine-tuning: same architecture as a fresh prune
+    fresh, fresh_spec = prune_model(evaluator.teacher_g, torch.zeros(evaluator.g_shape), g, evaluator.cfg.pruning)
+    assert fresh_spec.kept == spec.kept
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+
+
+def test_compute_reward_orders_candidates(cfg: RunConfig) -> None:
+    base = {"fd_metric": "fid", "fid": 10.0, "l_kde": 0.5, "bal": 0.2}
+    same, _ = compute_reward(base, base, cfg)
+    better, terms = compute_reward({**base, "fid": 5.0, "l_kde": 0.25}, base, cfg)
+    assert same == pytest.approx(-(cfg.reward.w_fid + cfg.reward.w_kde + cfg.reward.w_bal))
+    assert better > same and terms["fid"] == pytest.approx(0.5 * cfg.reward.w_fid)
