@@ -1,0 +1,282 @@
+"""The search driver: ``run_search(cfg, run_dir)`` runs one collaborative search end to end.
+
+Steps (DESIGN.md §5, §6):
+
+1. Check both budgets (``BudgetError`` before anything starts) and create or reopen the run
+   directory (``resume=True`` checks the config digest and repairs a torn log line).
+2. Connect to Ray: an embedded instance by default (``ray.init(address="local")``, all local CPUs,
+   no dashboard), the cluster of ``address`` (or of ``RAY_ADDRESS``, e.g. inside a Ray job) otherwise.
+   An already-initialised Ray (tests, notebooks) is reused and left running.
+3. Start the evaluator pool; evaluate the teacher pair (round -2) and the uniform candidate (round
+   -1) unless they are logged already. The uniform metrics are the reward baseline of every later
+   round and the uniform candidate is the first best; its reward is ``-(w_fid + w_kde + w_bal)`` by
+   definition when the evaluator leaves it empty.
+4. Start the Coordinator and the two agents (both pinned to this node, as they write the run
+   directory) and wait for both agents to play exactly ``search.rounds`` rounds, with a progress bar.
+5. Plot the curves, write ``summary.json``, stop the actors and return the summary.
+
+Resume after a SIGKILL at any point: every evaluation that reached ``evaluations.jsonl`` is kept and
+never repeated; agents restart from their latest checkpoint and replay the logged rounds after it
+(see :mod:`agents.pruning_agent`), then the search continues with the first unlogged round.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from agents.coordinator import Coordinator
+from agents.evaluator import EvaluatorFactory, make_evaluators
+from agents.pruning_agent import PruningAgent
+from collabprune.config import RunConfig
+from collabprune.errors import CollabPruneError
+from collabprune.io import atomic_write_json
+from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
+from envs.space import ROLES, RoleSpace, peer_length
+
+
+#: Longest wait for actors to start (imports, model tracing); not counted in round timeouts.
+STARTUP_TIMEOUT_S = 600.0
+
+
+def uniform_reward(cfg: RunConfig) -> float:
+    """Reward of the uniform candidate by definition (every normalised term equals 1)."""
+    r = cfg.reward
+    return -(r.w_fid + r.w_kde + r.w_bal)
+
+
+def _connect(address: str | None, progress: bool) -> bool:
+    """Initialise Ray unless it already is; return whether this call started the connection."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # embedded: no dashboard, the node advertised as 127.0.0.1 (Ray still opens its internal
+        # GCS/raylet ports on all interfaces; it has no switch to bind them to loopback)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=not progress, _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=address, log_to_driver=not progress)
+    return True
+
+
+def _here() -> NodeAffinitySchedulingStrategy:
+    """Schedule on this (the driver's) node: the run directory is on its filesystem."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The original exception behind (nested) Ray task errors."""
+    cause = err
+    while isinstance(cause, ray.exceptions.RayTaskError) and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    return cause
+
+
+def _get(ref: Any, timeout: float) -> Any:
+    """``ray.get`` with a timeout; user errors raised remotely come back as themselves."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"no answer within {timeout:.0f} s (search.round_timeout_s)") from None
+    except ray.exceptions.RayTaskError as err:
+        cause = _unwrap(err)
+        if isinstance(cause, (CollabPruneError, TimeoutError)):
+            raise cause from None
+        raise
+
+
+def _baselines(cfg: RunConfig, run: RunDir, evaluator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate (or read from the log) the teacher pair and the uniform candidate."""
+    timeout = cfg.search.round_timeout_s
+    teacher = run.get(TEACHER_ROUND, round_seed(cfg, TEACHER_ROUND))
+    if teacher is None:
+        result = _get(evaluator.evaluate_teacher.remote(), timeout)
+        teacher = run.append({**result, "round": TEACHER_ROUND, "seed": round_seed(cfg, TEACHER_ROUND)})
+    seed = round_seed(cfg, UNIFORM_ROUND)
+    uniform = run.get(UNIFORM_ROUND, seed)
+    if uniform is None:
+        g, d = _get(evaluator.uniform_ratios.remote(), timeout)
+        save_dir = str(candidate_dir(run.path, UNIFORM_ROUND))
+        result = dict(_get(evaluator.evaluate.remote(g, d, seed, None, save_dir), timeout))
+        result.setdefault("g_ratios", g)
+        result.setdefault("d_ratios", d)
+        if result.get("reward") is None:
+            result["reward"] = uniform_reward(cfg)
+        uniform = run.append({**result, "round": UNIFORM_ROUND, "seed": seed})
+    run.update_best(uniform)
+    return teacher, uniform
+
+
+class _Bar:
+    """Rich progress bar (or nothing): round, reward of the round, best reward and MACs, s/round."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
+        self.task = self.progress.add_task("search", total=total, completed=done, info="starting")
+        self.progress.start()
+
+    def note(self, text: str) -> None:
+        """Show what the search is doing before its first round."""
+        if self.enabled:
+            self.progress.update(self.task, info=text)
+
+    def update(self, status: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        last, best = status.get("last"), status.get("best")
+        parts = []
+        if last:
+            t = last.get("round_times", {})
+            secs = sum(t.get(k, 0.0) for k in ("agents_s", "coordination_s", "evaluation_s"))
+            parts.append(f"reward {last['reward']:+.3f}")
+            parts.append(f"{secs:.1f} s/round")
+        if best:
+            g, d = best.get("g_macs_fraction"), best.get("d_macs_fraction")
+            macs = f" (G {g:.2f}, D {d:.2f} MACs)" if g is not None and d is not None else ""
+            parts.append(f"best {best['reward']:+.3f}{macs}")
+        self.progress.update(self.task, completed=status["rounds_done"], info=" | ".join(parts))
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+def _wait_agents(cfg: RunConfig, agents: list[Any], coordinator: Any, bar: _Bar) -> list[dict[str, Any]]:
+    """Wait for both agents, updating the bar; fail fast when one fails or nothing moves for too long."""
+    refs = [a.run.remote() for a in agents]
+    pending = list(refs)
+    stall_s = 2 * cfg.search.round_timeout_s + 300
+    last_done, last_change = -1, time.time()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        for ref in ready:
+            _get(ref, 60)  # raises now if that agent failed
+        status = _get(coordinator.status.remote(), 60)
+        bar.update(status)
+        if status["rounds_done"] != last_done:
+            last_done, last_change = status["rounds_done"], time.time()
+        elif time.time() - last_change > stall_s:
+            raise TimeoutError(f"no search round finished in {stall_s:.0f} s (round {last_done} is stuck)")
+    return [_get(ref, 60) for ref in refs]
+
+
+def _summary(cfg: RunConfig, run: RunDir, agents: list[dict[str, Any]], wall_s: float, resumed: bool) -> dict[str, Any]:
+    records = run.search_records()
+    best = run.best() or {}
+    uniform = run.get(UNIFORM_ROUND) or {}
+    teacher = run.get(TEACHER_ROUND) or {}
+    per_round = [r.get("round_times", {}) for r in records]
+
+    def mean(key: str) -> float:
+        values = [t[key] for t in per_round if key in t]
+        return statistics.fmean(values) if values else 0.0
+
+    return {
+        "run_dir": str(run.path),
+        "rounds": len(records),
+        "resumed": resumed,
+        "best_round": best.get("round"),
+        "best_reward": best.get("reward"),
+        "best_g_ratios": best.get("g_ratios"),
+        "best_d_ratios": best.get("d_ratios"),
+        "best_metrics": best.get("metrics"),
+        "uniform_reward": uniform.get("reward"),
+        "teacher_metrics": teacher.get("metrics"),
+        "times": {
+            "wall_s": wall_s,
+            "mean_agents_s": mean("agents_s"),
+            "mean_coordination_s": mean("coordination_s"),
+            "mean_evaluation_s": mean("evaluation_s"),
+            "per_round": per_round,
+        },
+        "agents": agents,
+    }
+
+
+def run_search(
+    cfg: RunConfig,
+    run_dir: str | os.PathLike[str],
+    address: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    evaluator_factory: EvaluatorFactory | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a collaborative search and return its summary.
+
+    :param cfg: the resolved run config (on resume: the run's own config, see
+        :func:`collabprune.runs.resume_config`).
+    :param run_dir: the run directory.
+    :param address: Ray cluster address (``ray://HOST:10001`` or ``HOST:6379``); ``None``: the
+        ``RAY_ADDRESS`` cluster if set, else an embedded Ray on this machine.
+    :param resume: continue the run in ``run_dir`` (no completed evaluation is repeated or lost).
+    :param progress: show a rich progress bar (and keep worker logs off the terminal).
+    :param evaluator_factory: ``factory(cfg, run_dir)`` building the evaluator inside each evaluator
+        actor; default ``CandidateEvaluator``. Only tests of the Ray plumbing pass a double.
+    :returns: ``{"run_dir", "rounds", "best_round", "best_reward", "best_g_ratios", "best_d_ratios",
+        "best_metrics", "uniform_reward", "teacher_metrics", "times": {"wall_s", "mean_agents_s",
+        "mean_coordination_s", "mean_evaluation_s", "per_round"}, "agents", "resumed"}``.
+    :raises BudgetError: a budget cannot be met.
+    :raises RunDirError: a new run in a used folder, or a resume with another config.
+    :raises TimeoutError: an evaluation or round took longer than ``search.round_timeout_s``.
+    """
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    spaces = [RoleSpace.from_config(role, cfg) for role in ROLES]  # BudgetError before anything starts
+    peer_len = peer_length(spaces)
+    run = RunDir.open(run_dir, cfg) if resume else RunDir.create(run_dir, cfg)
+    started = _connect(address, progress)
+    actors: list[Any] = []
+    bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
+    try:
+        bar.note("starting evaluators")
+        evaluators = make_evaluators(cfg, run_dir, evaluator_factory)
+        actors += evaluators
+        _get([e.pid.remote() for e in evaluators], STARTUP_TIMEOUT_S)  # started, not yet timed per round
+        bar.note("evaluating the teacher pair and the uniform candidate")
+        _baselines(cfg, run, evaluators[0])
+        bar.note("starting agents")
+        cfg_data = cfg.to_dict()
+        coordinator = Coordinator.options(scheduling_strategy=_here()).remote(cfg_data, str(run_dir), evaluators)
+        actors.append(coordinator)
+        agents = [
+            PruningAgent.options(scheduling_strategy=_here()).remote(role, cfg_data, str(run_dir), coordinator, peer_len)
+            for role in ROLES
+        ]
+        actors += agents
+        results = _wait_agents(cfg, agents, coordinator, bar)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if started:
+            ray.shutdown()
+    run = RunDir(run_dir, run.digest)  # the Coordinator appended to the log
+    if run.completed_rounds() != cfg.search.rounds:
+        raise RuntimeError(f"{run.evaluations_path}: {run.completed_rounds()} rounds logged, "
+                           f"expected {cfg.search.rounds}")
+    from collabprune.plots import plot_search
+
+    plot_search(run.search_records(), run.plots_dir, run.get(UNIFORM_ROUND))
+    summary = _summary(cfg, run, results, time.time() - t0, resume)
+    brief = dict(summary, agents=[
+        {"role": a["role"], "start_round": a["start_round"], "rounds": a["rounds"],
+         "replayed": [h["round"] for h in a["history"] if h["replayed"]], "times": a["times"]}
+        for a in results
+    ])
+    atomic_write_json(run.path / "summary.json", brief)
+    return summary

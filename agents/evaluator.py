@@ -1,0 +1,132 @@
+"""Evaluator pool: Ray actors wrapping :class:`collabprune.evaluation.CandidateEvaluator`.
+
+An evaluator fine-tunes and scores one (G, D) candidate pair per call. Calls are idempotent
+(seeded, no side effects on the run's log: the Coordinator writes the log), so Ray may retry them
+on a restarted actor (``max_task_retries``) after the actor's process dies (``max_restarts``).
+
+Resources: ``num_gpus=1`` and ``num_cpus=1`` each when the cluster has GPUs, else ``num_cpus=1``;
+one torch thread per CPU reserved (DESIGN.md §5 pitfalls: no oversubscription on small machines).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+
+from collabprune.config import RunConfig
+
+#: CPUs reserved by one evaluator actor.
+EVALUATOR_NUM_CPUS = 1
+
+#: ``factory(cfg, run_dir) -> object`` with ``evaluate``, ``evaluate_teacher`` and ``uniform_ratios``
+#: (the :class:`collabprune.evaluation.CandidateEvaluator` API).
+EvaluatorFactory = Callable[[RunConfig, Path], Any]
+
+
+def _default_factory(cfg: RunConfig, run_dir: Path) -> Any:
+    from collabprune.evaluation import CandidateEvaluator
+
+    return CandidateEvaluator(cfg, run_dir)
+
+
+class EvaluatorCore:
+    """One candidate evaluator (the body of the :data:`Evaluator` actor; usable without Ray).
+
+    :param cfg: the run config as plain data (``RunConfig.to_dict()``).
+    :param run_dir: the run directory (evaluators cache FID statistics there).
+    :param factory: builds the evaluator object; default ``CandidateEvaluator(cfg, run_dir)``. Tests
+        pass a deterministic double to check the Ray plumbing only.
+    :param num_threads: torch intra-op threads of this process.
+    """
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        run_dir: str,
+        factory: EvaluatorFactory | None = None,
+        num_threads: int = EVALUATOR_NUM_CPUS,
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.cfg = RunConfig.model_validate(cfg)
+        self.run_dir = Path(run_dir)
+        self._impl = (factory or _default_factory)(self.cfg, self.run_dir)
+
+    def evaluate(
+        self,
+        g_ratios: list[float],
+        d_ratios: list[float],
+        seed: int,
+        baseline: dict[str, Any] | None,
+        save_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """Fine-tune and score one pair (see ``CandidateEvaluator.evaluate``).
+
+        :param g_ratios: keep ratio per generator group.
+        :param d_ratios: keep ratio per discriminator group.
+        :param seed: the round's seed (``collabprune.runs.round_seed``).
+        :param baseline: the uniform candidate's metrics, or ``None`` for the uniform candidate itself.
+        :param save_dir: folder for the fine-tuned pair's weights and specs (``runs.candidate_dir``).
+        :returns: the JSON-able result (ratios, channels, metrics, reward, reward_terms, diverged, times).
+        """
+        folder = Path(save_dir) if save_dir is not None else None
+        return self._impl.evaluate(list(g_ratios), list(d_ratios), int(seed), baseline, folder)
+
+    def evaluate_teacher(self) -> dict[str, Any]:
+        """Score the unpruned teacher pair (metrics incl. ``rho_t``)."""
+        return self._impl.evaluate_teacher()
+
+    def uniform_ratios(self) -> tuple[list[float], list[float]]:
+        """The uniform candidate: (G ratios, D ratios), one ratio per role, the largest meeting its budget."""
+        g, d = self._impl.uniform_ratios()
+        return list(g), list(d)
+
+    def pid(self) -> int:
+        """The actor's process id (tests kill it to check restarts)."""
+        return os.getpid()
+
+
+#: The Ray actor class; resources are set per instance by :func:`make_evaluators`.
+Evaluator = ray.remote(EvaluatorCore)
+
+
+def evaluator_resources(num_wanted: int) -> tuple[int, dict[str, float]]:
+    """How many evaluators fit the connected cluster, and the Ray options of each.
+
+    :param num_wanted: ``search.num_evaluators``.
+    :returns: (count, options): with GPUs, one GPU and one CPU each, at most one per GPU; without,
+        one CPU each, leaving the CPUs the two agents reserve; at least one.
+    """
+    from agents.pruning_agent import AGENT_NUM_CPUS
+
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    cpus = float(res.get("CPU", 1))
+    if gpus >= 1:
+        return max(1, min(num_wanted, gpus)), {"num_cpus": EVALUATOR_NUM_CPUS, "num_gpus": 1}
+    room = int((cpus - 2 * AGENT_NUM_CPUS) // EVALUATOR_NUM_CPUS)
+    return max(1, min(num_wanted, room)), {"num_cpus": EVALUATOR_NUM_CPUS}
+
+
+def make_evaluators(
+    cfg: RunConfig, run_dir: Path, factory: EvaluatorFactory | None = None
+) -> list[ray.actor.ActorHandle]:
+    """Start the evaluator pool on the connected Ray cluster.
+
+    :param cfg: the run config (``search.num_evaluators``, ``search.evaluator_max_restarts``).
+    :param run_dir: the run directory.
+    :param factory: evaluator builder (default: ``CandidateEvaluator``).
+    :returns: actor handles (``max_restarts`` and ``max_task_retries`` = evaluator_max_restarts).
+    """
+    count, options = evaluator_resources(cfg.search.num_evaluators)
+    restarts = cfg.search.evaluator_max_restarts
+    return [
+        Evaluator.options(max_restarts=restarts, max_task_retries=restarts, **options).remote(
+            cfg.to_dict(), str(run_dir), factory, int(options["num_cpus"])
+        )
+        for _ in range(count)
+    ]

@@ -1,0 +1,436 @@
+"""Run directory of a search (DESIGN.md §6): evaluation log, best pair, checkpoints, resume.
+
+Layout of ``RUN_DIR``::
+
+    config.yaml               the resolved run config (save_config)
+    run.json                  {"digest": run digest, "created": ISO time, "versions": {...}}
+    evaluations.jsonl         one JSON line per evaluated pair, append-only, fsynced per line
+    best.json                 the best record so far (atomic rewrite)
+    checkpoints/<role>/       agent checkpoints: round_000010/ folders + latest.json pointer
+    candidates/round_XXXXX/   the fine-tuned weights + specs of the uniform candidate and of the best
+                              pair (other rounds' are deleted once logged); what ``export`` ships
+    tb/<role>/                TensorBoard logs of each agent
+    plots/                    reward / MACs curves (PNG)
+
+Rounds in ``evaluations.jsonl``: ``-2`` is the teacher pair (``"kind": "teacher"``), ``-1`` the
+uniform-ratio candidate (``"kind": "uniform"``), ``0 .. search.rounds-1`` the search rounds
+(``"kind": "search"``). Every record carries the run digest, its round and its evaluation seed, so an
+evaluation is identified by (digest, round, seed) and is never repeated: a resumed run reads the log
+and answers logged rounds from it.
+
+This module is core library code: it knows nothing of agents or environments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from collabprune.config import RunConfig, load_config, save_config
+from collabprune.errors import RunDirError
+from collabprune.io import atomic_write_json
+
+CONFIG_FILE = "config.yaml"
+META_FILE = "run.json"
+EVALUATIONS_FILE = "evaluations.jsonl"
+BEST_FILE = "best.json"
+LATEST_FILE = "latest.json"
+CANDIDATES_DIR = "candidates"
+
+TEACHER_ROUND = -2
+UNIFORM_ROUND = -1
+
+#: Config fields that change how a run is executed, not what it computes; they are left out of the
+#: run digest so a run can be resumed with, e.g., a longer timeout or more evaluators.
+OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
+    ("search", "num_evaluators"),
+    ("search", "round_timeout_s"),
+    ("search", "evaluator_max_restarts"),
+)
+
+
+def run_digest(cfg: RunConfig) -> str:
+    """Digest identifying the experiment of a run (16 hex chars).
+
+    It is :meth:`RunConfig.digest` of the config without the ``output`` section (a run directory
+    may be moved) and without :data:`OPERATIONAL_FIELDS`.
+
+    :param cfg: the run config.
+    :returns: 16 hexadecimal characters.
+    """
+
+    data = cfg.to_dict()
+    data.pop("output", None)
+    for section, name in OPERATIONAL_FIELDS:
+        data.get(section, {}).pop(name, None)
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def round_seed(cfg: RunConfig, round_index: int) -> int:
+    """Evaluation seed of a round: ``search.seed * 1_000_003 + round + 2`` (>= 0 for the teacher).
+
+    :param cfg: the run config.
+    :param round_index: ``-2`` (teacher), ``-1`` (uniform) or a search round ``>= 0``.
+    """
+    return cfg.search.seed * 1_000_003 + round_index + 2
+
+
+def round_kind(round_index: int) -> str:
+    """``"teacher"``, ``"uniform"`` or ``"search"`` for a round index."""
+    if round_index == TEACHER_ROUND:
+        return "teacher"
+    if round_index == UNIFORM_ROUND:
+        return "uniform"
+    if round_index < 0:
+        raise ValueError(f"round {round_index} is not a valid round (>= -2)")
+    return "search"
+
+
+def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """The config of an existing run directory (its ``config.yaml``), with ``--set`` overrides.
+
+    Overrides of fields in the run digest make :meth:`RunDir.open` fail later with a
+    :class:`RunDirError`; operational fields (:data:`OPERATIONAL_FIELDS`) may be changed.
+
+    :param run_dir: the run directory.
+    :param overrides: ``key.sub=value`` strings.
+    :raises RunDirError: no run directory or no ``config.yaml`` in it.
+    :raises ConfigError: the stored config or an override is invalid.
+    """
+    path = Path(run_dir)
+    if not (path / CONFIG_FILE).is_file():
+        raise RunDirError(f"{path}: not a run directory (no {CONFIG_FILE})",
+                          hint="give the folder a previous `collabprune search` wrote")
+    return load_config(path / CONFIG_FILE, overrides)
+
+
+def _is_finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class RunDir:
+    """A search's run directory: the single writer of its evaluation log and ``best.json``.
+
+    Create a new one with :meth:`create` or reopen one to resume with :meth:`open`; both read the
+    existing log into memory. Only one process (the Coordinator, or the driver before the agents
+    start) appends at a time.
+
+    :param path: the run directory.
+    :param digest: the run digest (:func:`run_digest`) every record is stamped with.
+    :param load_log: read ``evaluations.jsonl`` now (``False`` for processes that only use paths
+        and checkpoints, e.g. the agents).
+    :raises RunDirError: the log is corrupt or holds records of another config.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], digest: str, load_log: bool = True) -> None:
+        self.path = Path(path)
+        self.digest = digest
+        self._records: dict[int, dict[str, Any]] = {}
+        if load_log:
+            self._load()
+
+    # ----------------------------------------------------------------------------------- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def evaluations_path(self) -> Path:
+        return self.path / EVALUATIONS_FILE
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST_FILE
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    def tb_dir(self, role: str) -> Path:
+        """TensorBoard folder of one agent (``tb/<role>``)."""
+        return self.path / "tb" / role
+
+    def checkpoint_dir(self, role: str) -> Path:
+        """Checkpoint folder of one agent (``checkpoints/<role>``)."""
+        return self.path / "checkpoints" / role
+
+    def prune_candidates(self) -> None:
+        """Delete the saved weights of logged rounds that are neither the uniform candidate nor the
+        best pair (rounds still being evaluated are never touched)."""
+        best = self.best()
+        keep = {UNIFORM_ROUND, best["round"] if best else UNIFORM_ROUND}
+        root = self.path / CANDIDATES_DIR
+        if not root.is_dir():
+            return
+        for rnd in self._records:
+            if rnd not in keep:
+                shutil.rmtree(candidate_dir(self.path, rnd), ignore_errors=True)
+
+    # ---------------------------------------------------------------------------- construction
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], cfg: RunConfig) -> "RunDir":
+        """Start a new run directory: write ``config.yaml`` and ``run.json``.
+
+        :param path: the folder (created; it may exist if it holds no run yet).
+        :param cfg: the resolved run config.
+        :raises RunDirError: the folder already holds a run (resume it instead).
+        """
+        path = Path(path)
+        if (path / EVALUATIONS_FILE).exists() or (path / META_FILE).exists():
+            raise RunDirError(f"{path}: already holds a run", hint=f"resume it with --resume {path}, "
+                              "or choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        digest = run_digest(cfg)
+        save_config(cfg, path / CONFIG_FILE)
+        atomic_write_json(path / META_FILE, {"digest": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "versions": package_versions()})
+        return cls(path, digest)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], cfg: RunConfig) -> "RunDir":
+        """Reopen a run directory to resume it; repair a torn last log line; refresh ``best.json``.
+
+        :param path: the run directory.
+        :param cfg: the config the run continues with; its run digest must match the stored one.
+        :raises RunDirError: missing folder or ``run.json``, a different config digest, or a corrupt log.
+        """
+        path = Path(path)
+        meta_path = path / META_FILE
+        if not meta_path.is_file():
+            raise RunDirError(f"{path}: not a run directory (no {META_FILE})",
+                              hint="give the folder a previous `collabprune search` wrote")
+        try:
+            stored = json.loads(meta_path.read_text())["digest"]
+        except (ValueError, KeyError) as err:
+            raise RunDirError(f"{meta_path}: unreadable ({err})") from None
+        digest = run_digest(cfg)
+        if stored != digest:
+            raise RunDirError(
+                f"{path}: config digest {digest} does not match the run's {stored}",
+                hint="resume with the run's own config.yaml (only search.num_evaluators, "
+                "search.round_timeout_s and search.evaluator_max_restarts may change)",
+            )
+        _repair_tail(path / EVALUATIONS_FILE)
+        run = cls(path, digest)
+        run.refresh_best()
+        return run
+
+    def _load(self) -> None:
+        self._records.clear()
+        for lineno, record in _read_lines(self.evaluations_path):
+            rnd = record.get("round")
+            if not isinstance(rnd, int):
+                raise RunDirError(f"{self.evaluations_path}:{lineno}: record has no integer 'round'")
+            if record.get("digest") != self.digest:
+                raise RunDirError(f"{self.evaluations_path}:{lineno}: record of another config "
+                                  f"(digest {record.get('digest')}, run {self.digest})")
+            if rnd in self._records:
+                raise RunDirError(f"{self.evaluations_path}:{lineno}: round {rnd} logged twice")
+            self._records[rnd] = record
+
+    # ------------------------------------------------------------------------------ the log
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append one evaluation record, flushed and fsynced before returning.
+
+        The record is stamped with ``digest`` and ``kind`` (from its ``round``) and must carry
+        ``round`` and ``seed``.
+
+        :param record: JSON-able evaluation record.
+        :returns: the stamped record as written.
+        :raises ValueError: the round is already logged, or ``round``/``seed`` are missing.
+        """
+        if not isinstance(record.get("round"), int) or "seed" not in record:
+            raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
+        rnd = record["round"]
+        if rnd in self._records:
+            raise ValueError(f"round {rnd} is already in {self.evaluations_path}")
+        stamped = {"round": rnd, "kind": round_kind(rnd), "seed": record["seed"], "digest": self.digest}
+        stamped.update({k: v for k, v in record.items() if k not in stamped})
+        line = json.dumps(stamped, allow_nan=True) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.evaluations_path, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._records[rnd] = stamped
+        return stamped
+
+    def get(self, round_index: int, seed: int | None = None) -> dict[str, Any] | None:
+        """The logged record of a round, or ``None``.
+
+        :param round_index: the round.
+        :param seed: when given, a logged record with another seed raises.
+        :raises RunDirError: the logged record has a different seed.
+        """
+        record = self._records.get(round_index)
+        if record is not None and seed is not None and record.get("seed") != seed:
+            raise RunDirError(f"{self.evaluations_path}: round {round_index} was evaluated with seed "
+                              f"{record.get('seed')}, not {seed}")
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """All records, teacher and uniform first, then search rounds in order."""
+        return [self._records[k] for k in sorted(self._records)]
+
+    def search_records(self) -> list[dict[str, Any]]:
+        """Search-round records (round >= 0) in round order."""
+        return [self._records[k] for k in sorted(self._records) if k >= 0]
+
+    def completed_rounds(self) -> int:
+        """Number of search rounds done: the length of the gap-free prefix 0, 1, ... in the log.
+
+        :raises RunDirError: the log has a gap (a round logged after a missing one).
+        """
+        done = 0
+        while done in self._records:
+            done += 1
+        later = [k for k in self._records if k > done]
+        if later:
+            raise RunDirError(f"{self.evaluations_path}: round {done} is missing but round {min(later)} is logged")
+        return done
+
+    # ----------------------------------------------------------------------------- best pair
+    def best(self) -> dict[str, Any] | None:
+        """The best record so far among the uniform candidate and the search rounds (by reward)."""
+        best: dict[str, Any] | None = None
+        for record in self.records():
+            if record["round"] == TEACHER_ROUND or not _is_finite(record.get("reward")):
+                continue
+            if best is None or record["reward"] > best["reward"]:
+                best = record
+        return best
+
+    def update_best(self, record: dict[str, Any]) -> bool:
+        """Rewrite ``best.json`` (atomically) when ``record`` beats it.
+
+        :param record: a logged record.
+        :returns: whether ``best.json`` changed.
+        """
+        current = self.read_best()
+        reward = record.get("reward")
+        if not _is_finite(reward):
+            return False
+        if current is not None and _is_finite(current.get("reward")) and current["reward"] >= reward:
+            return False
+        atomic_write_json(self.best_path, record)
+        return True
+
+    def refresh_best(self) -> None:
+        """Make ``best.json`` agree with the log (after a kill between a log append and its update)."""
+        best = self.best()
+        if best is not None and self.read_best() != best:
+            atomic_write_json(self.best_path, best)
+
+    def read_best(self) -> dict[str, Any] | None:
+        """The content of ``best.json``, or ``None`` when there is none yet."""
+        if not self.best_path.is_file():
+            return None
+        return json.loads(self.best_path.read_text())
+
+    # --------------------------------------------------------------------------- checkpoints
+    def latest_checkpoint(self, role: str) -> tuple[int, Path] | None:
+        """The newest committed checkpoint of an agent.
+
+        :param role: ``"generator"`` or ``"discriminator"``.
+        :returns: (rounds done when it was taken, its folder), or ``None``.
+        """
+        pointer = self.checkpoint_dir(role) / LATEST_FILE
+        if not pointer.is_file():
+            return None
+        info = json.loads(pointer.read_text())
+        folder = self.checkpoint_dir(role) / info["folder"]
+        if info.get("digest") != self.digest or not folder.is_dir():
+            raise RunDirError(f"{pointer}: points to a missing or foreign checkpoint {folder}")
+        return int(info["rounds_done"]), folder
+
+    def commit_checkpoint(self, role: str, rounds_done: int, write: Callable[[Path], None], keep: int = 2) -> Path:
+        """Write an agent checkpoint atomically.
+
+        ``write(folder)`` fills a temporary folder; it is renamed to ``round_<rounds_done>``, then
+        ``latest.json`` is switched to it (atomic), then all but the ``keep`` newest checkpoint
+        folders are removed. A kill at any point leaves ``latest.json`` on a complete checkpoint.
+
+        :param role: the agent's role.
+        :param rounds_done: search rounds completed by the state being saved.
+        :param write: callable that writes the checkpoint files into the folder it is given.
+        :param keep: checkpoint folders kept (>= 1).
+        :returns: the committed folder.
+        """
+        root = self.checkpoint_dir(role)
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"round_{rounds_done:06d}"
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_json(root / LATEST_FILE, {"folder": name, "rounds_done": rounds_done, "digest": self.digest})
+        older = sorted(p for p in root.iterdir() if p.is_dir() and p.name != name)
+        for old in older[: max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+def candidate_dir(run_dir: str | os.PathLike[str], round_index: int) -> Path:
+    """Folder of a round's saved candidate weights: ``candidates/round_00007`` for a search round,
+    ``candidates/uniform`` for the uniform candidate."""
+    name = round_kind(round_index) if round_index < 0 else f"round_{round_index:05d}"
+    return Path(run_dir) / CANDIDATES_DIR / name
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the main libraries (for provenance)."""
+    import importlib.metadata as md
+
+    out: dict[str, str] = {}
+    for dist in ("collabprune", "torch", "stable-baselines3", "gymnasium", "ray"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every complete line of a JSONL file; a torn last line is skipped.
+
+    :raises RunDirError: a complete line is not valid JSON.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text()
+    lines = text.split("\n")
+    complete = lines[:-1]  # the part after the last newline is empty or a torn write
+    for i, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except ValueError:
+            raise RunDirError(f"{path}:{i}: not valid JSON") from None
+
+
+def _repair_tail(path: Path) -> None:
+    """Truncate a torn last line (no trailing newline) left by a kill during an append."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
+        fh.flush()
+        os.fsync(fh.fileno())

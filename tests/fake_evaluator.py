@@ -1,0 +1,75 @@
+"""TEST DOUBLE of ``collabprune.evaluation.CandidateEvaluator`` -- for Ray plumbing/exchange tests ONLY.
+
+Deterministic, instant "metrics" computed from the ratios, so tests of the Coordinator, the agents'
+exchange and resume bookkeeping run in seconds. Nothing here measures a network; the end-to-end
+tests (tests/test_search_e2e.py) use the real CandidateEvaluator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from collabprune.config import RunConfig
+
+
+class FakeEvaluator:
+    """Plumbing-only evaluator double (see module docstring).
+
+    :param cfg: the run config.
+    :param run_dir: unused.
+    :param sleep_s: seconds each search-round evaluation sleeps.
+    :param die_once: marker file; the first search-round evaluation kills the process and creates it.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, sleep_s: float = 0.0, die_once: str | None = None) -> None:
+        from envs.space import RoleSpace
+
+        self.cfg = cfg
+        self.sleep_s = sleep_s
+        self.die_once = Path(die_once) if die_once else None
+        self.spaces = {r: RoleSpace.from_config(r, cfg) for r in ("generator", "discriminator")}
+
+    def uniform_ratios(self) -> tuple[list[float], list[float]]:
+        out = []
+        for space in self.spaces.values():
+            lo, hi = space.r_min, space.r_max
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if space.fits([mid] * space.n_groups) else (lo, mid)
+            out.append([lo] * space.n_groups)
+        return out[0], out[1]
+
+    def evaluate_teacher(self) -> dict[str, Any]:
+        return {"metrics": {"fd_metric": "fd_teacher_d", "fd_teacher_d": 0.0, "l_kde": 0.0, "bal": 0.0, "rho": 1.0},
+                "reward": None, "diverged": False}
+
+    def evaluate(self, g: list[float], d: list[float], seed: int, baseline: dict[str, Any] | None,
+                 save_dir: Path | None = None) -> dict[str, Any]:
+        if baseline is not None and self.sleep_s:
+            time.sleep(self.sleep_s)  # a slow search-round evaluation (timeout test)
+        if baseline is not None and self.die_once is not None and not self.die_once.exists():
+            self.die_once.write_text(str(seed))
+            os._exit(1)  # the evaluator process crashes once, mid-evaluation (restart test)
+        gs, ds = self.spaces["generator"], self.spaces["discriminator"]
+        mg, md = sum(g) / len(g), sum(d) / len(d)
+        metrics = {
+            "fd_metric": "fd_teacher_d",
+            "fd_teacher_d": 1.0 + 5.0 * (1 - mg) ** 2 + 0.01 * (seed % 7),
+            "l_kde": 0.1 + (1 - mg) * 0.5,
+            "bal": abs(math.log((0.5 + md) / (0.5 + mg))) + 0.01,
+            "rho": (0.5 + md) / (0.5 + mg),
+            "g_macs_fraction": gs.macs_fraction(g),
+            "d_macs_fraction": ds.macs_fraction(d),
+        }
+        base = baseline or metrics  # the uniform candidate is its own baseline
+        w = self.cfg.reward
+        pairs = (("fid", "fd_teacher_d", w.w_fid), ("kde", "l_kde", w.w_kde), ("bal", "bal", w.w_bal))
+        terms = {t: weight * metrics[k] / base[k] for t, k, weight in pairs}
+        reward = -sum(terms.values())
+        return {"g_ratios": list(g), "d_ratios": list(d), "g_channels": gs.kept(g), "d_channels": ds.kept(d),
+                "metrics": metrics, "reward": reward, "reward_terms": terms, "diverged": False,
+                "times": {"total_s": 0.0}}

@@ -1,0 +1,150 @@
+"""Run directory: append-only log, best.json, checkpoints, resume bookkeeping, digest checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from collabprune.config import RunConfig
+from collabprune.errors import RunDirError
+from collabprune.runs import (
+    EVALUATIONS_FILE,
+    TEACHER_ROUND,
+    UNIFORM_ROUND,
+    RunDir,
+    resume_config,
+    round_kind,
+    round_seed,
+    run_digest,
+)
+
+
+def cfg(**search: object) -> RunConfig:
+    return RunConfig.model_validate({"search": {"rounds": 5, **search}})
+
+
+def rec(c: RunConfig, rnd: int, reward: float | None) -> dict:
+    return {"round": rnd, "seed": round_seed(c, rnd), "reward": reward, "g_ratios": [0.5], "d_ratios": [0.5],
+            "metrics": {"g_macs_fraction": 0.2}}
+
+
+def test_append_is_on_disk_before_returning(tmp_path: Path) -> None:
+    c = cfg()
+    run = RunDir.create(tmp_path / "run", c)
+    out = run.append(rec(c, TEACHER_ROUND, None))
+    assert out["kind"] == "teacher" and out["digest"] == run_digest(c)
+    lines = (tmp_path / "run" / EVALUATIONS_FILE).read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["round"] == TEACHER_ROUND
+    with pytest.raises(ValueError, match="already"):
+        run.append(rec(c, TEACHER_ROUND, None))
+    with pytest.raises(ValueError):
+        run.append({"reward": 1.0})
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "run.json").is_file()
+
+
+def test_best_json_follows_the_best_reward(tmp_path: Path) -> None:
+    c = cfg()
+    run = RunDir.create(tmp_path, c)
+    run.append(rec(c, TEACHER_ROUND, None))
+    for rnd, reward in [(UNIFORM_ROUND, -2.5), (0, -3.0), (1, -2.0), (2, float("nan")), (3, -2.2)]:
+        r = run.append(rec(c, rnd, reward))
+        run.update_best(r)
+    assert run.read_best()["round"] == 1
+    assert run.best()["round"] == 1
+    # a kill between append and update_best: reopening repairs best.json
+    r = run.append(rec(c, 4, -1.0))
+    reopened = RunDir.open(tmp_path, c)
+    assert reopened.read_best()["round"] == 4 and r["round"] == 4
+
+
+def test_resume_bookkeeping_and_torn_tail(tmp_path: Path) -> None:
+    c = cfg()
+    run = RunDir.create(tmp_path, c)
+    for rnd in (TEACHER_ROUND, UNIFORM_ROUND, 0, 1, 2):
+        run.append(rec(c, rnd, -1.0))
+    assert run.completed_rounds() == 3
+    # SIGKILL in the middle of an append leaves a line without its newline
+    with open(tmp_path / EVALUATIONS_FILE, "a") as fh:
+        fh.write('{"round": 3, "seed": 5, "dig')
+    reopened = RunDir.open(tmp_path, c)
+    assert reopened.completed_rounds() == 3
+    assert [r["round"] for r in reopened.records()] == [-2, -1, 0, 1, 2]
+    reopened.append(rec(c, 3, -0.5))
+    again = RunDir.open(tmp_path, c)
+    assert again.completed_rounds() == 4 and again.get(3, round_seed(c, 3))["reward"] == -0.5
+    with pytest.raises(RunDirError, match="seed"):
+        again.get(3, seed=12345)
+
+
+def test_gap_in_the_log_is_an_error(tmp_path: Path) -> None:
+    c = cfg()
+    run = RunDir.create(tmp_path, c)
+    run.append(rec(c, 0, -1.0))
+    run.append(rec(c, 2, -1.0))
+    with pytest.raises(RunDirError, match="round 1 is missing"):
+        run.completed_rounds()
+
+
+def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:
+    c = cfg()
+    RunDir.create(tmp_path, c).append(rec(c, TEACHER_ROUND, None))
+    with pytest.raises(RunDirError, match="digest"):
+        RunDir.open(tmp_path, cfg(rounds=6))
+    # operational fields and the output folder are not part of the experiment
+    moved = cfg(round_timeout_s=10.0, num_evaluators=3)
+    moved.output.run_dir = Path("/elsewhere")
+    assert RunDir.open(tmp_path, moved).completed_rounds() == 0
+    assert resume_config(tmp_path).search.rounds == 5
+    assert resume_config(tmp_path, ["search.round_timeout_s=7"]).search.round_timeout_s == 7
+
+
+def test_new_run_in_a_used_folder_and_missing_run(tmp_path: Path) -> None:
+    c = cfg()
+    RunDir.create(tmp_path / "a", c)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        RunDir.create(tmp_path / "a", c)
+    with pytest.raises(RunDirError, match="not a run directory"):
+        RunDir.open(tmp_path / "b", c)
+    with pytest.raises(RunDirError, match="not a run directory"):
+        resume_config(tmp_path / "b")
+
+
+def test_foreign_records_are_rejected(tmp_path: Path) -> None:
+    c = cfg()
+    RunDir.create(tmp_path, c)
+    line = json.dumps({"round": 0, "seed": 2, "digest": "0000000000000000"})
+    (tmp_path / EVALUATIONS_FILE).write_text(line + "\n")
+    with pytest.raises(RunDirError, match="another config"):
+        RunDir.open(tmp_path, c)
+
+
+def test_checkpoints_are_committed_atomically(tmp_path: Path) -> None:
+    c = cfg()
+    run = RunDir.create(tmp_path, c)
+    assert run.latest_checkpoint("generator") is None
+    for done in (2, 4, 6):
+        run.commit_checkpoint("generator", done, lambda d, n=done: (d / "model.txt").write_text(str(n)))
+    done, folder = run.latest_checkpoint("generator")
+    assert done == 6 and (folder / "model.txt").read_text() == "6"
+    kept = sorted(p.name for p in run.checkpoint_dir("generator").iterdir() if p.is_dir())
+    assert kept == ["round_000004", "round_000006"]
+
+    def crash(d: Path) -> None:
+        (d / "model.txt").write_text("partial")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        run.commit_checkpoint("generator", 8, crash)
+    assert run.latest_checkpoint("generator")[0] == 6  # still the last complete checkpoint
+    assert not [p for p in run.checkpoint_dir("generator").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_round_kinds_and_seeds() -> None:
+    c = cfg(seed=3)
+    assert [round_kind(r) for r in (-2, -1, 0, 7)] == ["teacher", "uniform", "search", "search"]
+    assert len({round_seed(c, r) for r in range(-2, 10)}) == 12
+    assert min(round_seed(cfg(), r) for r in (-2, -1, 0)) == 0
+    with pytest.raises(ValueError):
+        round_kind(-3)
