@@ -103,11 +103,46 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``collabprune demo``: data -> teacher -> search -> export -> summary, on configs/demo.yaml."""
+    from agents.driver import run_search
     from collabprune.config import load_config
     from collabprune.demo import run_demo
 
     cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
-    run_demo(cfg, progress=not args.no_progress)
+    run_demo(cfg, search=run_search, progress=not args.no_progress)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``collabprune submit CONFIG --address http://HEAD:8265 [--storage PATH]``: a search as a Ray job."""
+    from collabprune import jobs
+
+    job = jobs.submit(args.config, address=args.address, storage=args.storage, overrides=args.overrides,
+                      job_id=args.name, ship_code=not args.no_ship_code)
+    print(f"submitted job {job['job_id']} to {job['address']}\nrun dir: {job['run_dir']}")
+    if not args.wait:
+        print(f"follow it: collabprune jobs logs {job['job_id']} --address {job['address']} --follow")
+        return 0
+    status = jobs.wait_for_job(job["job_id"], address=args.address)
+    print(jobs.format_status(jobs.job_status(job["job_id"], address=args.address)))
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``collabprune jobs list|status|logs|stop [ID] --address ...``: the Ray jobs of a cluster."""
+    from collabprune import jobs
+
+    if args.jobs_command == "list":
+        print(jobs.format_jobs(jobs.list_jobs(address=args.address)))
+    elif args.jobs_command == "status":
+        print(jobs.format_status(jobs.job_status(args.job_id, address=args.address)))
+    elif args.jobs_command == "logs" and args.follow:
+        for chunk in jobs.follow_logs(args.job_id, address=args.address):
+            print(chunk, end="", flush=True)
+    elif args.jobs_command == "logs":
+        print(jobs.job_logs(args.job_id, address=args.address), end="")
+    else:
+        running = jobs.stop_job(args.job_id, address=args.address)
+        print(f"stop requested for job {args.job_id}" if running else f"job {args.job_id} was not running")
     return 0
 
 
@@ -152,6 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole demo: data, teacher, search, export, summary")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_demo)
+
+    address_help = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or 127.0.0.1:8265)"
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job")
+    _add_config(p)
+    p.add_argument("--address", help=address_help)
+    p.add_argument("--storage", type=Path,
+                   help="shared folder the cluster writes the run directory to (STORAGE/JOB_ID)")
+    p.add_argument("--name", help="job id and run-dir name (default: collabprune-<config>-<time>-<rand>)")
+    p.add_argument("--no-ship-code", action="store_true",
+                   help="use the collabprune installed on the cluster instead of shipping this one")
+    p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 1 unless it succeeded")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list, inspect, follow or stop Ray jobs")
+    jsub = p.add_subparsers(dest="jobs_command", required=True)
+    for name, help_text in [("list", "list the cluster's jobs"), ("status", "state, rounds and best reward of a job"),
+                            ("logs", "print a job's logs"), ("stop", "stop a running job")]:
+        j = jsub.add_parser(name, help=help_text)
+        if name != "list":
+            j.add_argument("job_id", metavar="ID", help="the job (submission) id")
+        if name == "logs":
+            j.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+        j.add_argument("--address", help=address_help)
+        j.set_defaults(func=cmd_jobs)
     return parser
 
 

@@ -9,6 +9,7 @@ returned, so its state dict loads with ``strict=True``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -149,3 +150,39 @@ def inherit_from_teacher(spec: SubnetSpec, teacher: nn.Module) -> nn.Module:
 
 
 __all__ = ["build_from_spec", "inherit_from_teacher"]
+
+
+SUBNET_FILE = "subnet.json"
+NETWORK_FILES = {"generator": "generator.pt", "discriminator": "discriminator.pt"}
+#: spec files of a saved candidate (the export keeps the specs inside subnet.json instead)
+SPEC_FILES = {"generator": "generator_spec.json", "discriminator": "discriminator_spec.json"}
+
+
+def load_subnet(folder: str | Path) -> tuple[nn.Module, nn.Module]:
+    """Rebuild an exported pruned pair in plain PyTorch (no torch-pruning, no pickles).
+
+    Reads ``subnet.json`` (written by ``collabprune export``) and the ``generator.pt`` /
+    ``discriminator.pt`` state dicts beside it (``torch.load(weights_only=True)``).
+
+    :param folder: the export folder.
+    :returns: ``(generator, discriminator)`` in eval mode on the CPU; the generator maps
+        (B, input_nc, H, W) -> (B, output_nc, H, W) in [-1, 1].
+    :raises CheckpointError: a missing file, an unknown schema, or weights that do not fit the spec.
+    """
+    import json
+
+    from collabprune.models.loading import load_state_dict_strict, read_state_dict
+
+    folder = Path(folder)
+    meta_path = folder / SUBNET_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: not found (is {folder} a collabprune export?)")
+    meta = json.loads(meta_path.read_text())
+    nets = []
+    for role, weights in NETWORK_FILES.items():
+        if role not in meta or "spec" not in meta[role]:
+            raise CheckpointError(f"{meta_path}: no '{role}.spec' entry")
+        net = build_from_spec(SubnetSpec.from_dict(meta[role]["spec"]))
+        load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights))
+        nets.append(net.eval())
+    return nets[0], nets[1]

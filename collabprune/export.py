@@ -1,0 +1,118 @@
+"""Export of a run's best sub-network pair (DESIGN.md §6).
+
+``OUT/subnet.json`` holds, per network, the :class:`~collabprune.pruning.spec.SubnetSpec`, the
+channels kept per group, MACs in both conventions, params and the MACs fraction of the teacher;
+plus every metric and the reward of the best pair, the teacher checkpoints' SHA-256, the package
+versions, the measured CPU latency of teacher and pruned G, and a schema version.
+``OUT/generator.pt`` / ``OUT/discriminator.pt`` are the fine-tuned state dicts that were scored;
+:func:`collabprune.models.load_subnet` rebuilds them in plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from collabprune.config import RunConfig
+from collabprune.errors import RunDirError
+from collabprune.evaluation import file_sha256
+from collabprune.io import atomic_path, atomic_write_json
+from collabprune.metrics.latency import measure_latency
+from collabprune.metrics.macs import macs, macs_published, params
+from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
+from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES, SUBNET_FILE, load_subnet
+from collabprune.pruning.spec import SubnetSpec
+from collabprune.runs import RunDir, candidate_dir, package_versions, resume_config
+from collabprune.teacher import D_FILE, G_FILE, load_teacher
+
+EXPORT_SCHEMA_VERSION = 1
+
+
+def _network_entry(spec: SubnetSpec, net: torch.nn.Module, shape: tuple[int, ...], teacher_macs: int) -> dict[str, Any]:
+    physical = macs(net, shape)
+    return {
+        "spec": spec.to_dict(),
+        "channels": spec.kept,
+        "input_shape": list(shape),
+        "macs": physical,
+        "macs_published": macs_published(net, shape),
+        "params": params(net),
+        "macs_fraction": physical / teacher_macs,
+    }
+
+
+def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dict[str, Any]:
+    """Export the best pair of ``run_dir`` to ``out``.
+
+    :param run_dir: a run directory with a ``best.json`` and the best round's saved candidate.
+    :param out: export folder (created; existing export files are replaced atomically).
+    :param onnx: also write ``generator.onnx`` (needs the ``onnx`` extra).
+    :returns: the content of ``subnet.json``.
+    :raises RunDirError: no best pair yet, or its saved weights are missing.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = resume_config(run_dir)
+    run = RunDir.open(run_dir, cfg)
+    best = run.read_best()
+    if best is None:
+        raise RunDirError(f"{run_dir}: no best pair yet (no search round has finished)")
+    folder = candidate_dir(run_dir, best["round"])
+    if not all((folder / f).is_file() for f in [*NETWORK_FILES.values(), *SPEC_FILES.values()]):
+        raise RunDirError(f"{folder}: the weights of the best pair (round {best['round']}) are missing")
+    info = _describe(cfg, folder, best)
+    out.mkdir(parents=True, exist_ok=True)
+    for weights in NETWORK_FILES.values():
+        with atomic_path(out / weights) as tmp:
+            shutil.copyfile(folder / weights, tmp)
+    atomic_write_json(out / SUBNET_FILE, info)
+    if onnx:
+        from collabprune.onnx_export import export_onnx
+
+        info["onnx"] = export_onnx(out, cfg)
+        atomic_write_json(out / SUBNET_FILE, info)
+    return info
+
+
+def _describe(cfg: RunConfig, folder: Path, best: dict[str, Any]) -> dict[str, Any]:
+    """The ``subnet.json`` content for the candidate saved in ``folder``."""
+    specs = {role: SubnetSpec.from_json((folder / spec).read_text()) for role, spec in SPEC_FILES.items()}
+    teacher_g, teacher_d = load_teacher(cfg, inplace=False)
+    size = cfg.data.crop_size
+    shapes = {"generator": (1, cfg.data.input_nc, size, size),
+              "discriminator": (1, cfg.data.input_nc + cfg.data.output_nc, size, size)}
+    nets = {}
+    for role, weights in NETWORK_FILES.items():
+        net = build_from_spec(specs[role])
+        nets[role] = load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights)).eval()
+    ckpt = cfg.teacher.checkpoint_dir
+    teacher_lat = measure_latency(teacher_g, shapes["generator"], "cpu")
+    student_lat = measure_latency(nets["generator"], shapes["generator"], "cpu")
+    latency = {"cpu": {"teacher_g_ms": 1e3 * teacher_lat["median_s"], "pruned_g_ms": 1e3 * student_lat["median_s"]}}
+    if torch.cuda.is_available():
+        t = measure_latency(teacher_g, shapes["generator"], "cuda")
+        s = measure_latency(nets["generator"], shapes["generator"], "cuda")
+        latency["cuda"] = {"teacher_g_ms": 1e3 * t["median_s"], "pruned_g_ms": 1e3 * s["median_s"],
+                           "device": torch.cuda.get_device_name()}
+    return {
+        "schema_version": EXPORT_SCHEMA_VERSION,
+        "round": best["round"],
+        "kind": best.get("kind"),
+        "reward": best.get("reward"),
+        "reward_terms": best.get("reward_terms"),
+        "metrics": best["metrics"],
+        "generator": _network_entry(specs["generator"], nets["generator"], shapes["generator"],
+                                    macs(teacher_g, shapes["generator"])),
+        "discriminator": _network_entry(specs["discriminator"], nets["discriminator"], shapes["discriminator"],
+                                        macs(teacher_d, shapes["discriminator"])),
+        "latency": latency,
+        "teacher": {"checkpoint_dir": str(ckpt), "generator_sha256": file_sha256(ckpt / G_FILE),
+                    "discriminator_sha256": file_sha256(ckpt / D_FILE)},
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+    }
+
+
+__all__ = ["EXPORT_SCHEMA_VERSION", "export_best", "load_subnet"]

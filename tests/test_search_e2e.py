@@ -1,0 +1,161 @@
+"""End to end: a short real search through the CLI, killed with SIGKILL mid-run, then resumed.
+
+Uses the real CandidateEvaluator on a tiny config (64x64 demo crops, resnet_6blocks ngf=8, a
+randomly initialised teacher saved with upstream file names, a few fine-tuning steps, the offline
+``fd_teacher_d`` metric). The search runs as ``python -m collabprune.cli search`` in its own process
+session (its embedded Ray included), so the kill takes the whole search down as a crash would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from collabprune.config import load_config, save_config
+from collabprune.data.demo import build_demo_dataset
+from collabprune.models import build_discriminator, build_from_spec, build_generator, load_subnet
+from collabprune.pruning.spec import SubnetSpec
+from collabprune.runs import candidate_dir
+
+ROUNDS = 5
+KILL_AFTER = 3  # search rounds in the log when the search is killed
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dataset, random teacher and config file; returns the config path."""
+    root = tmp_path_factory.mktemp("e2e")
+    build_demo_dataset(root / "data", size=64, crops_per_image=2, seed=0)
+    cfg = load_config(None, [
+        f"data.root={root / 'data'}", "data.load_size=72", "data.crop_size=64",
+        "model.net_g=resnet_6blocks", "model.ngf=8", "model.ndf=8", "model.norm=instance",
+        f"teacher.checkpoint_dir={root / 'teacher'}", "finetune.device=cpu", "finetune.steps=4",
+        "finetune.batch_size=2", "reward.fid.mode=fd_teacher_d", "reward.fid.max_images=4",
+        "reward.kde.centres=2", "reward.kde.neighbours=2",
+        "pruning.round_to=2", "pruning.min_channels=2", "pruning.budget.generator=0.3",
+        f"search.rounds={ROUNDS}", "search.checkpoint_every=2", "search.round_timeout_s=300",
+        "agents.warmup_episodes=1", "agents.batch_size=8", "agents.net_arch=[16,16]",
+    ])
+    (root / "teacher").mkdir()
+    torch.manual_seed(0)
+    torch.save(build_generator(cfg).state_dict(), root / "teacher" / "latest_net_G.pth")
+    torch.save(build_discriminator(cfg).state_dict(), root / "teacher" / "latest_net_D.pth")
+    save_config(cfg, root / "search.yaml")
+    return root / "search.yaml"
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return subprocess.Popen(
+        [sys.executable, "-m", "collabprune.cli", "--no-progress", "search", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own session: the test can reap what the kill leaves behind
+    )
+
+
+def _search_lines(path: Path) -> list[str]:
+    """Complete lines of the evaluation log."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    return text.split("\n")[:-1]
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "sid=,pid="], capture_output=True, text=True).stdout
+    return [int(p) for s, p in (line.split() for line in out.splitlines() if line.strip()) if int(s) == sid]
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL, by pid, every process of the search's session (the CLI process first, then its Ray
+    daemons and workers, all started by this test), like a crash of the machine running the search."""
+    os.kill(proc.pid, signal.SIGKILL)
+    for _ in range(3):
+        for pid in _session_pids(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    proc.wait(timeout=30)
+
+
+def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    log = run_dir / "evaluations.jsonl"
+    proc = _cli(str(tiny_setup), "--out", str(run_dir))
+    deadline = time.time() + 240
+    while sum(json.loads(x)["round"] >= 0 for x in _search_lines(log)) < KILL_AFTER:
+        if proc.poll() is not None:
+            pytest.fail(f"search exited early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.time() > deadline:
+            _kill_session(proc)
+            pytest.fail("search too slow to reach the kill point")
+        time.sleep(0.2)
+    _kill_session(proc)  # SIGKILL the search and its embedded Ray at once, mid-run
+    before = _search_lines(log)
+    assert 2 + KILL_AFTER <= len(before) < 2 + ROUNDS
+
+    resumed = _cli("--resume", str(run_dir))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert f"{ROUNDS} rounds" in out
+
+    after = _search_lines(log)
+    assert [json.loads(x)["round"] for x in after] == list(range(-2, ROUNDS))  # each round exactly once
+    assert after[: len(before)] == before  # logged evaluations kept byte for byte
+    records = [json.loads(x) for x in after]
+    assert {r["digest"] for r in records} == {records[0]["digest"]}
+    best = json.loads((run_dir / "best.json").read_text())
+    finite = [r for r in records if r["round"] >= -1 and isinstance(r.get("reward"), float)]
+    assert best["reward"] == max(r["reward"] for r in finite)
+    for r in records[2:]:
+        assert r["metrics"]["g_macs_fraction"] <= 0.3 + 1e-9 and r["metrics"]["d_macs_fraction"] <= 0.5 + 1e-9
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == ROUNDS and summary["resumed"]
+    logged_before = {json.loads(x)["round"] for x in before}
+    for agent in summary["agents"]:
+        assert agent["rounds"] == ROUNDS and agent["start_round"] in (2, 4)
+        # rounds logged before the kill and after the agent's checkpoint were replayed, not re-evaluated
+        assert agent["replayed"] == sorted(r for r in logged_before if r >= agent["start_round"])
+    for role in ("generator", "discriminator"):
+        latest = json.loads((run_dir / "checkpoints" / role / "latest.json").read_text())
+        assert latest["rounds_done"] == ROUNDS
+        assert any((run_dir / "tb" / role).iterdir())
+    for name in ("config.yaml", "run.json", "plots/reward.png", "plots/macs.png"):
+        assert (run_dir / name).is_file(), name
+
+    # only the uniform candidate's and the best pair's weights are kept
+    kept = sorted(p.name for p in (run_dir / "candidates").iterdir())
+    assert kept == sorted({"uniform", candidate_dir(run_dir, best["round"]).name})
+
+    # export the best pair; the rebuilt G is exactly the searched (scored) G
+    out = tmp_path / "export"
+    export = subprocess.run([sys.executable, "-m", "collabprune.cli", "export", str(run_dir), "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr
+    info = json.loads((out / "subnet.json").read_text())
+    assert info["round"] == best["round"] and info["metrics"] == best["metrics"]
+    assert info["generator"]["macs"] == best["metrics"]["g_macs"]
+    assert info["generator"]["macs_published"] >= info["generator"]["macs"]
+    assert len(info["teacher"]["generator_sha256"]) == 64 and "torch" in info["versions"]
+    assert info["schema_version"] == 1 and info["latency"]["cpu"]["pruned_g_ms"] > 0
+    g, d = load_subnet(out)
+    folder = candidate_dir(run_dir, best["round"])
+    searched = build_from_spec(SubnetSpec.from_json((folder / "generator_spec.json").read_text()))
+    searched.load_state_dict(torch.load(folder / "generator.pt", weights_only=True))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(g(x), searched.eval()(x))
+        assert d(torch.cat([x, g(x)], 1)).shape[1] == 1
