@@ -101,6 +101,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``collabprune inspect RUN_DIR [--agent g|d] [--out DIR] [--json]``: what the agents learned."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from agents.inspect_policies import inspect_run
+
+    roles = {"g": ["generator"], "d": ["discriminator"], None: None}[args.agent]
+    report = inspect_run(args.run_dir, roles, args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    console = Console()
+    best = report["best"] or {}
+    console.print(f"{report['run_dir']}: {report['rounds']} rounds, best round {best.get('round')} "
+                  f"reward {best.get('reward')}")
+    for agent in report["agents"]:
+        if agent["checkpoint_round"] is None:
+            console.print(f"{agent['role']}: no checkpoint yet")
+            continue
+        table = Table(title=f"{agent['role']} agent ({agent['algo']}, checkpoint after round "
+                            f"{agent['checkpoint_round']}), peer block of the best pair")
+        for col in ("#", "group", "channels", "policy ratio", "spread", agent["value_kind"], "best ratio",
+                    "best channels"):
+            table.add_column(col, justify="left" if col == "group" else "right")
+        for g in agent["groups"]:
+            best_ratio = "-" if g["best_ratio"] is None else f"{g['best_ratio']:.3f}"
+            table.add_row(str(g["index"]), g["name"], str(g["channels"]),
+                          f"{g['policy_ratio']:.3f} ({g['policy_channels']})", f"{g['spread']:.3f}",
+                          f"{g['value']:.3f}", best_ratio, str(g["best_channels"]))
+        console.print(table)
+    console.print("plots: " + ", ".join(report["plots"]))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``collabprune demo``: data -> teacher -> search -> export -> summary, on configs/demo.yaml."""
     from agents.driver import run_search
@@ -183,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--onnx", action="store_true", help="also write generator.onnx")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="the agents' policies per prunable group, and search plots")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--agent", choices=["g", "d"], help="only the generator (g) or discriminator (d) agent")
+    p.add_argument("--out", type=Path, help="folder for the PNGs (default RUN_DIR/plots)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", help="the whole demo: data, teacher, search, export, summary")
     _add_config(p, required=False)

@@ -75,3 +75,38 @@ def _save(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return path
+
+
+def plot_ratio_heatmap(records: Sequence[dict[str, Any]], role: str, group_names: Sequence[str],
+                       path: str | os.PathLike[str]) -> Path:
+    """Write a group-by-round heat map of one agent's keep ratios.
+
+    :param records: search-round records in round order (``g_ratios`` / ``d_ratios`` are read).
+    :param role: ``generator`` or ``discriminator``.
+    :param group_names: the role's prunable group names (network order), for the y axis.
+    :param path: the PNG file.
+    :returns: ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    key = f"{role[0]}_ratios"
+    grid = np.full((len(group_names), max(1, len(records))), np.nan)
+    for j, record in enumerate(records):
+        ratios = record.get(key) or []
+        grid[: len(ratios), j] = ratios
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.18 * grid.shape[1] + 3), 0.32 * len(group_names) + 1.6))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest",
+                      extent=(-0.5, grid.shape[1] - 0.5, len(group_names) - 0.5, -0.5))
+    ax.set_yticks(range(len(group_names)))
+    ax.set_yticklabels([f"{i}: {n if len(n) <= 28 else '...' + n[-25:]}" for i, n in enumerate(group_names)], fontsize=7)
+    ax.set_xlabel("round")
+    ax.set_title(f"{role} keep ratio per prunable group")
+    fig.colorbar(image, ax=ax, label="keep ratio")
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out

@@ -22,6 +22,7 @@ import torch
 from collabprune.config import load_config, save_config
 from collabprune.data.demo import build_demo_dataset
 from collabprune.models import build_discriminator, build_from_spec, build_generator, load_subnet
+from collabprune.pruning.space import ChannelSpace
 from collabprune.pruning.spec import SubnetSpec
 from collabprune.runs import candidate_dir
 
@@ -159,3 +160,23 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, t
     with torch.no_grad():
         assert torch.equal(g(x), searched.eval()(x))
         assert d(torch.cat([x, g(x)], 1)).shape[1] == 1
+
+    # inspect the finished run: a table per agent and the three kinds of PNG
+    plots = tmp_path / "plots"
+    shown = subprocess.run([sys.executable, "-m", "collabprune.cli", "inspect", str(run_dir), "--out", str(plots)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "generator agent (sac" in shown.stdout and "discriminator agent (sac" in shown.stdout
+    for name in ("reward.png", "macs.png", "ratios_generator.png", "ratios_discriminator.png"):
+        assert (plots / name).stat().st_size > 1000, name
+    as_json = subprocess.run([sys.executable, "-m", "collabprune.cli", "inspect", str(run_dir), "--agent", "g",
+                              "--json", "--out", str(plots)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    report = json.loads(as_json.stdout)
+    (agent,) = report["agents"]
+    assert agent["role"] == "generator" and agent["checkpoint_round"] == ROUNDS and agent["value_kind"] == "Q"
+    groups = agent["groups"]
+    assert [g["best_channels"] for g in groups] == best["g_channels"]
+    assert all(0.0 < g["policy_ratio"] <= 1.0 and g["spread"] >= 0.0 for g in groups)
+    policy_ratios = [g["policy_ratio"] for g in groups]
+    assert ChannelSpace.of("g", build_generator(load_config(tiny_setup), inplace=False), (1, 3, 64, 64),
+                           load_config(tiny_setup).pruning).macs_fraction(policy_ratios) <= 0.3 + 1e-9
