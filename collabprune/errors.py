@@ -46,3 +46,11 @@ class FidWeightsError(CollabPruneError):
 
 class RunDirError(CollabPruneError):
     """A run directory is missing, incomplete or belongs to a different config."""
+
+
+class JobsError(CollabPruneError):
+    """A Ray Jobs request failed: unreachable dashboard, missing or wrong token, unknown job."""
+
+
+class OnnxExportError(CollabPruneError):
+    """The ONNX export cannot run (missing extra) or its output does not match PyTorch."""
