@@ -204,19 +204,23 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_demo_dataset_build(tmp_path: Path) -> None:
     out1, out2 = tmp_path / "one" / "demo", tmp_path / "two" / "demo"
-    counts = build_demo_dataset(out1, size=64, crops_per_image=2, seed=3)
-    assert counts["train"] >= 4 and counts["val"] == 2 and counts["test"] == 2
-    assert build_demo_dataset(out2, size=64, crops_per_image=2, seed=3) == counts
+    counts = build_demo_dataset(out1, size=64, crops_per_image=4, seed=3)
+    assert counts == {"train": 4 * 8, "val": 8, "test": 8}  # 8 photographs; val/test: a quarter each
+    assert build_demo_dataset(out2, size=64, crops_per_image=4, seed=3) == counts
     assert _files(out1) == _files(out2)  # deterministic: same bytes
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["demo"]  # no temp folder left
-    assert demo_is_built(out1, 64, 2, 3) and not demo_is_built(out1, 64, 3, 3)
+    assert demo_is_built(out1, 64, 4, 3) and not demo_is_built(out1, 64, 3, 3)
 
     meta = json.loads((out1 / META_NAME).read_text())
-    srcs = {s: set(v) for s, v in meta["sources"].items()}
-    assert srcs["train"].isdisjoint(srcs["val"]) and srcs["train"].isdisjoint(srcs["test"])
-    assert srcs["val"].isdisjoint(srcs["test"])
-    for split, names in srcs.items():  # file names carry their source photo
-        assert {p.name.rsplit("_", 1)[0] for p in (out1 / split).glob("*.png")} == names
+    boxes = meta["boxes"]  # [photo, x0, y0, x1, y1] of every crop, pixels of its source photo
+    assert {s: len(v) for s, v in boxes.items()} == counts
+    for s1, s2 in (("train", "val"), ("train", "test"), ("val", "test")):
+        for n1, *b1 in boxes[s1]:
+            for n2, *b2 in boxes[s2]:
+                overlap = n1 == n2 and b1[0] < b2[2] and b2[0] < b1[2] and b1[1] < b2[3] and b2[1] < b1[3]
+                assert not overlap, (s1, n1, b1, s2, b2)  # no pixel of a photograph in two splits
+    for split in counts:  # file names carry their source photo
+        assert {p.name.rsplit("_", 1)[0] for p in (out1 / split).glob("*.png")} == {b[0] for b in boxes[split]}
 
     cfg = DataConfig(root=out1, load_size=64, crop_size=64)
     train = AlignedDataset(out1, "train", cfg, train=False)
@@ -233,10 +237,10 @@ def test_demo_dataset_build(tmp_path: Path) -> None:
 
     # reuse without rebuilding; rebuild with other parameters replaces it
     mtime = (out1 / META_NAME).stat().st_mtime_ns
-    assert build_demo_dataset(out1, size=64, crops_per_image=2, seed=3) == counts
+    assert build_demo_dataset(out1, size=64, crops_per_image=4, seed=3) == counts
     assert (out1 / META_NAME).stat().st_mtime_ns == mtime
-    assert build_demo_dataset(out1, size=64, crops_per_image=1, seed=3)["val"] == 1
-    assert len(list((out1 / "val").glob("*.png"))) == 1
+    assert build_demo_dataset(out1, size=64, crops_per_image=8, seed=3)["val"] == 16
+    assert len(list((out1 / "val").glob("*.png"))) == 16
 
 
 def test_demo_refuses_to_overwrite_other_folder(tmp_path: Path) -> None:

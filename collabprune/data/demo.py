@@ -1,15 +1,18 @@
 """The demo dataset: edges -> photo, built from real photographs that ship inside scikit-image.
 
 Each source photograph (read straight from the ``skimage/data`` folder of the installed package, so
-nothing is ever downloaded) gives ``crops_per_image`` random square crops, resized to ``size``. For
-each crop, A is its Canny edge map (black edges on white, 3 channels) and B is the photo crop; the
-pair is written as one aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset`
-reads it.
+nothing is ever downloaded) gives random square crops, resized to ``size``. For each crop, A is its
+Canny edge map (black edges on white, 3 channels) and B is the photo crop; the pair is written as one
+aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset` reads it.
 
-Splits never share pixels: each source photograph belongs to exactly one split (:data:`SPLITS`).
-The build is deterministic for a seed (same bytes for the same scikit-image/Pillow versions) and
-atomic: it is written into a temporary folder beside ``out`` and renamed onto ``out`` at the end,
-with ``demo_meta.json`` recording the parameters, counts and source assignment.
+Splits never share pixels: every photograph is cut into three disjoint regions (:data:`REGIONS`):
+the left 60% of its width is the train region, the top and bottom halves of the right 40% are the
+val and test regions, and every crop lies inside its split's region. So the test split holds unseen
+parts of the photographs the teacher learned from (an edges -> colour mapping does not transfer to a
+photograph of something else). The build is deterministic for a seed (same bytes for the same
+scikit-image/Pillow versions) and atomic: it is written into a temporary folder beside ``out`` and
+renamed onto ``out`` at the end, with ``demo_meta.json`` recording the parameters, counts and the
+source box of every crop.
 """
 
 from __future__ import annotations
@@ -26,25 +29,31 @@ from PIL import Image
 
 from collabprune.errors import DatasetError
 
-#: Source photographs per split (file names in ``skimage/data``). A source is in exactly one split.
-#: The two motorcycle files are a stereo pair of one scene, so they share a split.
-SPLITS: dict[str, tuple[str, ...]] = {
-    "train": (
-        "astronaut.png",
-        "rocket.jpg",
-        "motorcycle_left.png",
-        "motorcycle_right.png",
-        "hubble_deep_field.jpg",
-        "ihc.png",
-        "retina.jpg",
-    ),
-    "val": ("chelsea.png",),
-    "test": ("coffee.png",),
+#: Source photographs (file names in ``skimage/data``): the colour photographs that load without a
+#: download. ``motorcycle_right.png`` is left out: it is a stereo view of ``motorcycle_left.png``,
+#: so its regions would show the other view's pixels of another split.
+SOURCES: tuple[str, ...] = (
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+    "chelsea.png",
+    "coffee.png",
+)
+
+#: Region of each split as fractions (x0, y0, x1, y1) of a photograph's width and height.
+REGIONS: dict[str, tuple[float, float, float, float]] = {
+    "train": (0.0, 0.0, 0.6, 1.0),
+    "val": (0.6, 0.0, 1.0, 0.5),
+    "test": (0.6, 0.5, 1.0, 1.0),
 }
+SPLITS = tuple(REGIONS)
 
 META_NAME = "demo_meta.json"
-_FORMAT = 1
-#: Crop side as a fraction of the photo's shorter side (uniform in this range).
+_FORMAT = 2
+#: Crop side as a fraction of the region's shorter side (uniform in this range).
 _CROP_FRACTION = (0.35, 0.8)
 
 
@@ -77,16 +86,29 @@ def _edge_map(photo: Image.Image, size: int) -> Image.Image:
     return Image.fromarray(np.where(edges, 0, 255).astype(np.uint8)).convert("RGB")
 
 
-def _crops(photo: Image.Image, name: str, n: int, size: int, seed: int) -> list[Image.Image]:
-    """``n`` random square crops of ``photo`` resized to ``size``, seeded by ``(seed, name)``."""
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+def split_crops(split: str, crops_per_image: int) -> int:
+    """Crops per photograph of a split: ``crops_per_image`` for train, a quarter of it (at least 1)
+    for val and test."""
+    return crops_per_image if split == "train" else max(1, crops_per_image // 4)
+
+
+def _crops(photo: Image.Image, name: str, split: str, n: int, size: int, seed: int) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
+    """``n`` random square crops inside ``split``'s region of ``photo``, resized to ``size``.
+
+    Seeded by ``(seed, name, split)``. :returns: ``(crop, (x0, y0, x1, y1))`` pairs, boxes in pixels.
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(split.encode())])
     w, h = photo.size
-    short = min(w, h)
+    fx0, fy0, fx1, fy1 = REGIONS[split]
+    rx0, ry0, rx1, ry1 = round(fx0 * w), round(fy0 * h), round(fx1 * w), round(fy1 * h)
+    short = min(rx1 - rx0, ry1 - ry0)
     out = []
     for _ in range(n):
         side = int(rng.integers(round(_CROP_FRACTION[0] * short), round(_CROP_FRACTION[1] * short) + 1))
-        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        out.append(photo.crop((x, y, x + side, y + side)).resize((size, size), Image.LANCZOS))
+        x = int(rng.integers(rx0, rx1 - side + 1))
+        y = int(rng.integers(ry0, ry1 - side + 1))
+        box = (x, y, x + side, y + side)
+        out.append((photo.crop(box).resize((size, size), Image.LANCZOS), box))
     return out
 
 
@@ -124,55 +146,54 @@ def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: i
 
 def _write(tmp: Path, size: int, crops_per_image: int, seed: int) -> dict:
     """Write all splits and the meta file into ``tmp``; return the meta."""
+    photos = {Path(name).stem: _load_source(name) for name in SOURCES}
+    photos = {stem: photo for stem, photo in photos.items() if photo is not None}
+    if not photos:
+        raise DatasetError(
+            f"{skimage_data_dir()}: none of the demo's photographs {list(SOURCES)} ships with this scikit-image",
+            hint="install scikit-image>=0.19, or point data.root at your own dataset",
+        )
     counts: dict[str, int] = {}
-    sources: dict[str, list[str]] = {}
-    for split, names in SPLITS.items():
+    boxes: dict[str, list[list]] = {}
+    for split in SPLITS:
         (tmp / split).mkdir()
-        counts[split], sources[split] = 0, []
-        for name in names:
-            photo = _load_source(name)
-            if photo is None:
-                continue
-            stem = Path(name).stem
-            sources[split].append(stem)
-            for k, crop in enumerate(_crops(photo, name, crops_per_image, size, seed)):
+        counts[split], boxes[split] = 0, []
+        for stem, photo in photos.items():
+            for k, (crop, box) in enumerate(_crops(photo, stem, split, split_crops(split, crops_per_image), size, seed)):
                 pair = Image.new("RGB", (2 * size, size))
                 pair.paste(_edge_map(crop, size), (0, 0))
                 pair.paste(crop, (size, 0))
                 pair.save(tmp / split / f"{stem}_{k:03d}.png", format="PNG")
+                boxes[split].append([stem, *box])
                 counts[split] += 1
-        if counts[split] == 0:
-            raise DatasetError(
-                f"{skimage_data_dir()}: none of the demo's {split} photographs {list(names)} "
-                "ships with this scikit-image",
-                hint="install scikit-image>=0.19, or point data.root at your own dataset",
-            )
     import skimage
 
     meta = {
         "params": _params(size, crops_per_image, seed),
         "counts": counts,
-        "sources": sources,
+        "sources": sorted(photos),
+        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "boxes": boxes,
         "task": "A = Canny edges (black on white), B = photo crop; aligned A|B PNG",
         "skimage_version": skimage.__version__,
     }
-    (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
 def build_demo_dataset(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0) -> dict[str, int]:
     """Build the edges -> photo demo dataset under ``out/{train,val,test}`` (or reuse a built one).
 
-    Train photos: astronaut, rocket, motorcycle (left and right), hubble_deep_field, ihc, retina;
-    val: chelsea; test: coffee (see :data:`SPLITS`). Each gives ``crops_per_image`` pairs.
+    Photographs: :data:`SOURCES`; each gives ``crops_per_image`` train pairs from its train region
+    and ``crops_per_image // 4`` (at least 1) val and test pairs from its val and test regions.
 
     :param out: the dataset root to create; its parent is created if needed.
     :param size: side of the A and B crops, pixels (each file is ``2*size x size``).
-    :param crops_per_image: random crops per source photograph.
+    :param crops_per_image: random train crops per source photograph.
     :param seed: seed of the crop positions and sizes.
-    :return: number of pairs per split, e.g. ``{"train": 168, "val": 24, "test": 24}``.
+    :return: number of pairs per split, e.g. ``{"train": 192, "val": 48, "test": 48}``.
     :raises DatasetError: if ``out`` exists and is neither empty nor a demo dataset (it is never
-        overwritten then), or a split's photographs are missing from the scikit-image install.
+        overwritten then), or no demo photograph ships with the scikit-image install.
     """
     out = Path(out)
     if demo_is_built(out, size, crops_per_image, seed):
