@@ -17,12 +17,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import requests
 
 VENV_BIN = Path(sys.executable).parent
+
+
+#: The token of the session's Ray head (token authentication, as Ray 2.60 clusters use by default).
+RAY_TEST_TOKEN = "collabprune-test-token-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """The session's private Ray head: GCS address (for drivers) and dashboard URL (Jobs API)."""
+
+    gcs_address: str
+    dashboard_url: str
+    token: str
+
 
 
 def free_ports(n: int) -> list[int]:

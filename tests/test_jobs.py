@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,23 +27,17 @@ from collabprune.data.demo import build_demo_dataset
 from collabprune.errors import JobsError
 from collabprune.teacher import train_teacher
 
-from ray_head import free_port, session_pids, start_local_head
+from ray_head import RAY_TEST_TOKEN, RayHead, free_port
 
-TOKEN = "collabprune-test-token-0123456789abcdef"
+TOKEN = RAY_TEST_TOKEN
 JOB_TIMEOUT_S = 300
 
 
 # ------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private Ray head with token auth; yields its dashboard URL; all its processes end after."""
-    logs = tmp_path_factory.mktemp("ray_head")
-    _, url, stop = start_local_head(logs, num_cpus=2, token=TOKEN)
-    try:
-        yield url
-    finally:
-        stop()
-        assert session_pids(stop.session_id) == [], "the head left processes behind"
+def head(ray_head: RayHead) -> str:
+    """The session's Ray head (token auth); its dashboard URL."""
+    return ray_head.dashboard_url
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,12 @@
 """End to end: a short real search through the CLI, killed with SIGKILL mid-run, then resumed.
 
+The search runs against the test session's Ray head (``--address``); killing its process kills the
+search's driver, and Ray ends the actors it owned (agents, coordinator, evaluators), as on a crash.
+
 Uses the real CandidateEvaluator on a tiny config (64x64 demo crops, resnet_6blocks ngf=8, a
 randomly initialised teacher saved with upstream file names, a few fine-tuning steps, the offline
 ``fd_teacher_d`` metric). The search runs as ``python -m collabprune.cli search`` in its own process
-session (its embedded Ray included), so the kill takes the whole search down as a crash would.
+session.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collabprune.models import build_discriminator, build_from_spec, build_gener
 from collabprune.pruning.space import ChannelSpace
 from collabprune.pruning.spec import SubnetSpec
 from collabprune.runs import candidate_dir
+from ray_head import RayHead
 
 ROUNDS = 5
 KILL_AFTER = 3  # search rounds in the log when the search is killed
@@ -91,10 +95,11 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, tmp_path: Path) -> None:
+def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, tmp_path: Path,
+                                                             ray_head: RayHead) -> None:
     run_dir = tmp_path / "run"
     log = run_dir / "evaluations.jsonl"
-    proc = _cli(str(tiny_setup), "--out", str(run_dir))
+    proc = _cli(str(tiny_setup), "--out", str(run_dir), "--address", ray_head.gcs_address)
     deadline = time.time() + 240
     while sum(json.loads(x)["round"] >= 0 for x in _search_lines(log)) < KILL_AFTER:
         if proc.poll() is not None:
@@ -107,7 +112,7 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, t
     before = _search_lines(log)
     assert 2 + KILL_AFTER <= len(before) < 2 + ROUNDS
 
-    resumed = _cli("--resume", str(run_dir))
+    resumed = _cli("--resume", str(run_dir), "--address", ray_head.gcs_address)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert f"{ROUNDS} rounds" in out
