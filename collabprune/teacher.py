@@ -153,7 +153,10 @@ def test_l1_report(net_g: nn.Module, cfg: RunConfig, device: torch.device) -> di
 
 @torch.no_grad()
 def save_sample_grid(net_g: nn.Module, cfg: RunConfig, path: Path, device: torch.device, n: int = 6) -> None:
-    """Write a PNG grid, one row per test image: input | generator output | ground truth."""
+    """Write a PNG grid, one row per test image: input | generator output | ground truth.
+
+    The ``n`` rows are spread evenly over the test split (so they show different source images).
+    """
     from torchvision.utils import save_image
 
     test = make_dataset(cfg.data, "test", train=False)
@@ -161,7 +164,7 @@ def save_sample_grid(net_g: nn.Module, cfg: RunConfig, path: Path, device: torch
     net_g.eval()
     rows = []
     for i in range(min(n, len(test))):
-        item = test[i]
+        item = test[i * len(test) // min(n, len(test))]
         a = item["A"].unsqueeze(0)
         fake = net_g(a.to(device)).cpu()
         rows += [a[0], fake[0], item["B"]]

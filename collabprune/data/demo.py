@@ -5,11 +5,11 @@ nothing is ever downloaded) gives random square crops, resized to ``size``. For 
 Canny edge map (black edges on white, 3 channels) and B is the photo crop; the pair is written as one
 aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset` reads it.
 
-Splits never share pixels: every photograph is cut into three disjoint regions (:data:`REGIONS`):
-the left 60% of its width is the train region, the top and bottom halves of the right 40% are the
-val and test regions, and every crop lies inside its split's region. So the test split holds unseen
-parts of the photographs the teacher learned from (an edges -> colour mapping does not transfer to a
-photograph of something else). The build is deterministic for a seed (same bytes for the same
+Splits never share pixels: every photograph is cut into a 3x3 grid of blocks (:data:`BLOCKS`); the
+centre block is the test region, the top-right block the val region, the other seven the train
+region, and every crop lies inside one block of its split. So the test split holds unseen parts of
+the photographs the teacher learned from, surrounded by parts it saw (an edges -> colour mapping
+does not transfer to a photograph of something else). The build is deterministic for a seed (same bytes for the same
 scikit-image/Pillow versions) and atomic: it is written into a temporary folder beside ``out`` and
 renamed onto ``out`` at the end, with ``demo_meta.json`` recording the parameters, counts and the
 source box of every crop.
@@ -43,18 +43,19 @@ SOURCES: tuple[str, ...] = (
     "coffee.png",
 )
 
-#: Region of each split as fractions (x0, y0, x1, y1) of a photograph's width and height.
-REGIONS: dict[str, tuple[float, float, float, float]] = {
-    "train": (0.0, 0.0, 0.6, 1.0),
-    "val": (0.6, 0.0, 1.0, 0.5),
-    "test": (0.6, 0.5, 1.0, 1.0),
+#: The photograph is cut into a GRID x GRID grid of blocks; the blocks (row, column) of each split.
+GRID = 3
+BLOCKS: dict[str, tuple[tuple[int, int], ...]] = {
+    "train": ((0, 0), (0, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)),
+    "val": ((0, 2),),
+    "test": ((1, 1),),
 }
-SPLITS = tuple(REGIONS)
+SPLITS = tuple(BLOCKS)
 
 META_NAME = "demo_meta.json"
-_FORMAT = 2
-#: Crop side as a fraction of the region's shorter side (uniform in this range).
-_CROP_FRACTION = (0.35, 0.8)
+_FORMAT = 3
+#: Crop side as a fraction of the block's shorter side (uniform in this range).
+_CROP_FRACTION = (0.6, 1.0)
 
 
 def skimage_data_dir() -> Path:
@@ -92,21 +93,26 @@ def split_crops(split: str, crops_per_image: int) -> int:
     return crops_per_image if split == "train" else max(1, crops_per_image // 4)
 
 
+def _block_box(photo: Image.Image, row: int, col: int) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1) of grid block (row, col) of ``photo``."""
+    w, h = photo.size
+    return (col * w // GRID, row * h // GRID, (col + 1) * w // GRID, (row + 1) * h // GRID)
+
+
 def _crops(photo: Image.Image, name: str, split: str, n: int, size: int, seed: int) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
-    """``n`` random square crops inside ``split``'s region of ``photo``, resized to ``size``.
+    """``n`` random square crops, each inside one block of ``split``, resized to ``size``.
 
     Seeded by ``(seed, name, split)``. :returns: ``(crop, (x0, y0, x1, y1))`` pairs, boxes in pixels.
     """
     rng = np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(split.encode())])
-    w, h = photo.size
-    fx0, fy0, fx1, fy1 = REGIONS[split]
-    rx0, ry0, rx1, ry1 = round(fx0 * w), round(fy0 * h), round(fx1 * w), round(fy1 * h)
-    short = min(rx1 - rx0, ry1 - ry0)
+    blocks = BLOCKS[split]
     out = []
     for _ in range(n):
+        bx0, by0, bx1, by1 = _block_box(photo, *blocks[int(rng.integers(len(blocks)))])
+        short = min(bx1 - bx0, by1 - by0)
         side = int(rng.integers(round(_CROP_FRACTION[0] * short), round(_CROP_FRACTION[1] * short) + 1))
-        x = int(rng.integers(rx0, rx1 - side + 1))
-        y = int(rng.integers(ry0, ry1 - side + 1))
+        x = int(rng.integers(bx0, bx1 - side + 1))
+        y = int(rng.integers(by0, by1 - side + 1))
         box = (x, y, x + side, y + side)
         out.append((photo.crop(box).resize((size, size), Image.LANCZOS), box))
     return out
@@ -172,7 +178,8 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int) -> dict:
         "params": _params(size, crops_per_image, seed),
         "counts": counts,
         "sources": sorted(photos),
-        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "grid": GRID,
+        "blocks": {k: [list(b) for b in v] for k, v in BLOCKS.items()},
         "boxes": boxes,
         "task": "A = Canny edges (black on white), B = photo crop; aligned A|B PNG",
         "skimage_version": skimage.__version__,
@@ -184,8 +191,8 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int) -> dict:
 def build_demo_dataset(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0) -> dict[str, int]:
     """Build the edges -> photo demo dataset under ``out/{train,val,test}`` (or reuse a built one).
 
-    Photographs: :data:`SOURCES`; each gives ``crops_per_image`` train pairs from its train region
-    and ``crops_per_image // 4`` (at least 1) val and test pairs from its val and test regions.
+    Photographs: :data:`SOURCES`; each gives ``crops_per_image`` train pairs from its train blocks
+    and ``crops_per_image // 4`` (at least 1) val and test pairs from its val and test blocks.
 
     :param out: the dataset root to create; its parent is created if needed.
     :param size: side of the A and B crops, pixels (each file is ``2*size x size``).
