@@ -95,7 +95,7 @@ def test_budget_is_never_exceeded(net_g: str, role: str) -> None:
 def test_budget_holds_on_the_physically_pruned_network() -> None:
     """The fast estimate equals the MACs of the real pruned network, which meets the budget."""
     from collabprune.metrics.macs import macs
-    from collabprune.pruning import prune_model
+    from collabprune.pruning.prune import prune_model
 
     cfg = tiny_cfg("unet_128")
     env = make_env("generator")
