@@ -1,0 +1,174 @@
+"""Helpers shared by the benchmark scripts: arguments, config loading, machine record, JSON output.
+
+Nothing here measures anything; every metric comes from the project's own functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def script_mode_path_fix() -> None:
+    """Make ``python benchmarks/<name>.py`` behave like ``python -m benchmarks.<name>``.
+
+    Run as a file, Python puts ``benchmarks/`` first on ``sys.path`` (so ``fid.py`` could shadow a
+    top-level ``fid`` module); replace it with the repository root.
+    """
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(here)]
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
+
+def base_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes: config, ``--set``, ``--out``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                        help="run config YAML (default: configs/demo.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override section.field=value (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
+                        help=f"JSON result file (default: benchmarks/results/{name}.json)")
+    return parser
+
+
+def load_cfg(config: str | os.PathLike[str], overrides: Sequence[str], extra: Sequence[str] = ()) -> Any:
+    """The validated run config: the YAML file, then ``overrides``, then ``extra`` (benchmark-set)."""
+    from collabprune.config import load_config
+
+    return load_config(config, [*overrides, *extra])
+
+
+def parse_list(text: str, kind: Callable[[str], Any] = float) -> list[Any]:
+    """``"0.25,0.5"`` -> ``[0.25, 0.5]`` (empty items dropped)."""
+    return [kind(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were taken: CPU, cores, torch and its threads, CUDA device, load average."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the finite values (std 0 for one value; None for none)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A compact number for tables (``-`` for missing)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def fmt_pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+    """``mean ± std`` for tables (``-`` for missing)."""
+    if mean is None:
+        return "-"
+    return fmt(mean, digits) if not std else f"{fmt(mean, digits)} ± {fmt(std, 2)}"
+
+
+def print_table(table: Any) -> None:
+    """Print a rich table, at least 200 columns wide when the output is not a terminal (logs)."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))
+    console.print(table)
+
+
+def write_results(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the machine record and timestamps when absent) as JSON, atomically."""
+    from collabprune.io import atomic_write_json
+
+    payload.setdefault("machine", machine_info())
+    payload.setdefault("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_json(Path(path), _finite(payload))
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, paths -> strings, tuples -> lists, so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class WholeDiscriminatorEvaluator:
+    """A :class:`~collabprune.evaluation.CandidateEvaluator` whose discriminator is never pruned.
+
+    Used by ``benchmarks.quality`` for the "G agent alone" baseline: every ``d_ratios`` a caller
+    passes (the D agent's proposal, the uniform candidate's) is replaced by all ones before the real
+    evaluator runs, so the team reward depends on the G agent's proposal only. Passed to
+    ``agents.driver.run_search`` as ``evaluator_factory`` (pickled by value into the evaluator actor).
+
+    :param cfg: the run config.
+    :param run_dir: the run directory (FID cache, teacher evaluation).
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        from collabprune.evaluation import CandidateEvaluator
+
+        self.inner = CandidateEvaluator(cfg, run_dir)
+        self.ones = [1.0] * self.inner.d_space.num_groups
+
+    def evaluate(self, g_ratios: Sequence[float], d_ratios: Sequence[float], seed: int,
+                 baseline: dict[str, Any] | None, save_dir: Path | None = None) -> dict[str, Any]:
+        """``CandidateEvaluator.evaluate`` with ``d_ratios`` ignored (D kept whole)."""
+        return self.inner.evaluate(list(g_ratios), self.ones, seed, baseline, save_dir)
+
+    def evaluate_teacher(self) -> dict[str, Any]:
+        """The teacher pair, as ``CandidateEvaluator.evaluate_teacher``."""
+        return self.inner.evaluate_teacher()
+
+    def uniform_ratios(self) -> tuple[list[float], list[float]]:
+        """The uniform G ratios with the whole D."""
+        g, _ = self.inner.uniform_ratios()
+        return list(g), list(self.ones)

@@ -1,0 +1,159 @@
+"""Latency vs MACs: does a channel-pruned generator get faster by as much as its MACs drop?
+
+For each generator (the config's, and pix2pix's full-size ``unet_256`` ngf=64 at 256x256) the teacher
+and the uniform candidates at several MACs budgets (the largest single keep ratio that meets the
+budget, :meth:`ChannelSpace.uniform_ratio`) are pruned physically with
+:func:`collabprune.pruning.prune.prune_model` -- no fine-tuning: latency does not depend on the
+weights' values, so randomly initialised networks are used and no teacher checkpoint is needed. For
+each one we record MACs in both conventions, parameters, and the measured forward latency
+(:func:`collabprune.metrics.latency.measure_latency`, median of ``--repeats``) at batch 1 and 8,
+on the CPU and, when present, on CUDA. The table shows the speed-up over the teacher, the MACs
+reduction, and their ratio (1.0 = latency falls exactly as MACs do).
+
+    python -m benchmarks.latency [CONFIG] [--set k=v] [--model config,unet_256]
+                                 [--budgets 0.75,0.5,0.25,0.125] [--batches 1,8] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/latency.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks._shared import script_mode_path_fix
+
+    script_mode_path_fix()
+
+import torch
+from rich.table import Table
+
+from benchmarks._shared import base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
+from collabprune.config import RunConfig
+from collabprune.errors import BudgetError
+from collabprune.metrics.latency import measure_latency
+from collabprune.metrics.macs import macs, macs_published, params
+from collabprune.models import build_generator, generator_kwargs
+from collabprune.pruning.prune import prune_model
+from collabprune.pruning.space import ChannelSpace
+
+#: ``--model unet_256``: pix2pix's full-size generator (upstream defaults, GPU rounding of 8).
+UNET_256 = [
+    "model.net_g=unet_256", "model.ngf=64", "data.load_size=286", "data.crop_size=256",
+    "pruning.round_to=8", "pruning.min_channels=8",
+]
+
+
+def parse_args() -> Any:
+    parser = base_parser("latency", __doc__.split("\n")[0])
+    parser.add_argument("--model", default="config,unet_256",
+                        help="comma list of 'config' (the config's generator) and 'unet_256' (default both)")
+    parser.add_argument("--budgets", default="0.75,0.5,0.25,0.125", help="generator MACs budgets (teacher = 1.0 always)")
+    parser.add_argument("--batches", default="1,8", help="batch sizes")
+    parser.add_argument("--repeats", type=int, default=10, help="timed forwards per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed forwards first")
+    parser.add_argument("--devices", default=None, help="comma list (default: cpu, plus cuda when present)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up, budgets 0.5")
+    return parser.parse_args()
+
+
+def model_config(args: Any, which: str) -> RunConfig:
+    """The run config of one ``--model`` entry."""
+    if which == "config":
+        return load_cfg(args.config, args.overrides)
+    if which == "unet_256":
+        return load_cfg(args.config, args.overrides, UNET_256)
+    raise SystemExit(f"--model: unknown entry {which!r} (allowed: config, unet_256)")
+
+
+def pruned_generators(cfg: RunConfig, budgets: list[float]) -> list[dict[str, Any]]:
+    """The teacher and its uniform candidates: ``{"budget", "ratio", "net", "kept"}`` each."""
+    teacher = build_generator(cfg, inplace=False).eval()
+    size = cfg.data.crop_size
+    shape = (1, cfg.data.input_nc, size, size)
+    space = ChannelSpace.of("g", teacher, shape, cfg.pruning)
+    out = [{"budget": 1.0, "ratio": 1.0, "net": teacher, "kept": [g.channels for g in space.groups]}]
+    for budget in budgets:
+        try:
+            ratio = space.uniform_ratio(budget)
+        except BudgetError as err:
+            print(f"skipping budget {budget}: {err}")
+            continue
+        net, spec = prune_model(teacher, torch.zeros(shape), [ratio] * space.num_groups, cfg.pruning, 0,
+                                generator_kwargs(cfg, inplace=False))
+        out.append({"budget": budget, "ratio": ratio, "net": net.eval(), "kept": spec.kept})
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    if args.quick:
+        args.repeats, args.warmup, args.budgets = 2, 1, "0.5"
+    budgets = [b for b in parse_list(args.budgets) if b < 1.0]
+    batches = parse_list(args.batches, int)
+    devices = parse_list(args.devices, str) if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    t_start = time.time()
+    rows: list[dict[str, Any]] = []
+    for which in parse_list(args.model, str):
+        cfg = model_config(args, which)
+        size = cfg.data.crop_size
+        name = f"{cfg.model.net_g}/{cfg.model.ngf}@{size}"
+        print(f"[latency] {name}: pruning to budgets {budgets}")
+        teacher_ms: dict[tuple[str, int], float] = {}
+        teacher_macs = None
+        for cand in pruned_generators(cfg, budgets):
+            net = cand["net"]
+            shape1 = (1, cfg.data.input_nc, size, size)
+            cost = {"macs": macs(net, shape1), "macs_published": macs_published(net, shape1), "params": params(net)}
+            teacher_macs = teacher_macs or cost["macs"]
+            for device in devices:
+                for batch in batches:
+                    lat = measure_latency(net, (batch, cfg.data.input_nc, size, size), device,
+                                          warmup=args.warmup, repeats=args.repeats)
+                    key = (device, batch)
+                    if cand["budget"] == 1.0:
+                        teacher_ms[key] = lat["median_s"]
+                    speedup = teacher_ms[key] / lat["median_s"]
+                    reduction = teacher_macs / cost["macs"]
+                    rows.append({
+                        "model": which, "name": name, "net_g": cfg.model.net_g, "ngf": cfg.model.ngf,
+                        "image_size": size, "budget": cand["budget"], "keep_ratio": cand["ratio"],
+                        "kept_channels": cand["kept"], **cost, "macs_fraction": cost["macs"] / teacher_macs,
+                        "device": device, "batch": batch, "latency": lat,
+                        "latency_ms": 1e3 * lat["median_s"], "speedup": speedup, "macs_reduction": reduction,
+                        "speedup_per_macs_reduction": speedup / reduction,
+                    })
+                    print(f"  budget {cand['budget']:<6g} {device} batch {batch}: {1e3 * lat['median_s']:.2f} ms")
+
+    table = Table(title="Generator latency vs MACs (uniform candidates; median of repeats)")
+    for col in ("model", "budget", "MACs frac", "GMACs", "GMACs (pub.)", "params (M)", "device", "batch",
+                "latency (ms)", "speed-up", "MACs reduction", "speed-up / MACs red."):
+        table.add_column(col, justify="left" if col in ("model", "device") else "right")
+    for r in rows:
+        table.add_row(r["name"], fmt(r["budget"], 3), fmt(r["macs_fraction"], 3), fmt(r["macs"] / 1e9),
+                      fmt(r["macs_published"] / 1e9), fmt(r["params"] / 1e6), r["device"], str(r["batch"]),
+                      fmt(r["latency_ms"]), fmt(r["speedup"], 3), fmt(r["macs_reduction"], 3),
+                      fmt(r["speedup_per_macs_reduction"], 3))
+    print_table(table)
+    write_results(args.out, {
+        "benchmark": "latency",
+        "config": args.config,
+        "overrides": args.overrides,
+        "args": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "out")},
+        "machine": machine_info(),
+        "notes": [
+            "weights are random (latency does not depend on their values); no fine-tuning",
+            "pruned = the uniform candidate of each budget (ChannelSpace.uniform_ratio), prune_model",
+            "latency = median wall time of one eval-mode forward of the whole batch (inference_mode)",
+            "speed-up and MACs reduction are relative to the unpruned teacher of the same model",
+        ],
+        "rows": rows,
+        "wall_s": time.time() - t_start,
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
