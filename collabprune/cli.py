@@ -187,53 +187,56 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``collabprune`` argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(prog="collabprune", description="Collaborative RL channel pruning of GANs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the same flag after any sub-command; SUPPRESS keeps a flag given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="datasets")
+    p = sub.add_parser("data", parents=[common], help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("demo", help="build the edges->photo demo dataset from scikit-image photos")
+    d = dsub.add_parser("demo", parents=[common], help="build the edges->photo demo dataset from scikit-image photos")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--size", type=int, default=128)
     d.add_argument("--crops-per-image", type=int, default=24)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_data_demo)
 
-    p = sub.add_parser("train-teacher", help="train the pix2pix teacher of a config")
+    p = sub.add_parser("train-teacher", parents=[common], help="train the pix2pix teacher of a config")
     _add_config(p)
     p.set_defaults(func=cmd_train_teacher)
 
-    p = sub.add_parser("evaluate", help="score one hand-chosen candidate pair (uniform if no ratios)")
+    p = sub.add_parser("evaluate", parents=[common], help="score one hand-chosen candidate pair (uniform if no ratios)")
     _add_config(p)
     p.add_argument("--g-ratios", help="comma-separated keep ratio per generator group")
     p.add_argument("--d-ratios", help="comma-separated keep ratio per discriminator group")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("search", help="run the collaborative search")
+    p = sub.add_parser("search", parents=[common], help="run the collaborative search")
     _add_config(p, required=False)
     p.add_argument("--out", type=Path, help="run directory (default: output.run_dir)")
     p.add_argument("--address", help="Ray cluster address (default: embedded Ray)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("export", help="export the best pair of a run")
+    p = sub.add_parser("export", parents=[common], help="export the best pair of a run")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--onnx", action="store_true", help="also write generator.onnx")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("inspect", help="the agents' policies per prunable group, and search plots")
+    p = sub.add_parser("inspect", parents=[common], help="the agents' policies per prunable group, and search plots")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--agent", choices=["g", "d"], help="only the generator (g) or discriminator (d) agent")
     p.add_argument("--out", type=Path, help="folder for the PNGs (default RUN_DIR/plots)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="the whole demo: data, teacher, search, export, summary")
+    p = sub.add_parser("demo", parents=[common], help="the whole demo: data, teacher, search, export, summary")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_demo)
 
     address_help = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or 127.0.0.1:8265)"
-    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job")
+    p = sub.add_parser("submit", parents=[common], help="submit a search to a Ray cluster as a Ray job")
     _add_config(p)
     p.add_argument("--address", help=address_help)
     p.add_argument("--storage", type=Path,
@@ -244,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 1 unless it succeeded")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="list, inspect, follow or stop Ray jobs")
+    p = sub.add_parser("jobs", parents=[common], help="list, inspect, follow or stop Ray jobs")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
     for name, help_text in [("list", "list the cluster's jobs"), ("status", "state, rounds and best reward of a job"),
                             ("logs", "print a job's logs"), ("stop", "stop a running job")]:
-        j = jsub.add_parser(name, help=help_text)
+        j = jsub.add_parser(name, parents=[common], help=help_text)
         if name != "list":
             j.add_argument("job_id", metavar="ID", help="the job (submission) id")
         if name == "logs":

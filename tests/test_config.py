@@ -70,3 +70,12 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "model.norm" in err and "'group'" in err and "Traceback" not in err
+
+
+def test_no_progress_flag_before_or_after_the_command() -> None:
+    from collabprune.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--no-progress", "search", "c.yaml"]).no_progress is True
+    assert parser.parse_args(["search", "c.yaml", "--no-progress"]).no_progress is True
+    assert parser.parse_args(["demo"]).no_progress is False
