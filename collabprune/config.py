@@ -167,6 +167,11 @@ class SearchConfig(_Section):
 
     rounds: int = Field(30, ge=1)
     seed: int = 0
+    common_seed: bool = Field(
+        True,
+        description="evaluate every candidate with the same seed (common random numbers: same fine-tuning "
+        "batches, perturbations and dropout draws), so rewards differ by the candidate, not by the draw",
+    )
     num_evaluators: int = Field(1, ge=1)
     checkpoint_every: int = Field(5, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0, description="longest wait for one evaluation")

@@ -74,11 +74,18 @@ def run_digest(cfg: RunConfig) -> str:
 
 
 def round_seed(cfg: RunConfig, round_index: int) -> int:
-    """Evaluation seed of a round: ``search.seed * 1_000_003 + round + 2`` (>= 0 for the teacher).
+    """Evaluation seed of a round.
+
+    With ``search.common_seed`` (default) every round uses ``search.seed``: common random numbers, so
+    two candidates see the same fine-tuning batches, perturbations and dropout draws and their
+    rewards differ by the candidate only. Otherwise ``search.seed * 1_000_003 + round + 2``
+    (>= 0 for the teacher), a fresh draw per round.
 
     :param cfg: the run config.
     :param round_index: ``-2`` (teacher), ``-1`` (uniform) or a search round ``>= 0``.
     """
+    if cfg.search.common_seed:
+        return cfg.search.seed
     return cfg.search.seed * 1_000_003 + round_index + 2
 
 
