@@ -21,7 +21,7 @@ from agents.pruning_agent import ALGORITHMS, MODEL_FILE
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
 from collabprune.pruning.prune import kept_channels
-from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, resume_config, run_digest
+from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, resume_config
 from envs.channel_env import ChannelPruningEnv
 from envs.space import ROLES, RoleSpace, peer_length
 
@@ -101,7 +101,7 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
     from collabprune.plots import plot_ratio_heatmap, plot_search
 
     cfg = resume_config(run_dir)
-    run = RunDir(run_dir, run_digest(cfg))
+    run = RunDir.read(run_dir)
     if not run.records():
         raise RunDirError(f"{run_dir}: no evaluation logged yet")
     spaces = {role: RoleSpace.from_config(role, cfg) for role in ROLES}

@@ -77,7 +77,7 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     info = export_best(run_dir, export_dir)
     timings["export_s"] = time.perf_counter() - t
 
-    run = RunDir.open(run_dir, cfg)
+    run = RunDir.read(run_dir)
     teacher_g, _ = load_teacher(cfg)
     best_g, _ = load_subnet(export_dir)
     rows = {

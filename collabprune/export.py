@@ -55,7 +55,7 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
     """
     run_dir, out = Path(run_dir), Path(out)
     cfg = resume_config(run_dir)
-    run = RunDir.open(run_dir, cfg)
+    run = RunDir.read(run_dir)
     best = run.read_best()
     if best is None:
         raise RunDirError(f"{run_dir}: no best pair yet (no search round has finished)")

@@ -209,14 +209,7 @@ class RunDir:
         :raises RunDirError: missing folder or ``run.json``, a different config digest, or a corrupt log.
         """
         path = Path(path)
-        meta_path = path / META_FILE
-        if not meta_path.is_file():
-            raise RunDirError(f"{path}: not a run directory (no {META_FILE})",
-                              hint="give the folder a previous `collabprune search` wrote")
-        try:
-            stored = json.loads(meta_path.read_text())["digest"]
-        except (ValueError, KeyError) as err:
-            raise RunDirError(f"{meta_path}: unreadable ({err})") from None
+        stored = _stored_digest(path)
         digest = run_digest(cfg)
         if stored != digest:
             raise RunDirError(
@@ -228,6 +221,17 @@ class RunDir:
         run = cls(path, digest)
         run.refresh_best()
         return run
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> "RunDir":
+        """Open a run directory read-only (export, inspect), finished or still running.
+
+        The stored digest is used as it is: a run made by another collabprune version, whose config
+        now digests differently, can still be read. Nothing is repaired or written.
+
+        :raises RunDirError: missing folder or ``run.json``, or a corrupt log.
+        """
+        return cls(path, _stored_digest(Path(path)))
 
     def _load(self) -> None:
         self._records.clear()
@@ -409,6 +413,21 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def _stored_digest(path: Path) -> str:
+    """The run digest recorded in ``run.json``.
+
+    :raises RunDirError: no or unreadable ``run.json``.
+    """
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise RunDirError(f"{path}: not a run directory (no {META_FILE})",
+                          hint="give the folder a previous `collabprune search` wrote")
+    try:
+        return str(json.loads(meta_path.read_text())["digest"])
+    except (ValueError, KeyError) as err:
+        raise RunDirError(f"{meta_path}: unreadable ({err})") from None
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -92,6 +92,10 @@ def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:
     RunDir.create(tmp_path, c).append(rec(c, TEACHER_ROUND, None))
     with pytest.raises(RunDirError, match="digest"):
         RunDir.open(tmp_path, cfg(rounds=6))
+    # reading (export, inspect) needs no matching config: it uses the stored digest
+    assert RunDir.read(tmp_path).get(TEACHER_ROUND)["digest"] == run_digest(c)
+    with pytest.raises(RunDirError, match="not a run directory"):
+        RunDir.read(tmp_path / "nothing")
     # operational fields and the output folder are not part of the experiment
     moved = cfg(round_timeout_s=10.0, num_evaluators=3)
     moved.output.run_dir = Path("/elsewhere")
