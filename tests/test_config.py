@@ -79,3 +79,8 @@ def test_no_progress_flag_before_or_after_the_command() -> None:
     assert parser.parse_args(["--no-progress", "search", "c.yaml"]).no_progress is True
     assert parser.parse_args(["search", "c.yaml", "--no-progress"]).no_progress is True
     assert parser.parse_args(["demo"]).no_progress is False
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    assert load_config(path).digest()
