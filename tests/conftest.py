@@ -4,7 +4,7 @@
   tests never read or write the user's caches.
 - ``ray_head`` (session): ONE private Ray head for the whole test session, started on first use:
   127.0.0.1 only, free ports, 2 CPUs, token authentication, dashboard and Jobs API. Its processes
-  are stopped (by their session, never with ``ray stop``) at the end.
+  are stopped (by their session, never with the global ``ray`` stop command) at the end.
 - ``ray_session`` (session): this test process connected to that head as a driver. Tests never call
   ``ray.init``/``ray.shutdown`` themselves and kill only the actors they start; subprocesses (the
   CLI) reach the same head with ``--address`` and the token in their environment.
