@@ -4,7 +4,8 @@
 free ports (GCS, dashboard, dashboard agent, runtime-env agent, metrics, Ray client) and its own
 short ``--temp-dir``, so it never collides with another Ray instance on the machine. Stopping it
 signals only that session (SIGTERM to the ``--block`` process, which shuts its node down), then
-SIGKILLs whatever of the session is left: nothing outside it is touched (never the global ``ray`` stop command, which ends every Ray process on the machine).
+SIGKILLs whatever of the session is left: nothing outside it is touched (never the global ``ray``
+stop command, which ends every Ray process on the machine).
 """
 
 from __future__ import annotations
