@@ -29,6 +29,7 @@ import ray
 
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
+from collabprune.evaluation import reward_ratios
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
 from envs.channel_env import PeerInfo
 from envs.space import ROLES
@@ -54,38 +55,19 @@ def _ratio(value: Any, base: Any) -> float:
     return v / max(abs(b), 1e-8)
 
 
-def fid_key(metrics: dict[str, Any]) -> str:
-    """The FID metric's key: ``metrics["fd_metric"]`` (``fid``, or ``fd_teacher_d`` offline)."""
-    return str(metrics.get("fd_metric", "fid" if "fid" in metrics else "fd_teacher_d"))
-
-
-def normalised_terms(record: dict[str, Any], baseline: dict[str, Any], weights: tuple[float, float, float]
-                     ) -> tuple[float, float, float]:
-    """(FID_s/FID_u, L_kde_s/L_kde_u, bal_s/bal_u) of a logged candidate (DESIGN.md §4).
-
-    Taken from the evaluator's weighted ``reward_terms`` divided by their weights (so the agents see
-    the ratios their reward was made of), else computed from the metrics.
+def normalised_terms(record: dict[str, Any], baseline: dict[str, Any]) -> tuple[float, float, float]:
+    """(FID_s/FID_u, L_kde_s/L_kde_u, bal_s/bal_u) of a logged candidate: the ratios its reward was
+    made of (:func:`collabprune.evaluation.reward_ratios`); ``nan`` for a diverged one.
 
     :param record: the candidate's evaluation record.
     :param baseline: the uniform candidate's metrics.
-    :param weights: (w_fid, w_kde, w_bal).
     """
-    terms = record.get("reward_terms") or {}
-    metrics = record.get("metrics", {})
-    key = fid_key(metrics)
-    out = []
-    for name, metric, weight in zip(("fid", "kde", "bal"), (key, "l_kde", "bal"), weights):
-        value = terms.get(name)
-        if weight > 0 and isinstance(value, (int, float)):
-            out.append(float(value) / weight)
-        else:
-            out.append(_ratio(metrics.get(metric), baseline.get(metric)))
-    return out[0], out[1], out[2]
+    ratios = reward_ratios(record.get("metrics", {}), baseline)
+    return ratios["fid"], ratios["kde"], ratios["bal"]
 
 
 def peer_info_from_record(
-    record: dict[str, Any], role: str, baseline: dict[str, Any], rho_t: float | None,
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0), exchange: bool = True,
+    record: dict[str, Any], role: str, baseline: dict[str, Any], rho_t: float | None, exchange: bool = True,
 ) -> PeerInfo:
     """The peer block ``role`` sees after a logged round.
 
@@ -93,7 +75,6 @@ def peer_info_from_record(
     :param role: the receiving agent's role; the block describes the other role's proposal.
     :param baseline: the uniform candidate's metrics (normalises the reward terms).
     :param rho_t: the teacher pair's balance statistic.
-    :param weights: the reward weights (w_fid, w_kde, w_bal).
     :param exchange: ``agents.exchange``; ``False`` gives the all-zero block (the ablation).
     """
     if not exchange:
@@ -107,7 +88,7 @@ def peer_info_from_record(
     return PeerInfo(
         ratios=tuple(float(r) for r in record[f"{peer}_ratios"]),
         macs_fraction=float(macs_fraction),
-        reward_terms=normalised_terms(record, baseline, weights),
+        reward_terms=normalised_terms(record, baseline),
         rho_ratio=rho_ratio if math.isfinite(rho_ratio) and rho_ratio > 0 else 0.0,
     )
 
@@ -150,8 +131,6 @@ class CoordinatorCore:
         self.rho_t: float | None = tm.get("rho")  # the teacher's rho is rho_t
         self.baseline: dict[str, Any] = uniform["metrics"]
         self.exchange = self.cfg.agents.exchange
-        w = self.cfg.reward
-        self.weights = (w.w_fid, w.w_kde, w.w_bal)
         self.timeout = float(self.cfg.search.round_timeout_s)
         self.evaluators = list(evaluators)
         self._free: asyncio.Queue | None = None
@@ -163,8 +142,7 @@ class CoordinatorCore:
             "round": record["round"],
             "reward": float(record["reward"]) if record.get("reward") is not None else self.cfg.reward.penalty,
             "diverged": bool(record.get("diverged", False)),
-            "peer": peer_info_from_record(record, role, self.baseline, self.rho_t, self.weights,
-                                          self.exchange).to_dict(),
+            "peer": peer_info_from_record(record, role, self.baseline, self.rho_t, self.exchange).to_dict(),
         }
 
     async def peer_info(self, role: str, round_index: int) -> dict[str, Any]:

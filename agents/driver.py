@@ -45,12 +45,6 @@ from envs.space import ROLES, RoleSpace, peer_length
 STARTUP_TIMEOUT_S = 600.0
 
 
-def uniform_reward(cfg: RunConfig) -> float:
-    """Reward of the uniform candidate by definition (every normalised term equals 1)."""
-    r = cfg.reward
-    return -(r.w_fid + r.w_kde + r.w_bal)
-
-
 def _connect(address: str | None, progress: bool) -> bool:
     """Initialise Ray unless it already is; return whether this call started the connection."""
     if ray.is_initialized():
@@ -107,8 +101,6 @@ def _baselines(cfg: RunConfig, run: RunDir, evaluator: Any) -> tuple[dict[str, A
         result = dict(_get(evaluator.evaluate.remote(g, d, seed, None, save_dir), timeout))
         result.setdefault("g_ratios", g)
         result.setdefault("d_ratios", d)
-        if result.get("reward") is None:
-            result["reward"] = uniform_reward(cfg)
         uniform = run.append({**result, "round": UNIFORM_ROUND, "seed": seed})
     run.update_best(uniform)
     return teacher, uniform

@@ -59,8 +59,7 @@ def inspect_agent(cfg: RunConfig, run: RunDir, role: str, space: RoleSpace, peer
     env = ChannelPruningEnv(space, peer_len)
     if best is not None and uniform is not None and best["round"] >= 0:
         rho_t = teacher["metrics"].get("rho") if teacher else None
-        weights = (cfg.reward.w_fid, cfg.reward.w_kde, cfg.reward.w_bal)
-        env.peer = peer_info_from_record(best, role, uniform["metrics"], rho_t, weights, cfg.agents.exchange)
+        env.peer = peer_info_from_record(best, role, uniform["metrics"], rho_t, cfg.agents.exchange)
     best_channels = (best or {}).get(f"{role[0]}_channels") or [None] * space.n_groups
     best_ratios = (best or {}).get(f"{role[0]}_ratios") or [None] * space.n_groups
     obs, _ = env.reset()

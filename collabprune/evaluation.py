@@ -16,7 +16,6 @@ the ``_u`` values of the uniform candidate at the same budget (evaluated first, 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -28,7 +27,7 @@ from torch import nn
 
 from collabprune.config import RunConfig
 from collabprune.data import reward_split, train_split
-from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
 from collabprune.metrics.fid import FidScorer, load_inception
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import discriminator_kwargs, generator_kwargs
@@ -47,13 +46,24 @@ TEACHER_EVAL_FILE = "teacher_eval.json"
 RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05}
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def reward_ratios(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+    """The unweighted ratios of DESIGN.md §4: ``FID_s / FID_u``, ``L_kde_s / L_kde_u``, ``bal_s / bal_u``.
+
+    Each denominator is at least its :data:`RATIO_FLOORS` value. A metric that is missing or not
+    finite (a diverged candidate) gives ``nan``.
+
+    :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
+    :param baseline: the uniform candidate's metrics at the same budget.
+    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``.
+    """
+    keys = {"fid": metrics.get("fd_metric", "fid"), "kde": "l_kde", "bal": "bal"}
+    floors = {"fid": RATIO_FLOORS["fid"], "kde": RATIO_FLOORS["l_kde"], "bal": RATIO_FLOORS["bal"]}
+    out = {}
+    for term, key in keys.items():
+        value, base = metrics.get(key), baseline.get(key)
+        finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (value, base))
+        out[term] = value / max(base, floors[term]) if finite else math.nan
+    return out
 
 
 def compute_reward(metrics: dict[str, Any], baseline: dict[str, Any], cfg: RunConfig) -> tuple[float, dict[str, float]]:
@@ -61,16 +71,12 @@ def compute_reward(metrics: dict[str, Any], baseline: dict[str, Any], cfg: RunCo
 
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
     :param baseline: the uniform candidate's metrics at the same budget.
-    :returns: ``(reward, terms)``; ``terms`` are the weighted ratios (``fid``, ``kde``, ``bal``).
-        -(w_fid + w_kde + w_bal) means "as good as uniform"; higher is better.
+    :returns: ``(reward, terms)``; ``terms`` are the weighted :func:`reward_ratios` (``fid``,
+        ``kde``, ``bal``). -(w_fid + w_kde + w_bal) means "as good as uniform"; higher is better.
     """
     rc = cfg.reward
-    name = metrics["fd_metric"]
-    pairs = {"fid": (name, rc.w_fid, "fid"), "kde": ("l_kde", rc.w_kde, "l_kde"), "bal": ("bal", rc.w_bal, "bal")}
-    terms = {
-        term: weight * metrics[key] / max(baseline[key], RATIO_FLOORS[floor])
-        for term, (key, weight, floor) in pairs.items()
-    }
+    weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal}
+    terms = {term: weights[term] * ratio for term, ratio in reward_ratios(metrics, baseline).items()}
     return -sum(terms.values()), terms
 
 

@@ -18,8 +18,7 @@ import torch
 
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
-from collabprune.evaluation import file_sha256
-from collabprune.io import atomic_path, atomic_write_json
+from collabprune.io import atomic_path, atomic_write_json, file_sha256
 from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict

@@ -14,6 +14,5 @@ from collabprune.metrics.fid import (
     make_random_inception_weights,
     real_stats,
     resolve_inception_weights,
-    weights_sha256,
 )
 # --- end FID ----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from collabprune.config import FidConfig
 from collabprune.errors import FidWeightsError
-from collabprune.io import atomic_path
+from collabprune.io import atomic_path, file_sha256
 
 __all__ = [
     "FID_WEIGHTS_ENV",
@@ -49,7 +49,6 @@ __all__ = [
     "make_random_inception_weights",
     "real_stats",
     "resolve_inception_weights",
-    "weights_sha256",
 ]
 
 #: Environment variable naming a local copy of pytorch-fid's Inception weights.
@@ -61,7 +60,6 @@ FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 _PATCH_LOCK = threading.Lock()
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,24 +246,6 @@ def resolve_inception_weights(path: Path | str | None, timeout_s: float = 20.0) 
             hint=hint,
         ) from None
     return cached
-
-
-def weights_sha256(path: Path | str) -> str:
-    """SHA-256 (hex) of a weights file's bytes, memoised per (path, size, mtime).
-
-    :param path: an existing file.
-    :raises OSError: when the file cannot be read.
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        sha = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(chunk)
-        _SHA_CACHE[key] = sha.hexdigest()
-    return _SHA_CACHE[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -639,7 +619,7 @@ class FidScorer:
             return {
                 "metric": "fid",
                 "dims": self.cfg.dims,
-                "weights_sha256": weights_sha256(self.weights_path),
+                "weights_sha256": file_sha256(self.weights_path),
                 "real_key": real_key,
             }
         return {"metric": "fd_teacher_d", "teacher_key": self._teacher_key, "real_key": real_key}
