@@ -39,10 +39,11 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_data_demo(args: argparse.Namespace) -> int:
-    """``collabprune data demo --out DIR [--size N]``: build the scikit-image edges->photo dataset."""
+    """``collabprune data demo --out DIR [--task T] [--size N]``: build a demo dataset from shipped photographs."""
     from collabprune.data.demo import build_demo_dataset
 
-    counts = build_demo_dataset(args.out, size=args.size, crops_per_image=args.crops_per_image, seed=args.seed)
+    counts = build_demo_dataset(args.out, size=args.size, crops_per_image=args.crops_per_image, seed=args.seed,
+                                task=args.task)
     print(f"demo dataset in {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
@@ -194,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", parents=[common], help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("demo", parents=[common], help="build the edges->photo demo dataset from scikit-image photos")
+    d = dsub.add_parser("demo", parents=[common], help="build a paired demo dataset from photographs that ship with "
+                        "scikit-image (and scikit-learn)")
     d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--task", choices=["colourise", "restore", "edges"], default="colourise")
     d.add_argument("--size", type=int, default=128)
     d.add_argument("--crops-per-image", type=int, default=24)
     d.add_argument("--seed", type=int, default=0)

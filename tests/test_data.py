@@ -21,7 +21,7 @@ from collabprune.data import (
     reward_split,
     train_split,
 )
-from collabprune.data.demo import META_NAME
+from collabprune.data.demo import META_NAME, source_paths
 from collabprune.errors import DatasetError
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -205,11 +205,14 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_demo_dataset_build(tmp_path: Path) -> None:
     out1, out2 = tmp_path / "one" / "demo", tmp_path / "two" / "demo"
     counts = build_demo_dataset(out1, size=64, crops_per_image=4, seed=3)
-    assert counts == {"train": 4 * 8, "val": 8, "test": 8}  # 8 photographs; val/test: a quarter each
+    n_photos = len([p for p in source_paths() if p.is_file()])
+    assert n_photos == 10  # 8 scikit-image photographs + scikit-learn's china and flower
+    assert counts == {"train": 4 * n_photos, "val": 2 * n_photos, "test": 2 * n_photos}  # val/test: half each
     assert build_demo_dataset(out2, size=64, crops_per_image=4, seed=3) == counts
     assert _files(out1) == _files(out2)  # deterministic: same bytes
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["demo"]  # no temp folder left
     assert demo_is_built(out1, 64, 4, 3) and not demo_is_built(out1, 64, 3, 3)
+    assert not demo_is_built(out1, 64, 4, 3, task="restore")
 
     meta = json.loads((out1 / META_NAME).read_text())
     boxes = meta["boxes"]  # [photo, x0, y0, x1, y1] of every crop, pixels of its source photo
@@ -229,8 +232,10 @@ def test_demo_dataset_build(tmp_path: Path) -> None:
     item = test[0]
     assert item["A"].shape == (3, 64, 64) and item["B"].shape == (3, 64, 64)
     assert item["A"].min() >= -1 and item["A"].max() <= 1
-    a_vals = set(torch.unique(item["A"]).tolist())
-    assert a_vals <= {-1.0, 1.0} and len(a_vals) == 2  # binary edge map with some edges
+    # colourise: A is the grey (luminance) copy of B, so its three channels are equal
+    assert torch.equal(item["A"][0], item["A"][1]) and torch.equal(item["A"][1], item["A"][2])
+    grey = 0.299 * item["B"][0] + 0.587 * item["B"][1] + 0.114 * item["B"][2]
+    assert (item["A"][0] - grey).abs().mean() < 0.02 and not torch.equal(item["B"][0], item["B"][1])
     train_b = torch.stack([train[i]["B"] for i in range(len(train))])
     for i in range(len(test)):
         assert (train_b - test[i]["B"]).abs().flatten(1).mean(1).min() > 0.05
@@ -239,8 +244,34 @@ def test_demo_dataset_build(tmp_path: Path) -> None:
     mtime = (out1 / META_NAME).stat().st_mtime_ns
     assert build_demo_dataset(out1, size=64, crops_per_image=4, seed=3) == counts
     assert (out1 / META_NAME).stat().st_mtime_ns == mtime
-    assert build_demo_dataset(out1, size=64, crops_per_image=8, seed=3)["val"] == 16
-    assert len(list((out1 / "val").glob("*.png"))) == 16
+    assert build_demo_dataset(out1, size=64, crops_per_image=8, seed=3)["val"] == 4 * n_photos
+    assert len(list((out1 / "val").glob("*.png"))) == 4 * n_photos
+
+
+@pytest.mark.parametrize("task", ["restore", "edges"])
+def test_demo_other_tasks(tmp_path: Path, task: str) -> None:
+    counts = build_demo_dataset(tmp_path / task, size=64, crops_per_image=1, seed=0, task=task)
+    cfg = DataConfig(root=tmp_path / task, load_size=64, crop_size=64)
+    item = AlignedDataset(tmp_path / task, "test", cfg, train=False)[0]
+    assert json.loads((tmp_path / task / META_NAME).read_text())["task"] == task and counts["test"] == 10
+    if task == "edges":  # a binary edge map with some edges
+        assert set(torch.unique(item["A"]).tolist()) == {-1.0, 1.0}
+    else:  # A = blur(B) + N(0, sd^2): the residual against B blurred the same way is the noise
+        from skimage.filters import gaussian
+
+        from collabprune.data.demo import RESTORE_BLUR_SIGMA, RESTORE_NOISE_SD
+
+        b01 = ((item["B"] + 1) / 2).permute(1, 2, 0).numpy()
+        blurred = gaussian(b01, sigma=RESTORE_BLUR_SIGMA * 64 / 128, channel_axis=-1)
+        residual = ((item["A"] + 1) / 2).permute(1, 2, 0).numpy() - blurred
+        assert abs(residual.mean()) < 0.01
+        assert 0.8 * RESTORE_NOISE_SD < residual.std() < 1.2 * RESTORE_NOISE_SD
+
+
+def test_demo_unknown_task(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not a demo task"):
+        build_demo_dataset(tmp_path / "x", size=64, crops_per_image=1, task="sketch")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_refuses_to_overwrite_other_folder(tmp_path: Path) -> None:
@@ -258,7 +289,7 @@ def test_demo_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     def boom(*args: object) -> None:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(demo, "_edge_map", boom)
+    monkeypatch.setattr(demo, "make_input", boom)
     with pytest.raises(RuntimeError):
         build_demo_dataset(tmp_path / "demo", size=64, crops_per_image=1)
     assert list(tmp_path.iterdir()) == []

@@ -1,16 +1,23 @@
-"""The demo dataset: edges -> photo, built from real photographs that ship inside scikit-image.
+"""The demo dataset: a paired task built from real photographs that ship inside installed packages.
 
-Each source photograph (read straight from the ``skimage/data`` folder of the installed package, so
-nothing is ever downloaded) gives random square crops, resized to ``size``. For each crop, A is its
-Canny edge map (black edges on white, 3 channels) and B is the photo crop; the pair is written as one
-aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset` reads it.
+Each source photograph (read straight from the ``skimage/data`` folder of the installed
+scikit-image, plus scikit-learn's two sample images when scikit-learn is installed, so nothing is
+ever downloaded) gives random square crops, resized to ``size``. For each crop B is the photo crop and
+A is made from it by the task (:data:`TASKS`):
+
+- ``colourise`` (the default): A is the crop's luminance (ITU-R 601 grey, 3 equal channels);
+- ``restore``: A is the crop blurred (Gaussian, sigma 2 px at 128 px) plus Gaussian noise (sd 12/255);
+- ``edges``: A is the crop's Canny edge map (black edges on white).
+
+The pair is written as one aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset`
+reads it. Which task the demo uses was chosen by measurement (README, "The demo task").
 
 Splits never share pixels: every photograph is cut into a 3x3 grid of blocks (:data:`BLOCKS`); the
 centre block is the test region, the top-right block the val region, the other seven the train
 region, and every crop lies inside one block of its split. So the test split holds unseen parts of
-the photographs the teacher learned from, surrounded by parts it saw (an edges -> colour mapping
-does not transfer to a photograph of something else). The build is deterministic for a seed (same bytes for the same
-scikit-image/Pillow versions) and atomic: it is written into a temporary folder beside ``out`` and
+the photographs the teacher learned from, surrounded by parts it saw (a colour palette learned on one
+photograph does not transfer to a photograph of something else). The build is deterministic for a
+seed (same bytes for the same scikit-image/Pillow versions) and atomic: it is written into a temporary folder beside ``out`` and
 renamed onto ``out`` at the end, with ``demo_meta.json`` recording the parameters, counts and the
 source box of every crop.
 """
@@ -42,6 +49,14 @@ SOURCES: tuple[str, ...] = (
     "chelsea.png",
     "coffee.png",
 )
+#: scikit-learn's sample photographs (``sklearn/datasets/images``), used when scikit-learn is installed.
+SKLEARN_SOURCES: tuple[str, ...] = ("china.jpg", "flower.jpg")
+
+#: The paired tasks the builder knows; ``colourise`` is the demo's.
+TASKS: tuple[str, ...] = ("colourise", "restore", "edges")
+#: ``restore``: Gaussian blur sigma (pixels at a 128-pixel crop) and noise sd (in [0, 1] units).
+RESTORE_BLUR_SIGMA = 2.0
+RESTORE_NOISE_SD = 12.0 / 255.0
 
 #: The photograph is cut into a GRID x GRID grid of blocks; the blocks (row, column) of each split.
 GRID = 3
@@ -53,7 +68,7 @@ BLOCKS: dict[str, tuple[tuple[int, int], ...]] = {
 SPLITS = tuple(BLOCKS)
 
 META_NAME = "demo_meta.json"
-_FORMAT = 3
+_FORMAT = 4
 #: Crop side as a fraction of the block's shorter side (uniform in this range).
 _CROP_FRACTION = (0.6, 1.0)
 
@@ -65,9 +80,26 @@ def skimage_data_dir() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-def _load_source(name: str) -> Image.Image | None:
-    """One shipped photograph as RGB, or None if this scikit-image install lacks it."""
-    path = skimage_data_dir() / name
+def sklearn_images_dir() -> Path | None:
+    """The sample-image folder of the installed scikit-learn, or None when it is not installed."""
+    try:
+        import sklearn
+    except ImportError:
+        return None
+    return Path(sklearn.__file__).parent / "datasets" / "images"
+
+
+def source_paths() -> list[Path]:
+    """Paths of the demo's source photographs that this installation ships (scikit-image first)."""
+    paths = [skimage_data_dir() / name for name in SOURCES]
+    sk = sklearn_images_dir()
+    if sk is not None:
+        paths += [sk / name for name in SKLEARN_SOURCES]
+    return paths
+
+
+def _load_source(path: Path) -> Image.Image | None:
+    """One shipped photograph as RGB, or None if this installation lacks it."""
     if not path.is_file():
         return None
     try:
@@ -87,10 +119,50 @@ def _edge_map(photo: Image.Image, size: int) -> Image.Image:
     return Image.fromarray(np.where(edges, 0, 255).astype(np.uint8)).convert("RGB")
 
 
+def _grey(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """``colourise`` input: the crop's luminance (ITU-R 601-2, PIL's ``L``), as 3 equal channels."""
+    return photo.convert("L").convert("RGB")
+
+
+def _degrade(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """``restore`` input: Gaussian blur (sigma scaled with ``size``) plus seeded Gaussian noise."""
+    from skimage.filters import gaussian
+
+    img = np.asarray(photo, dtype=np.float64) / 255.0
+    blurred = gaussian(img, sigma=RESTORE_BLUR_SIGMA * size / 128, channel_axis=-1)
+    noisy = np.clip(blurred + rng.normal(0.0, RESTORE_NOISE_SD, blurred.shape), 0.0, 1.0)
+    return Image.fromarray(np.round(noisy * 255).astype(np.uint8))
+
+
+def _edges(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    return _edge_map(photo, size)
+
+
+_INPUTS = {"colourise": _grey, "restore": _degrade, "edges": _edges}
+_DESCRIPTIONS = {
+    "colourise": "A = grey (luminance) copy of B, B = photo crop; aligned A|B PNG",
+    "restore": f"A = B blurred (sigma {RESTORE_BLUR_SIGMA:g} px at 128 px) + noise sd {RESTORE_NOISE_SD * 255:g}/255, "
+    "B = photo crop; aligned A|B PNG",
+    "edges": "A = Canny edges (black on white), B = photo crop; aligned A|B PNG",
+}
+
+
+def make_input(task: str, photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """The input image A of a task for the target crop ``photo`` (``size x size`` RGB).
+
+    :param task: one of :data:`TASKS`.
+    :param rng: draws of the task's randomness (the ``restore`` noise).
+    :raises DatasetError: unknown task.
+    """
+    if task not in _INPUTS:
+        raise DatasetError(f"data.demo.task={task!r} is not a demo task", hint=f"choose one of {', '.join(TASKS)}")
+    return _INPUTS[task](photo, size, rng)
+
+
 def split_crops(split: str, crops_per_image: int) -> int:
-    """Crops per photograph of a split: ``crops_per_image`` for train, a quarter of it (at least 1)
+    """Crops per photograph of a split: ``crops_per_image`` for train, half of it (at least 1)
     for val and test."""
-    return crops_per_image if split == "train" else max(1, crops_per_image // 4)
+    return crops_per_image if split == "train" else max(1, crops_per_image // 2)
 
 
 def _block_box(photo: Image.Image, row: int, col: int) -> tuple[int, int, int, int]:
@@ -118,8 +190,9 @@ def _crops(photo: Image.Image, name: str, split: str, n: int, size: int, seed: i
     return out
 
 
-def _params(size: int, crops_per_image: int, seed: int) -> dict[str, int]:
-    return {"format": _FORMAT, "size": int(size), "crops_per_image": int(crops_per_image), "seed": int(seed)}
+def _params(size: int, crops_per_image: int, seed: int, task: str) -> dict[str, int | str]:
+    return {"format": _FORMAT, "size": int(size), "crops_per_image": int(crops_per_image), "seed": int(seed),
+            "task": task}
 
 
 def _read_meta(out: Path) -> dict | None:
@@ -130,19 +203,20 @@ def _read_meta(out: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0) -> bool:
+def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "colourise") -> bool:
     """Whether ``out`` holds a complete demo dataset built with these parameters.
 
     :param out: the dataset root.
     :param size: side of the A and B crops, pixels.
     :param crops_per_image: crops per source photograph.
     :param seed: the build seed.
+    :param task: the paired task (:data:`TASKS`).
     :return: True if ``demo_meta.json`` matches the parameters and every split holds its recorded
         number of PNG files.
     """
     out = Path(out)
     meta = _read_meta(out)
-    if meta is None or meta.get("params") != _params(size, crops_per_image, seed):
+    if meta is None or meta.get("params") != _params(size, crops_per_image, seed, task):
         return False
     counts = meta.get("counts", {})
     return set(counts) == set(SPLITS) and all(
@@ -150,9 +224,10 @@ def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: i
     )
 
 
-def _write(tmp: Path, size: int, crops_per_image: int, seed: int) -> dict:
+def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> dict:
     """Write all splits and the meta file into ``tmp``; return the meta."""
-    photos = {Path(name).stem: _load_source(name) for name in SOURCES}
+    make_input(task, Image.new("RGB", (size, size)), size, np.random.default_rng(0))  # DatasetError first
+    photos = {path.stem: _load_source(path) for path in source_paths()}
     photos = {stem: photo for stem, photo in photos.items() if photo is not None}
     if not photos:
         raise DatasetError(
@@ -165,9 +240,10 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int) -> dict:
         (tmp / split).mkdir()
         counts[split], boxes[split] = 0, []
         for stem, photo in photos.items():
+            rng = np.random.default_rng([seed, zlib.crc32(stem.encode()), zlib.crc32(split.encode()), 1])
             for k, (crop, box) in enumerate(_crops(photo, stem, split, split_crops(split, crops_per_image), size, seed)):
                 pair = Image.new("RGB", (2 * size, size))
-                pair.paste(_edge_map(crop, size), (0, 0))
+                pair.paste(make_input(task, crop, size, rng), (0, 0))
                 pair.paste(crop, (size, 0))
                 pair.save(tmp / split / f"{stem}_{k:03d}.png", format="PNG")
                 boxes[split].append([stem, *box])
@@ -175,35 +251,40 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int) -> dict:
     import skimage
 
     meta = {
-        "params": _params(size, crops_per_image, seed),
+        "params": _params(size, crops_per_image, seed, task),
         "counts": counts,
         "sources": sorted(photos),
         "grid": GRID,
         "blocks": {k: [list(b) for b in v] for k, v in BLOCKS.items()},
         "boxes": boxes,
-        "task": "A = Canny edges (black on white), B = photo crop; aligned A|B PNG",
+        "task": task,
+        "description": _DESCRIPTIONS[task],
         "skimage_version": skimage.__version__,
     }
     (tmp / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
-def build_demo_dataset(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0) -> dict[str, int]:
-    """Build the edges -> photo demo dataset under ``out/{train,val,test}`` (or reuse a built one).
+def build_demo_dataset(
+    out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "colourise"
+) -> dict[str, int]:
+    """Build the demo dataset of ``task`` under ``out/{train,val,test}`` (or reuse a built one).
 
-    Photographs: :data:`SOURCES`; each gives ``crops_per_image`` train pairs from its train blocks
-    and ``crops_per_image // 4`` (at least 1) val and test pairs from its val and test blocks.
+    Photographs: :func:`source_paths`; each gives ``crops_per_image`` train pairs from its train
+    blocks and ``crops_per_image // 2`` (at least 1) val and test pairs from its val and test blocks.
 
     :param out: the dataset root to create; its parent is created if needed.
     :param size: side of the A and B crops, pixels (each file is ``2*size x size``).
     :param crops_per_image: random train crops per source photograph.
-    :param seed: seed of the crop positions and sizes.
-    :return: number of pairs per split, e.g. ``{"train": 192, "val": 48, "test": 48}``.
+    :param seed: seed of the crop positions and sizes (and of the ``restore`` noise).
+    :param task: the paired task, one of :data:`TASKS`.
+    :return: number of pairs per split, e.g. ``{"train": 240, "val": 120, "test": 120}``.
     :raises DatasetError: if ``out`` exists and is neither empty nor a demo dataset (it is never
-        overwritten then), or no demo photograph ships with the scikit-image install.
+        overwritten then), no demo photograph ships with the scikit-image install, or the task is
+        unknown.
     """
     out = Path(out)
-    if demo_is_built(out, size, crops_per_image, seed):
+    if demo_is_built(out, size, crops_per_image, seed, task):
         return dict(_read_meta(out)["counts"])  # type: ignore[index]
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_NAME).is_file())):
         raise DatasetError(
@@ -214,7 +295,7 @@ def build_demo_dataset(out: Path, size: int = 128, crops_per_image: int = 24, se
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building.", dir=out.parent))
     old: Path | None = None
     try:
-        meta = _write(tmp, size, crops_per_image, seed)
+        meta = _write(tmp, size, crops_per_image, seed, task)
         if out.exists():  # empty, or a demo built with other parameters / incomplete: replace it
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "d")
