@@ -29,8 +29,11 @@ class _Section(BaseModel):
 
 
 class DemoDataConfig(_Section):
-    """How ``collabprune data demo`` builds the demo edges->photo dataset."""
+    """How ``collabprune data demo`` builds the demo dataset (``collabprune.data.demo``)."""
 
+    task: Literal["restore", "colourise", "edges"] = Field(
+        "restore", description="paired task: blurred+noisy -> clean, grey -> colour, or edges -> photo"
+    )
     size: int = Field(128, ge=32, le=1024, description="side of the square A and B crops, pixels")
     crops_per_image: int = Field(24, ge=1, description="random crops taken from each source photo")
     seed: int = 0
@@ -136,14 +139,27 @@ class KdeConfig(_Section):
 
 
 class RewardConfig(_Section):
-    """Reward weights of DESIGN.md §4 and the penalty for a diverged candidate."""
+    """Reward of DESIGN.md §4: weights, the bound of each term, the uniform baseline and the penalty."""
 
     w_fid: float = Field(1.0, ge=0)
     w_kde: float = Field(1.0, ge=0)
     w_bal: float = Field(0.5, ge=0)
-    penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges")
+    c_max: float = Field(3.0, gt=0, description="each term is clip(x_s / x_u, 0, c_max)")
+    penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges; must be "
+                           "below -(w_fid + w_kde + w_bal) * c_max, the lowest reward of a valid candidate")
+    uniform_seeds: int = Field(2, ge=1, description="seeds the uniform baseline is averaged over")
+    balance_window: float = Field(0.5, gt=0, le=1, description="fraction of the fine-tuning steps at the end "
+                                  "whose losses give rho (DESIGN.md §4, Balance)")
     fid: FidConfig = FidConfig()
     kde: KdeConfig = KdeConfig()
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "RewardConfig":
+        floor = -(self.w_fid + self.w_kde + self.w_bal) * self.c_max
+        if self.penalty >= floor:
+            raise ValueError(f"penalty={self.penalty:g} is not below the lowest valid reward {floor:g}; "
+                             f"allowed: penalty < -(w_fid + w_kde + w_bal) * c_max")
+        return self
 
 
 class FinetuneConfig(_Section):
@@ -151,13 +167,18 @@ class FinetuneConfig(_Section):
 
     steps: int = Field(100, ge=1)
     final_steps: int = Field(1000, ge=1)
+    final_seeds: int = Field(2, ge=1, description="seeds of the final fine-tuning behind held-out numbers")
     batch_size: int = Field(4, ge=1)
     lr: float = Field(2e-4, gt=0)
+    lr_decay: bool = Field(True, description="decay the learning rate linearly to 0 over the fine-tuning steps")
     beta1: float = Field(0.5, ge=0, lt=1)
     lambda_l1: float = Field(100.0, ge=0, description="L1 to ground truth (pix2pix)")
     lambda_distill: float = Field(10.0, ge=0, description="L1 to the teacher's output")
     w_kde: float = Field(1.0, ge=0, description="weight of L_kde as a fine-tuning loss")
     kde_every: int = Field(4, ge=1, description="add the L_kde loss every N steps")
+    bn_recalibration_batches: int = Field(
+        8, ge=0, description="training batches that re-estimate BatchNorm statistics after pruning (adaptive BN; 0: off)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
@@ -173,23 +194,38 @@ class SearchConfig(_Section):
         "batches, perturbations and dropout draws), so rewards differ by the candidate, not by the draw",
     )
     num_evaluators: int = Field(1, ge=1)
+    agents: Literal["both", "generator"] = Field(
+        "both", description="which agents search: both (collaborative), or the generator alone with the "
+        "discriminator at its uniform candidate (same D budget)")
+    action_log2_range: float = Field(
+        1.5, gt=0, description="an action of +-1 multiplies the uniform keep ratio by 2**(+-k) (DESIGN.md §5)"
+    )
+    reeval_top_k: int = Field(3, ge=0, description="best candidates re-evaluated with fresh seeds before one is "
+                              "called best (uniform is always re-evaluated with them)")
+    reeval_seeds: int = Field(2, ge=1, description="fresh seeds of the top-k re-evaluation")
     checkpoint_every: int = Field(5, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0, description="longest wait for one evaluation")
     evaluator_max_restarts: int = Field(2, ge=0)
 
 
 class AgentsConfig(_Section):
-    """Stable-Baselines3 agents: algorithm, warm-up and hyperparameters."""
+    """Stable-Baselines3 agents: algorithm, exploration and hyperparameters (DESIGN.md §5)."""
 
-    algo: Literal["sac", "td3", "ddpg", "ppo"] = "sac"
-    warmup_episodes: int = Field(5, ge=0, description="episodes of random actions before learning")
-    learning_rate: float = Field(3e-4, gt=0)
+    algo: Literal["td3", "ddpg", "sac", "ppo"] = "ddpg"
+    warmup_episodes: int = Field(8, ge=0, description="rounds whose actions are drawn near the uniform candidate")
+    warmup_sigma: float = Field(0.4, ge=0, description="std of the warm-up actions around the zero (uniform) action")
+    noise_sigma: float = Field(0.3, ge=0, description="TD3/DDPG exploration noise std after warm-up")
+    noise_decay: float = Field(0.95, gt=0, le=1, description="exploration noise factor per learning round")
+    mean_action_penalty: float = Field(10.0, ge=0, description="TD3/DDPG: weight of mean(mu(s))^2 in the actor "
+                                       "loss (keeps the actor centred on the uniform candidate)")
+    sac_target_entropy: float = Field(-3.0, description="SAC's entropy target (small: little exploration)")
+    learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
-    buffer_size: int = Field(10000, ge=1)
-    gamma: float = Field(0.99, ge=0, le=1)
-    gradient_steps: int = Field(-1, description="SB3 gradient steps per rollout (-1: as many as env steps)")
+    buffer_size: int = Field(20000, ge=1)
+    gradient_steps: int = Field(-1, description="SB3 gradient steps per round (-1: as many as env steps)")
+    rollout_episodes: int = Field(4, ge=1, description="PPO: rounds per rollout")
     net_arch: list[int] = [64, 64]
-    exchange: bool = Field(True, description="share observations with the peer agent")
+    exchange: bool = Field(True, description="share observations with the peer agent (D sees G's proposal)")
     extra: dict[str, Any] = Field(default_factory=dict, description="other SB3 keyword arguments")
 
 

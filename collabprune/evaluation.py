@@ -1,24 +1,28 @@
 """One candidate pair -> metrics + reward (DESIGN.md §4), idempotent for (config, ratios, seed).
 
 A candidate is a pair of keep-ratio vectors (one ratio per prunable group of G and of D). It is
-pruned physically from the teacher pair (weights inherited), fine-tuned for ``finetune.steps``, and
-scored on the reward split (held-out training data, never the test split):
+pruned physically from the teacher pair (weights inherited), its BatchNorm statistics are
+re-estimated on training batches (adaptive BN), it is fine-tuned for ``finetune.steps``, and scored
+on the reward split (held-out training data, never the test split):
 
 - ``fid`` (or the labelled fallback ``fd_teacher_d``) of G_s outputs against the real targets;
 - ``l_kde``, the local-density objective between teacher and student neighbourhoods;
 - ``bal = |log(rho_s / rho_t)|``, the G-D balance against the teacher pair's;
 - MACs (physical and published), params, and G/D MACs fractions of the teacher's.
 
-``reward = -(w_fid * FID_s / FID_u + w_kde * L_kde_s / L_kde_u + w_bal * bal_s / bal_u)``, with
-the ``_u`` values of the uniform candidate at the same budget (evaluated first, with no baseline).
+Reward (DESIGN.md §4): ``reward = -(w_fid * t_fid + w_kde * t_kde + w_bal * t_bal)`` with
+``t = clip(x_s / x_u, 0, c_max)``, the ``_u`` values being the uniform candidate's at the same budget,
+averaged over ``reward.uniform_seeds`` seeds. A valid candidate therefore scores in
+``[-(w_fid + w_kde + w_bal) * c_max, 0]``, always above the penalty of a diverged one.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +40,9 @@ from collabprune.objectives import balance_rho, balance_term, teacher_d_features
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.spec import SubnetSpec
 from collabprune.pruning.space import ChannelSpace
-from collabprune.finetune import FeatureMap, finetune_pair, kde_loss, make_feature_map
+from collabprune.finetune import (
+    FeatureMap, FinetuneResult, finetune_pair, kde_loss, make_feature_map, recalibrate_batchnorm, training_batches,
+)
 from collabprune.runtime import resolve_device, seed_everything
 from collabprune.teacher import D_FILE, G_FILE, load_teacher
 
@@ -44,16 +50,19 @@ TEACHER_EVAL_FILE = "teacher_eval.json"
 # Denominator floors of the reward's ratios: a uniform candidate that happens to be almost exactly
 # balanced (bal_u ~ 0) or teacher-like (L_kde_u ~ 0) must not blow the terms up.
 RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05}
+#: The metrics that the uniform baseline averages over its seeds (costs are the same for every seed).
+AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal")
 
 
-def reward_ratios(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
-    """The unweighted ratios of DESIGN.md §4: ``FID_s / FID_u``, ``L_kde_s / L_kde_u``, ``bal_s / bal_u``.
+def reward_ratios(metrics: dict[str, Any], baseline: dict[str, Any], c_max: float = math.inf) -> dict[str, float]:
+    """The terms of DESIGN.md §4 before weighting: ``t = clip(x_s / x_u, 0, c_max)`` for FID, L_kde, bal.
 
     Each denominator is at least its :data:`RATIO_FLOORS` value. A metric that is missing or not
     finite (a diverged candidate) gives ``nan``.
 
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
-    :param baseline: the uniform candidate's metrics at the same budget.
+    :param baseline: the uniform candidate's metrics at the same budget (seed-averaged).
+    :param c_max: the upper clip of each term (``reward.c_max``).
     :returns: ``{"fid": ..., "kde": ..., "bal": ...}``.
     """
     keys = {"fid": metrics.get("fd_metric", "fid"), "kde": "l_kde", "bal": "bal"}
@@ -62,22 +71,63 @@ def reward_ratios(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[str
     for term, key in keys.items():
         value, base = metrics.get(key), baseline.get(key)
         finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (value, base))
-        out[term] = value / max(base, floors[term]) if finite else math.nan
+        out[term] = min(c_max, max(0.0, value / max(base, floors[term]))) if finite else math.nan
     return out
 
 
 def compute_reward(metrics: dict[str, Any], baseline: dict[str, Any], cfg: RunConfig) -> tuple[float, dict[str, float]]:
-    """The team reward of DESIGN.md §4 and its three terms.
+    """The team reward of DESIGN.md §4 and its three weighted terms.
 
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
-    :param baseline: the uniform candidate's metrics at the same budget.
+    :param baseline: the uniform candidate's seed-averaged metrics at the same budget.
     :returns: ``(reward, terms)``; ``terms`` are the weighted :func:`reward_ratios` (``fid``,
-        ``kde``, ``bal``). -(w_fid + w_kde + w_bal) means "as good as uniform"; higher is better.
+        ``kde``, ``bal``). -(w_fid + w_kde + w_bal) means "as good as uniform"; higher is better;
+        the reward is never below ``-(w_fid + w_kde + w_bal) * c_max``.
     """
     rc = cfg.reward
     weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal}
-    terms = {term: weights[term] * ratio for term, ratio in reward_ratios(metrics, baseline).items()}
+    ratios = reward_ratios(metrics, baseline, rc.c_max)
+    terms = {term: weights[term] * ratio for term, ratio in ratios.items()}
     return -sum(terms.values()), terms
+
+
+def average_metrics(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Seed-averaged metrics of several evaluations of one candidate (the uniform baseline).
+
+    :param results: evaluation dicts of the same ratios with different seeds (none diverged).
+    :returns: the first result's metrics with :data:`AVERAGED_METRICS` replaced by their means over
+        the results where they are finite.
+    :raises ValueError: no results.
+    """
+    if not results:
+        raise ValueError("average_metrics: no evaluations to average")
+    out = dict(results[0]["metrics"])
+    for key in AVERAGED_METRICS:
+        values = [r["metrics"].get(key) for r in results]
+        finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if key in out or finite:
+            out[key] = statistics.fmean(finite) if finite else None
+    return out
+
+
+@dataclass
+class TrainedPair:
+    """A pruned, BatchNorm-recalibrated and fine-tuned candidate pair.
+
+    :param net_g: the pruned generator (B, C_in, H, W) -> (B, C_out, H, W), on the evaluator's device.
+    :param net_d: the pruned discriminator.
+    :param g_spec: the generator's sub-network spec.
+    :param d_spec: the discriminator's sub-network spec.
+    :param finetune: what fine-tuning recorded (losses per step, divergence, seconds).
+    :param prune_s: seconds spent pruning and recalibrating BatchNorm.
+    """
+
+    net_g: nn.Module
+    net_d: nn.Module
+    g_spec: SubnetSpec
+    d_spec: SubnetSpec
+    finetune: FinetuneResult
+    prune_s: float
 
 
 class CandidateEvaluator:
@@ -130,11 +180,10 @@ class CandidateEvaluator:
     # ------------------------------------------------------------------ candidates
 
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
-        """The uniform candidate: one keep ratio per role, the largest that meets its budget."""
+        """The uniform candidate of each role at its budget (:meth:`ChannelSpace.uniform_candidate`:
+        one keep ratio for every group, projected so that it uses the budget like every candidate)."""
         b = self.cfg.pruning.budget
-        rg = self.g_space.uniform_ratio(b.generator)
-        rd = self.d_space.uniform_ratio(b.discriminator)
-        return [rg] * self.g_space.num_groups, [rd] * self.d_space.num_groups
+        return self.g_space.uniform_candidate(b.generator), self.d_space.uniform_candidate(b.discriminator)
 
     def _score(self, net_g: nn.Module) -> dict[str, float]:
         """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded)."""
@@ -142,7 +191,7 @@ class CandidateEvaluator:
         net_g.eval()
         t0 = time.perf_counter()
         with torch.no_grad():
-            fake = net_g(self.real_a)
+            fake = torch.cat([net_g(self.real_a[i:i + 16]) for i in range(0, len(self.real_a), 16)])
             fd = self.scorer.score(fake, self.real_b, "reward_split")
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -182,6 +231,34 @@ class CandidateEvaluator:
         atomic_write_json(path, {"key": key, "result": result})
         return result
 
+    def uniform_seeds(self, seed: int) -> list[int]:
+        """The seeds the uniform baseline is averaged over: ``seed, seed + 1, ...`` (``reward.uniform_seeds``)."""
+        return [seed + i for i in range(self.cfg.reward.uniform_seeds)]
+
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> dict[str, Any]:
+        """The reward baseline: the uniform candidate evaluated with :meth:`uniform_seeds`, averaged.
+
+        :param seed: the first seed (the search's common seed, so the first evaluation shares the
+            candidates' random numbers).
+        :param save_dir: where the first seed's fine-tuned pair is saved.
+        :returns: an evaluation dict whose ``metrics`` are the seed averages (:func:`average_metrics`)
+            and whose ``seed_results`` hold each seed's metrics; its reward is -(w_fid + w_kde + w_bal)
+            up to the ratio floors. A uniform candidate that diverges under some seed is averaged
+            over the others; one that diverges under every seed is returned as diverged.
+        """
+        g, d = self.uniform_ratios()
+        results = [self.evaluate(g, d, s, baseline=None, save_dir=save_dir if i == 0 else None)
+                   for i, s in enumerate(self.uniform_seeds(seed))]
+        ok = [r for r in results if not r["diverged"]]
+        out = dict(results[0])
+        out["seed_results"] = [{"seed": r["seed"], "metrics": r["metrics"], "diverged": r["diverged"]} for r in results]
+        out["times"] = {k: sum(r["times"].get(k, 0.0) for r in results) for k in results[0]["times"]}
+        if ok:
+            out["metrics"] = average_metrics(ok)
+            out["diverged"] = False
+            out["reward"], out["reward_terms"] = compute_reward(out["metrics"], out["metrics"], self.cfg)
+        return _finite_json(out)
+
     def evaluate(
         self,
         g_ratios: Sequence[float],
@@ -190,13 +267,13 @@ class CandidateEvaluator:
         baseline: dict[str, Any] | None,
         save_dir: Path | None = None,
     ) -> dict[str, Any]:
-        """Prune, fine-tune and score one candidate pair.
+        """Prune, recalibrate BatchNorm, fine-tune and score one candidate pair.
 
         :param g_ratios: keep ratio per generator group (network order), each in (0, 1].
         :param d_ratios: keep ratio per discriminator group.
         :param seed: seeds fine-tuning batches, perturbations and dropout.
-        :param baseline: the uniform candidate's ``metrics``; ``None`` for the uniform candidate
-            itself, which is then its own baseline (reward -(w_fid + w_kde + w_bal)).
+        :param baseline: the uniform candidate's seed-averaged ``metrics``; ``None`` for the uniform
+            candidate itself, which is then its own baseline (reward -(w_fid + w_kde + w_bal)).
         :param save_dir: when given, the fine-tuned pair is written there (:func:`save_candidate`),
             so an export reproduces exactly the network that was scored.
         :returns: JSON-able dict: ``g_ratios``, ``d_ratios``, ``g_channels``, ``d_channels``,
@@ -205,6 +282,50 @@ class CandidateEvaluator:
         """
         rho_t = self.evaluate_teacher()["metrics"]["rho"]
         return self._run(list(g_ratios), list(d_ratios), seed, baseline, rho_t, save_dir)
+
+    def train_pair(self, g_ratios: Sequence[float], d_ratios: Sequence[float], seed: int, steps: int,
+                   keep_teacher: bool = False) -> TrainedPair:
+        """Prune both networks from the teacher pair, recalibrate BatchNorm, fine-tune ``steps`` steps.
+
+        :param g_ratios: keep ratio per generator group, each in (0, 1].
+        :param d_ratios: keep ratio per discriminator group.
+        :param seed: seeds pruning ties, the BatchNorm batches, fine-tuning batches and dropout.
+        :param steps: fine-tuning steps (``finetune.steps`` in the search, ``final_steps`` for finalists).
+        :param keep_teacher: all ratios 1: skip adaptive BN (the teacher's statistics are its own).
+        :raises ValueError: a ratio vector of the wrong length or with values outside (0, 1].
+        """
+        t0 = time.perf_counter()
+        seed_everything(seed)
+        example_g = torch.zeros(self.g_shape, device=self.device)
+        example_d = torch.zeros(self.d_shape, device=self.device)
+        net_g, g_spec = prune_model(self.teacher_g, example_g, list(g_ratios), self.cfg.pruning, seed,
+                                    generator_kwargs(self.cfg, inplace=False))
+        net_d, d_spec = prune_model(self.teacher_d, example_d, list(d_ratios), self.cfg.pruning, seed,
+                                    discriminator_kwargs(self.cfg, inplace=False))
+        net_g.requires_grad_(True)
+        net_d.requires_grad_(True)
+        if not keep_teacher:
+            self.recalibrate(net_g, net_d, seed)
+        prune_s = time.perf_counter() - t0
+        ft = finetune_pair(net_g, net_d, self.teacher_g, self.phi, self.train_data, self.cfg, steps, seed, self.device)
+        return TrainedPair(net_g, net_d, g_spec, d_spec, ft, prune_s)
+
+    def recalibrate(self, net_g: nn.Module, net_d: nn.Module, seed: int) -> int:
+        """Adaptive BN on ``finetune.bn_recalibration_batches`` training batches (seeded): G on the
+        inputs, D on real and generated pairs. :returns: BatchNorm layers recalibrated."""
+        n = self.cfg.finetune.bn_recalibration_batches
+        if n <= 0:
+            return 0
+        batches = []
+        for _, item in zip(range(n), training_batches(self.train_data, self.cfg.finetune.batch_size, seed + 7919)):
+            batches.append((item["A"].to(self.device), item["B"].to(self.device)))
+
+        def forward(a: torch.Tensor, b: torch.Tensor) -> None:
+            fake = net_g(a)
+            net_d(torch.cat([a, b], 1))
+            net_d(torch.cat([a, fake], 1))
+
+        return recalibrate_batchnorm([net_g, net_d], batches, forward)
 
     def _run(
         self,
@@ -216,38 +337,28 @@ class CandidateEvaluator:
         save_dir: Path | None = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        seed_everything(seed)
-        example_g = torch.zeros(self.g_shape, device=self.device)
-        example_d = torch.zeros(self.d_shape, device=self.device)
-        net_g, g_spec = prune_model(self.teacher_g, example_g, g_ratios, self.cfg.pruning, seed,
-                                    generator_kwargs(self.cfg, inplace=False))
-        net_d, d_spec = prune_model(self.teacher_d, example_d, d_ratios, self.cfg.pruning, seed,
-                                    discriminator_kwargs(self.cfg, inplace=False))
-        net_g.requires_grad_(True)
-        net_d.requires_grad_(True)
-        t_prune = time.perf_counter() - t0
+        is_teacher = rho_t is None
+        pair = self.train_pair(g_ratios, d_ratios, seed, self.cfg.finetune.steps, keep_teacher=is_teacher)
+        net_g, net_d, ft = pair.net_g, pair.net_d, pair.finetune
         metrics: dict[str, Any] = self._costs(net_g, net_d)
         metrics["fd_metric"] = self.scorer.metric_name
         out: dict[str, Any] = {
             "g_ratios": g_ratios,
             "d_ratios": d_ratios,
-            "g_channels": g_spec.kept,
-            "d_channels": d_spec.kept,
+            "g_channels": pair.g_spec.kept,
+            "d_channels": pair.d_spec.kept,
             "seed": seed,
             "metrics": metrics,
             "reward": None,
             "reward_terms": {},
             "diverged": False,
         }
-        is_teacher = rho_t is None
-        ft = finetune_pair(
-            copy.deepcopy(net_g) if is_teacher else net_g, net_d, self.teacher_g, self.phi,
-            self.train_data, self.cfg, self.cfg.finetune.steps, seed, self.device,
-        )
-        rho = balance_rho(ft.d_losses, ft.g_adv_losses) if ft.steps and not ft.diverged else float("nan")
-        scores = self._score(net_g) if not ft.diverged else {}
+        window = self.cfg.reward.balance_window
+        rho = balance_rho(ft.d_losses, ft.g_adv_losses, window) if ft.steps and not ft.diverged else float("nan")
+        # the teacher's own outputs are scored (L_kde = 0); its fine-tuned copy only gives rho_t
+        scores = self._score(self.teacher_g if is_teacher else net_g) if not ft.diverged else {}
         out["times"] = {
-            "prune_s": t_prune,
+            "prune_s": pair.prune_s,
             "finetune_s": ft.seconds,
             "fid_s": scores.pop("fid_s", 0.0),
             "kde_s": scores.pop("kde_s", 0.0),
@@ -263,7 +374,7 @@ class CandidateEvaluator:
         elif not is_teacher:  # the uniform candidate (baseline None) is its own baseline
             out["reward"], out["reward_terms"] = compute_reward(metrics, baseline or metrics, self.cfg)
         if save_dir is not None and not out["diverged"]:
-            save_candidate(Path(save_dir), net_g, g_spec, net_d, d_spec)
+            save_candidate(Path(save_dir), net_g, pair.g_spec, net_d, pair.d_spec)
         out["times"]["total_s"] = time.perf_counter() - t0
         return _finite_json(out)
 
@@ -286,6 +397,25 @@ def _finite_json(obj: Any) -> Any:
     return obj
 
 
+def check_ratios(where: str, ratios: Sequence[float] | None, space: ChannelSpace) -> None:
+    """User input check of a keep-ratio vector: one ratio per prunable group, each in (0, 1].
+
+    :param where: what the vector is called (a CLI flag), for the message.
+    :param ratios: the vector, or ``None`` (the uniform candidate's: nothing to check).
+    :raises ConfigError: wrong length or a ratio outside (0, 1], in one line naming the group.
+    """
+    from collabprune.errors import ConfigError
+
+    if ratios is None:
+        return
+    if len(ratios) != space.num_groups:
+        raise ConfigError(f"{where}: {len(ratios)} keep ratios given, the {space.role} network has "
+                          f"{space.num_groups} prunable groups", hint="give one ratio per group, network order")
+    for i, r in enumerate(ratios):
+        if not (math.isfinite(r) and 0.0 < r <= 1.0):
+            raise ConfigError(f"{where}: keep ratio {r:g} of group {i} ({space.groups[i].name}) is outside (0, 1]")
+
+
 def evaluate_one(
     cfg: RunConfig, g_ratios: list[float] | None, d_ratios: list[float] | None, run_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -297,9 +427,11 @@ def evaluate_one(
     :returns: ``{"teacher": ..., "uniform": ..., "candidate": ...}`` evaluation dicts.
     """
     ev = CandidateEvaluator(cfg, run_dir or cfg.output.run_dir)
+    for flag, ratios, space in (("--g-ratios", g_ratios, ev.g_space), ("--d-ratios", d_ratios, ev.d_space)):
+        check_ratios(flag, ratios, space)
     teacher = ev.evaluate_teacher()
     ug, ud = ev.uniform_ratios()
     seed = cfg.search.seed
-    uniform = ev.evaluate(ug, ud, seed, baseline=None)
+    uniform = ev.evaluate_uniform(seed)
     candidate = ev.evaluate(g_ratios or ug, d_ratios or ud, seed, baseline=uniform["metrics"])
     return {"teacher": teacher, "uniform": uniform, "candidate": candidate}

@@ -1,6 +1,9 @@
 """Short adversarial fine-tuning of a pruned (G, D) pair (DESIGN.md §4).
 
-Per step: the pix2pix D and G updates of :class:`~collabprune.teacher.Pix2PixStep` (GAN loss +
+Adam with upstream's betas; with ``finetune.lr_decay`` the learning rate falls linearly to zero over
+the steps (upstream's ``n_epochs_decay`` phase), so the result does not depend on the last few
+batches (a constant rate leaves the final weights wandering from seed to seed). Per step: the pix2pix
+D and G updates of :class:`~collabprune.teacher.Pix2PixStep` (GAN loss +
 ``lambda_l1`` * L1 to the ground truth), plus on G ``lambda_distill`` * L1 to the teacher's output
 and, every ``kde_every`` steps, ``w_kde`` * L_kde between the teacher's and the student's
 neighbourhoods of the batch. The D and G adversarial losses are recorded for the balance statistic.
@@ -103,6 +106,45 @@ def kde_loss(
     return kde_objective(t_feats.reshape(b, kc.neighbours, -1), s_feats.reshape(b, kc.neighbours, -1))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(nets: list[nn.Module], batches: list[tuple[torch.Tensor, ...]],
+                          forward: Callable[..., None]) -> int:
+    """Adaptive BatchNorm (Li et al. 2020, "EagleEye", §3.2): re-estimate every BatchNorm layer's
+    running mean and variance of freshly pruned networks on training batches.
+
+    The running statistics inherited from the teacher describe the teacher's channels, not the
+    pruned network's activations; recomputing them makes a candidate's score right after pruning
+    (and after short fine-tuning) track its final quality far better. Each BatchNorm layer is reset
+    and put in cumulative-average mode (``momentum=None``), ``forward(*batch)`` runs every batch in
+    train mode (dropout on, as in training), then momentum and the modes are restored. Weights and
+    biases are not touched.
+
+    :param nets: the networks whose BatchNorm layers are recalibrated (e.g. pruned G and D).
+    :param batches: training batches, each a tuple of tensors for ``forward``.
+    :param forward: runs the networks on one batch (its outputs are discarded).
+    :returns: the number of BatchNorm layers recalibrated (0: nothing to do, e.g. instance norm).
+    """
+    bns = [m for net in nets for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return 0
+    modes = [(net, net.training) for net in nets]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    for net in nets:
+        net.train()
+    try:
+        for batch in batches:
+            forward(*batch)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        for net, mode in modes:
+            net.train(mode)
+    return len(bns)
+
+
 @dataclass
 class FinetuneResult:
     """What one fine-tuning run recorded.
@@ -121,8 +163,8 @@ class FinetuneResult:
     seconds: float = 0.0
 
 
-def _batches(data: Dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless seeded shuffled batches of ``data``."""
+def training_batches(data: Dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless seeded shuffled batches of ``data`` (augmentation draws restarted from ``seed``)."""
     gen = torch.Generator().manual_seed(seed)
     reseed(data, seed)
     while True:
@@ -158,9 +200,11 @@ def finetune_pair(
     student_g.train()
     student_d.train()
     opt_g, opt_d = adam_pair(student_g, student_d, fc.lr, fc.beta1)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps)) for opt in (opt_g, opt_d)] \
+        if fc.lr_decay and steps > 0 else []
     step = Pix2PixStep(student_g, student_d, opt_g, opt_d, GANLoss(cfg.teacher.gan_mode).to(device), fc.lambda_l1)
     result = FinetuneResult()
-    batches = _batches(data, fc.batch_size, seed)
+    batches = training_batches(data, fc.batch_size, seed)
     for i in range(steps):
         item = next(batches)
         real_a, real_b = item["A"].to(device), item["B"].to(device)
@@ -174,6 +218,8 @@ def finetune_pair(
             return loss
 
         losses = step(real_a, real_b, extra)
+        for schedule in schedules:
+            schedule.step()
         result.steps = i + 1
         result.d_losses.append(losses["d"])
         result.g_adv_losses.append(losses["g_gan"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from collabprune.config import RunConfig
+from collabprune.config import RunConfig, load_config
 from collabprune.evaluation import CandidateEvaluator, compute_reward
 from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
@@ -42,14 +42,42 @@ def test_teacher_is_its_own_reference(evaluator: CandidateEvaluator) -> None:
 
 def test_uniform_meets_budget_and_is_its_own_baseline(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
     g, d = evaluator.uniform_ratios()
-    assert len(set(g)) == 1 and len(g) == evaluator.g_space.num_groups
-    uniform = evaluator.evaluate(g, d, seed=0, baseline=None)
+    b = cfg.pruning.budget
+    assert g == evaluator.g_space.project([evaluator.g_space.uniform_ratio(b.generator)] * len(g), b.generator)
+    uniform = evaluator.evaluate_uniform(seed=0)
     m = uniform["metrics"]
-    assert m["g_macs_fraction"] <= cfg.pruning.budget.generator
-    assert m["d_macs_fraction"] <= cfg.pruning.budget.discriminator
+    assert m["g_macs_fraction"] <= b.generator and m["d_macs_fraction"] <= b.discriminator
+    assert m["g_macs_fraction"] >= 0.9 * b.generator  # the tiny net's coarse groups: close, not 98%
     assert uniform["reward"] == pytest.approx(-(cfg.reward.w_fid + cfg.reward.w_kde + cfg.reward.w_bal), rel=1e-9) \
         or m["bal"] < 0.05  # the bal floor keeps a near-perfectly balanced uniform from dividing by ~0
     assert 0 < m["l_kde"] <= 2 and m["fd_teacher_d"] > 0
+    # the baseline is averaged over reward.uniform_seeds seeds
+    seeds = uniform["seed_results"]
+    assert [s["seed"] for s in seeds] == [0, 1] == evaluator.uniform_seeds(0)
+    for key in ("fd_teacher_d", "l_kde", "rho"):
+        assert m[key] == pytest.approx(sum(s["metrics"][key] for s in seeds) / 2)
+
+
+def test_adaptive_bn_recalibrates_the_pruned_statistics() -> None:
+    """After pruning, BatchNorm statistics are re-estimated on training batches: they differ from the
+    teacher's inherited ones, equal the batches' moments, and the weights are untouched."""
+    import copy
+
+    from collabprune.finetune import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    net[1].running_mean.fill_(5.0)  # statistics inherited from somewhere else
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(8, 3, 16, 16)
+    assert recalibrate_batchnorm([net], [(x[:4],), (x[4:],)], lambda b: net(b)) == 1
+    with torch.no_grad():
+        feats = net[0](x)
+    assert torch.allclose(net[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch = [feats[:4].var(dim=(0, 2, 3)), feats[4:].var(dim=(0, 2, 3))]  # unbiased, averaged over batches
+    assert torch.allclose(net[1].running_var, (per_batch[0] + per_batch[1]) / 2, rtol=1e-4)
+    assert net[1].momentum == 0.1 and not net.training  # momentum and mode restored
+    assert torch.equal(net[1].weight, before["1.weight"]) and torch.equal(net[0].weight, before["0.weight"])
+
 
 
 def test_idempotent_for_config_ratios_seed(evaluator: CandidateEvaluator) -> None:
@@ -97,3 +125,20 @@ def test_compute_reward_orders_candidates(cfg: RunConfig) -> None:
     better, terms = compute_reward({**base, "fid": 5.0, "l_kde": 0.25}, base, cfg)
     assert same == pytest.approx(-(cfg.reward.w_fid + cfg.reward.w_kde + cfg.reward.w_bal))
     assert better > same and terms["fid"] == pytest.approx(0.5 * cfg.reward.w_fid)
+
+
+def test_reward_is_bounded_above_the_penalty(cfg: RunConfig) -> None:
+    """Each term is clip(x_s / x_u, 0, c_max): the worst valid candidate scores
+    -(w_fid + w_kde + w_bal) * c_max, above the penalty of a diverged one (DESIGN.md §4)."""
+    from collabprune.errors import ConfigError
+
+    rc = cfg.reward
+    base = {"fd_metric": "fid", "fid": 10.0, "l_kde": 0.5, "bal": 0.2}
+    awful, terms = compute_reward({**base, "fid": 1e9, "l_kde": 2.0, "bal": 50.0}, base, cfg)
+    floor = -(rc.w_fid + rc.w_kde + rc.w_bal) * rc.c_max
+    assert awful == pytest.approx(floor) and awful > rc.penalty
+    assert terms["fid"] == pytest.approx(rc.w_fid * rc.c_max)
+    perfect, _ = compute_reward({**base, "fid": 0.0, "l_kde": 0.0, "bal": 0.0}, base, cfg)
+    assert perfect == 0.0
+    with pytest.raises(ConfigError, match="penalty"):
+        load_config(None, ["reward.penalty=-5", "reward.c_max=3"])

@@ -6,6 +6,7 @@ vector maps to the same kept channels and MACs everywhere (DESIGN.md §3).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -83,6 +84,102 @@ class ChannelSpace:
                 f"r_min={self.cfg.r_min} still costs {floor:.3f}",
                 hint="raise the budget, lower pruning.r_min, or lower round_to / min_channels",
             )
+
+    def project(self, ratios: Sequence[float], budget: float, iters: int = 50) -> list[float]:
+        """Project a requested keep-ratio vector onto a MACs budget (DESIGN.md §5, "Budget").
+
+        1. One common scale ``s`` on the requested ratios: ``q_i = clip(s * r_i, r_min, r_max)``,
+           the largest ``s`` (bisection) whose rounded candidate fits ``budget``. Groups pinned at
+           ``r_min`` or ``r_max`` by the clip stay there; the free groups share the scale, so the
+           relative allocation the caller asked for is kept.
+        2. Rounding (:func:`kept_channels`) is what is costed, so the scaled candidate never exceeds
+           the budget.
+        3. Fill: while some group can take one more ``round_to`` step within the budget, the group
+           furthest below its scaled request ``s * r_i * channels`` (relative to its channels) gets it.
+           The result then misses the budget by less than the cheapest step still possible. Below
+           98% of the budget (few, coarse groups), one or two groups give back a step and the fill
+           runs again, as long as that gets closer to the budget.
+
+        :param ratios: requested keep ratios, one per group (any positive numbers; clipped to
+            ``[r_min, r_max]``).
+        :param budget: MACs budget as a fraction of the unpruned network's physical MACs.
+        :returns: keep ratios ``kept_i / channels_i`` (exactly representable kept counts), within
+            the budget.
+        :raises BudgetError: the budget is infeasible (every group at ``r_min`` exceeds it).
+        :raises ValueError: wrong length or a non-positive / non-finite ratio.
+        """
+        self.check_budget(budget)
+        req = [float(r) for r in ratios]
+        if len(req) != self.num_groups:
+            raise ValueError(f"{self.role}: expected {self.num_groups} keep ratios, got {len(req)}")
+        if not all(math.isfinite(r) and r > 0 for r in req):
+            raise ValueError(f"{self.role}: keep ratios must be positive and finite, got {req}")
+        lo_r, hi_r = self.cfg.r_min, self.cfg.r_max
+        limit = budget * self.teacher_macs * (1 + 1e-12)
+
+        def scaled(scale: float) -> list[float]:
+            return [min(hi_r, max(lo_r, scale * r)) for r in req]
+
+        def cost(kept: Sequence[int]) -> int:
+            return self.macs_of_kept(kept)
+
+        lo, hi = 0.0, max(hi_r / min(req), 1.0)
+        if cost(self.kept(scaled(hi))) <= limit:
+            lo = hi
+        else:
+            for _ in range(iters):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if cost(self.kept(scaled(mid))) <= limit else (lo, mid)
+        target = [q * g.channels for q, g in zip(scaled(lo), self.groups)]
+        top = [kept_channels(g.channels, hi_r, self.cfg) for g in self.groups]
+        floor = [kept_channels(g.channels, lo_r, self.cfg) for g in self.groups]
+        step = int(self.cfg.round_to)
+
+        def fill(kept: list[int]) -> list[int]:
+            while True:
+                best, best_key = None, None
+                base = cost(kept)
+                for i, g in enumerate(self.groups):
+                    if kept[i] >= top[i]:
+                        continue
+                    trial = list(kept)
+                    trial[i] = min(top[i], kept[i] + step)
+                    extra = cost(trial)
+                    if extra > limit:
+                        continue
+                    key = ((kept[i] - target[i]) / g.channels, extra - base)
+                    if best_key is None or key < best_key:
+                        best, best_key = trial, key
+                if best is None:
+                    return kept
+                kept = best
+
+        kept = fill(self.kept(scaled(lo)))
+        # Few, coarse groups (a PatchGAN D, a thin ResNet's residual stream) can stop short of 98%:
+        # trade one or two steps of some groups for cheaper steps elsewhere while that gets closer.
+        while cost(kept) < 0.98 * budget * self.teacher_macs:
+            moves = []
+            for i in range(self.num_groups):
+                for j in range(i, self.num_groups):
+                    trial = list(kept)
+                    trial[i] -= step
+                    if j != i:
+                        trial[j] -= step
+                    if trial[i] >= floor[i] and trial[j] >= floor[j]:
+                        moves.append(fill(trial))
+            better = [m for m in moves if cost(m) > cost(kept)]
+            if not better:
+                break
+            kept = max(better, key=cost)
+        return [k / g.channels for k, g in zip(kept, self.groups)]
+
+    def uniform_candidate(self, budget: float) -> list[float]:
+        """The uniform candidate at ``budget``: :meth:`uniform_ratio` for every group, projected
+        (:meth:`project`) so that it uses the budget as fully as every other candidate.
+
+        :raises BudgetError: the budget is infeasible.
+        """
+        return self.project([self.uniform_ratio(budget)] * self.num_groups, budget)
 
     def uniform_ratio(self, budget: float, iters: int = 40) -> float:
         """The largest single keep ratio (same for every group) whose candidate meets ``budget``.

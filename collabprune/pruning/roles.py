@@ -1,0 +1,70 @@
+"""The two roles of a search, generator and discriminator, as one type (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collabprune.config import RunConfig
+
+#: Role names in the order agents propose within a round: G first, then D (which sees G's proposal).
+ROLE_NAMES: tuple[str, str] = ("generator", "discriminator")
+_SHORT = {"generator": "g", "discriminator": "d"}
+
+
+@dataclass(frozen=True)
+class Role:
+    """One role of a run: which network, its peer, the input it is traced with and its MACs budget.
+
+    :param name: ``"generator"`` or ``"discriminator"``.
+    :param short: ``"g"`` or ``"d"`` (keys of ratio vectors in records: ``g_ratios``, ``d_ratios``).
+    :param peer: the other role's name.
+    :param input_shape: (1, C, H, W) the network is traced and its MACs counted with; the pix2pix D
+        sees ``cat(input, output)``, so C = input_nc + output_nc.
+    :param budget: MACs budget as a fraction of the teacher's physical MACs.
+    """
+
+    name: str
+    short: str
+    peer: str
+    input_shape: tuple[int, int, int, int]
+    budget: float
+
+    @classmethod
+    def of(cls, name: str, cfg: "RunConfig") -> "Role":
+        """The role ``name`` of a run config.
+
+        :raises ValueError: unknown role name.
+        """
+        if name not in ROLE_NAMES:
+            raise ValueError(f"role {name!r} is not one of {ROLE_NAMES}")
+        size = cfg.data.crop_size
+        if name == "generator":
+            shape = (1, cfg.data.input_nc, size, size)
+            budget = cfg.pruning.budget.generator
+        else:
+            shape = (1, cfg.data.input_nc + cfg.data.output_nc, size, size)
+            budget = cfg.pruning.budget.discriminator
+        peer = ROLE_NAMES[1] if name == ROLE_NAMES[0] else ROLE_NAMES[0]
+        return cls(name=name, short=_SHORT[name], peer=peer, input_shape=shape, budget=float(budget))
+
+    @property
+    def leads(self) -> bool:
+        """Whether this role proposes first in a round (the generator); the other sees its proposal."""
+        return self.name == ROLE_NAMES[0]
+
+
+def roles(cfg: "RunConfig") -> tuple[Role, Role]:
+    """Both roles of a run config, generator first."""
+    return Role.of(ROLE_NAMES[0], cfg), Role.of(ROLE_NAMES[1], cfg)
+
+
+def short_name(name: str) -> str:
+    """``"g"`` / ``"d"`` for a role name.
+
+    :raises ValueError: unknown role name.
+    """
+    if name not in _SHORT:
+        raise ValueError(f"role {name!r} is not one of {ROLE_NAMES}")
+    return _SHORT[name]
