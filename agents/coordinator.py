@@ -1,19 +1,26 @@
-"""The Coordinator: pairs the agents' proposals per round, evaluates, logs, and replies.
+"""The Coordinator: pairs the agents' proposals of each round, evaluates them, logs them and replies.
+
+One round, top to bottom (N = slots = candidates per round; G leads, D follows):
+
+1. The G agent's N envs finish their episodes; its :class:`~agents.vec_env.RoundVecEnv` calls
+   ``await submit("generator", k, proposals)`` with the N projected G proposals. They are stored.
+2. The D agent, starting round k, calls ``await peers("discriminator", k)``: it waits until G's
+   proposals of round k are in and gets, per slot, G's proposal (as actions, ``same_round=1``), its
+   MACs fraction and the previous round's reward terms and balance (with ``agents.exchange: false``
+   an all-zero block, and it does not wait). The G agent's ``peers("generator", k)`` answers at once
+   with D's proposal and the outcome of round k-1.
+3. The D envs finish; ``await submit("discriminator", k, proposals)``. Both sides are in: the N pairs
+   go to free evaluators of the pool concurrently (each with ``search.round_timeout_s``).
+4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced) and
+   ``best.json`` is updated BEFORE any agent sees a reward.
+5. Both ``submit`` calls return the N team rewards and the peer blocks of round k+1.
+
+A round already in the log (a resumed run replaying it) is answered from the log, evaluation by
+evaluation, without re-evaluating: the answer is a pure function of the logged records, so a replaying
+agent gets exactly the replies of the original run.
 
 An async Ray actor with ``num_cpus=0`` (DESIGN.md §5 pitfalls: a sync actor with max_concurrency 1
-deadlocks while the first agent waits for the second; one that reserves a CPU starves the agents on
-two cores). Per round ``k``:
-
-1. each agent calls ``await submit(role, k, ratios, macs_fraction, agent_s)``;
-2. when both proposals are in, the pair goes to a free evaluator of the pool (with a timeout of
-   ``search.round_timeout_s``);
-3. the result is appended to ``evaluations.jsonl`` (flushed and fsynced) and ``best.json`` is
-   updated, BEFORE any agent sees the reward;
-4. both calls return ``{"reward": team reward, "peer": the other role's PeerInfo}``.
-
-A round already in the log (a resumed run replaying it) is answered from the log at once, without
-re-evaluating and without waiting for the peer: the answer is a pure function of the logged record,
-so an agent that replays a round gets exactly the reply of the original run.
+deadlocks while one agent waits for the other; one that reserves a CPU starves the agents on two cores).
 """
 
 from __future__ import annotations
@@ -30,80 +37,94 @@ import ray
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
 from collabprune.evaluation import reward_ratios
+from collabprune.pruning.roles import ROLE_NAMES, Role
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
 from envs.channel_env import PeerInfo
-from envs.space import ROLES
-
-_SHORT = {"generator": "g", "discriminator": "d"}
+from envs.space import RoleSpace
 
 
-def other_role(role: str) -> str:
-    """The peer of a role."""
-    if role not in ROLES:
-        raise ValueError(f"role {role!r} is not one of {ROLES}")
-    return ROLES[1] if role == ROLES[0] else ROLES[0]
+@dataclass(frozen=True)
+class Deadlines:
+    """Every wait of a round, in one place (seconds).
 
-
-def _ratio(value: Any, base: Any) -> float:
-    """value / base for reward normalisation; nan when either is missing or not finite."""
-    try:
-        v, b = float(value), float(base)
-    except (TypeError, ValueError):
-        return math.nan
-    if not (math.isfinite(v) and math.isfinite(b)):
-        return math.inf if v == math.inf else math.nan
-    return v / max(abs(b), 1e-8)
-
-
-def normalised_terms(record: dict[str, Any], baseline: dict[str, Any]) -> tuple[float, float, float]:
-    """(FID_s/FID_u, L_kde_s/L_kde_u, bal_s/bal_u) of a logged candidate: the ratios its reward was
-    made of (:func:`collabprune.evaluation.reward_ratios`); ``nan`` for a diverged one.
-
-    :param record: the candidate's evaluation record.
-    :param baseline: the uniform candidate's metrics.
+    :param evaluation_s: one pair's evaluation (``search.round_timeout_s``).
+    :param peer_s: a D agent waiting for G's proposals of the round: G's episode plus, before it, the
+        previous round's evaluation and G's training.
+    :param reply_s: an agent waiting for its round's rewards: the peer's turn plus the evaluations.
     """
-    ratios = reward_ratios(record.get("metrics", {}), baseline)
-    return ratios["fid"], ratios["kde"], ratios["bal"]
+
+    evaluation_s: float
+    peer_s: float
+    reply_s: float
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "Deadlines":
+        t = float(cfg.search.round_timeout_s)
+        return cls(evaluation_s=t, peer_s=2 * t + 600.0, reply_s=3 * t + 600.0)
 
 
-def peer_info_from_record(
-    record: dict[str, Any], role: str, baseline: dict[str, Any], rho_t: float | None, exchange: bool = True,
-) -> PeerInfo:
-    """The peer block ``role`` sees after a logged round.
+def reward_terms(record: dict[str, Any], baseline: dict[str, Any], c_max: float) -> tuple[float, float, float]:
+    """The (fid, kde, bal) terms ``clip(x_s / x_u, 0, c_max)`` of a logged candidate's reward
+    (:func:`collabprune.evaluation.reward_ratios`); ``nan`` for a diverged one."""
+    r = reward_ratios(record.get("metrics", {}), baseline, c_max)
+    return r["fid"], r["kde"], r["bal"]
 
-    :param record: the round's record in the evaluation log.
-    :param role: the receiving agent's role; the block describes the other role's proposal.
-    :param baseline: the uniform candidate's metrics (normalises the reward terms).
-    :param rho_t: the teacher pair's balance statistic.
-    :param exchange: ``agents.exchange``; ``False`` gives the all-zero block (the ablation).
+
+class PeerBlocks:
+    """The peer blocks of a run, computed from its log (shared by the Coordinator and ``inspect``).
+
+    :param cfg: the run config (``agents.exchange``, ``reward.c_max``).
+    :param run: the run directory (teacher and uniform records logged).
+    :param spaces: both roles' :class:`RoleSpace` (actions of the peer's ratios, MACs fractions).
+    :raises RunDirError: the teacher or uniform record is missing.
     """
-    if not exchange:
-        return PeerInfo()
-    peer = _SHORT[other_role(role)]
-    metrics = record.get("metrics", {})
-    proposal = record.get("proposals", {}).get(peer, {})
-    macs_fraction = proposal.get("macs_fraction", metrics.get(f"{peer}_macs_fraction", 0.0))
-    rho = metrics.get("rho")
-    rho_ratio = _ratio(rho, rho_t) if rho_t is not None else math.nan
-    return PeerInfo(
-        ratios=tuple(float(r) for r in record[f"{peer}_ratios"]),
-        macs_fraction=float(macs_fraction),
-        reward_terms=normalised_terms(record, baseline),
-        rho_ratio=rho_ratio if math.isfinite(rho_ratio) and rho_ratio > 0 else 0.0,
-    )
 
+    def __init__(self, cfg: RunConfig, run: RunDir, spaces: dict[str, RoleSpace]) -> None:
+        teacher = run.get(TEACHER_ROUND)
+        uniform = run.get(UNIFORM_ROUND)
+        if teacher is None or uniform is None:
+            raise RunDirError(f"{run.path}: the teacher and uniform evaluations must be logged first")
+        self.cfg = cfg
+        self.run = run
+        self.spaces = spaces
+        self.rho_t: float | None = teacher.get("metrics", {}).get("rho")  # the teacher's rho is rho_t
+        self.baseline: dict[str, Any] = uniform["metrics"]
+        self.exchange = cfg.agents.exchange
 
-@dataclass
-class _Proposal:
-    ratios: list[float]
-    macs_fraction: float
-    agent_s: float
-    at: float
+    def outcome(self, round_index: int, slot: int) -> tuple[tuple[float, float, float], float]:
+        """(reward terms, rho_s / rho_t) of a logged evaluation; zeros when there is none."""
+        record = self.run.get(round_index, slot=slot) if round_index >= 0 else None
+        if record is None or record.get("diverged"):
+            return (0.0, 0.0, 0.0), 0.0
+        terms = reward_terms(record, self.baseline, self.cfg.reward.c_max)
+        rho = record.get("metrics", {}).get("rho")
+        ratio = rho / self.rho_t if _finite(rho) and _finite(self.rho_t) and self.rho_t else 0.0
+        clean = tuple(t if math.isfinite(t) else 0.0 for t in terms)
+        return clean, ratio if ratio > 0 else 0.0  # type: ignore[return-value]
+
+    def block(self, role: str, round_index: int, slot: int, peer_ratios: list[float] | None,
+              same_round: bool) -> PeerInfo:
+        """The peer block ``role`` sees when proposing ``round_index`` in ``slot``.
+
+        :param peer_ratios: the peer's (executed) ratios it describes, or ``None`` when unknown.
+        :param same_round: whether they are the peer's proposal for ``round_index`` itself.
+        """
+        if not self.exchange:
+            return PeerInfo()
+        peer = Role.of(role, self.cfg).peer
+        terms, rho_ratio = self.outcome(round_index - 1, slot)
+        if peer_ratios is None:
+            return PeerInfo(reward_terms=terms, rho_ratio=rho_ratio)
+        space = self.spaces[peer]
+        actions = tuple(space.ratio_to_action(r) for r in peer_ratios)
+        return PeerInfo(actions=actions, macs_fraction=space.macs_fraction(peer_ratios), budget=space.budget,
+                        reward_terms=terms, rho_ratio=rho_ratio, same_round=1.0 if same_round else 0.0)
 
 
 @dataclass
 class _Round:
-    proposals: dict[str, _Proposal] = field(default_factory=dict)
+    proposals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    proposed: dict[str, asyncio.Event] = field(default_factory=dict)
     done: asyncio.Future | None = None
     started: bool = False
 
@@ -121,41 +142,72 @@ class CoordinatorCore:
     """
 
     def __init__(self, cfg: dict[str, Any], run_dir: str, evaluators: list[Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
         self.cfg = RunConfig.model_validate(cfg)
         self.run = RunDir(Path(run_dir), run_digest(self.cfg))
-        teacher = self.run.get(TEACHER_ROUND)
-        uniform = self.run.get(UNIFORM_ROUND)
-        if teacher is None or uniform is None:
-            raise RunDirError(f"{run_dir}: the teacher and uniform evaluations must be logged first")
-        tm = teacher.get("metrics", {})
-        self.rho_t: float | None = tm.get("rho")  # the teacher's rho is rho_t
-        self.baseline: dict[str, Any] = uniform["metrics"]
+        self.blocks = PeerBlocks(self.cfg, self.run, {name: RoleSpace.from_config(name, self.cfg) for name in ROLE_NAMES})
+        self.baseline = self.blocks.baseline
         self.exchange = self.cfg.agents.exchange
-        self.timeout = float(self.cfg.search.round_timeout_s)
+        self.deadlines = Deadlines.of(self.cfg)
+        self.slots = self.run.slots
         self.evaluators = list(evaluators)
         self._free: asyncio.Queue | None = None
         self._rounds: dict[int, _Round] = {}
+        #: roles without an agent propose their uniform candidate every round (``search.agents``)
+        self.fixed: dict[str, list[float]] = {}
+        if self.cfg.search.agents == "generator":
+            d = self.blocks.spaces["discriminator"]
+            self.fixed["discriminator"] = d.uniform_candidate()
+
+    def peer_block(self, role: str, round_index: int, slot: int, peer_ratios: list[float] | None,
+                   same_round: bool) -> PeerInfo:
+        """:meth:`PeerBlocks.block` of this run."""
+        return self.blocks.block(role, round_index, slot, peer_ratios, same_round)
+
+    async def peers(self, role: str, round_index: int) -> list[dict[str, Any]]:
+        """The peer block of every slot for ``role`` proposing ``round_index`` (``PeerInfo.to_dict``).
+
+        The generator gets the discriminator's previous proposal at once; the discriminator waits
+        for the generator's proposals of this round (logged ones when the round is in the log).
+
+        :raises TimeoutError: the generator's proposals did not come within the deadline.
+        """
+        _check_role(role)
+        peer_short = Role.of(Role.of(role, self.cfg).peer, self.cfg).short
+        leads = Role.of(role, self.cfg).leads
+        out = []
+        if leads or not self.exchange:
+            for slot in range(self.slots):
+                prev = self.run.get(round_index - 1, slot=slot) if round_index > 0 else None
+                ratios = prev.get(f"{peer_short}_ratios") if prev else None
+                out.append(self.peer_block(role, round_index, slot, ratios, same_round=False).to_dict())
+            return out
+        logged = self.run.round_records(round_index)
+        if all(r is not None for r in logged):
+            g = [r[f"{peer_short}_ratios"] for r in logged]  # type: ignore[index]
+        else:
+            state = self._state(round_index)
+            event = state.proposed.setdefault(Role.of(role, self.cfg).peer, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout=self.deadlines.peer_s)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"round {round_index}: no generator proposal within {self.deadlines.peer_s:.0f} s "
+                                   "(search.round_timeout_s sets it)") from None
+            g = [p["ratios"] for p in state.proposals[Role.of(role, self.cfg).peer]]
+        return [self.peer_block(role, round_index, s, g[s], same_round=True).to_dict() for s in range(self.slots)]
 
     # --------------------------------------------------------------------------- queries
-    def _reply(self, role: str, record: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "round": record["round"],
-            "reward": float(record["reward"]) if record.get("reward") is not None else self.cfg.reward.penalty,
-            "diverged": bool(record.get("diverged", False)),
-            "peer": peer_info_from_record(record, role, self.baseline, self.rho_t, self.exchange).to_dict(),
-        }
-
-    async def peer_info(self, role: str, round_index: int) -> dict[str, Any]:
-        """The peer block ``role`` had after round ``round_index`` (zeros before round 0)."""
-        record = self.run.get(round_index) if round_index >= 0 else None
-        if record is None:
-            return PeerInfo().to_dict()
-        return self._reply(role, record)["peer"]
-
-    async def logged_ratios(self, role: str) -> dict[int, list[float]]:
-        """``{round: ratios of role}`` of every logged search round (what a resumed agent replays)."""
-        key = f"{_SHORT[role]}_ratios"
-        return {r["round"]: list(r[key]) for r in self.run.search_records()}
+    async def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]:
+        """``{slot: {round: {"ratios": executed, "actions": as taken}}}`` of ``role`` in every logged
+        search evaluation (what a resumed agent replays)."""
+        short = Role.of(role, self.cfg).short
+        out: dict[int, dict[int, dict[str, Any]]] = {s: {} for s in range(self.slots)}
+        for r in self.run.search_records():
+            asked = r.get("proposals", {}).get(short, {}).get("actions")
+            out[r["slot"]][r["round"]] = {"ratios": list(r[f"{short}_ratios"]), "actions": asked}
+        return out
 
     async def status(self) -> dict[str, Any]:
         """Progress for the driver: rounds done, last and best record summaries."""
@@ -163,103 +215,138 @@ class CoordinatorCore:
         best = self.run.best()
         return {
             "rounds_done": self.run.completed_rounds(),
+            "evaluations": len(records),
             "last": _summary(records[-1]) if records else None,
             "best": _summary(best) if best else None,
         }
 
     # --------------------------------------------------------------------------- submit
-    async def submit(
-        self, role: str, round_index: int, ratios: list[float], macs_fraction: float, agent_s: float = 0.0
-    ) -> dict[str, Any]:
-        """Hand in one agent's proposal for a round; return once the pair is evaluated and logged.
-
-        :param role: ``"generator"`` or ``"discriminator"``.
-        :param round_index: the search round (0-based).
-        :param ratios: the role's keep ratios (budget-corrected by its env).
-        :param macs_fraction: their MACs fraction (fast estimate).
-        :param agent_s: seconds the agent spent since its previous reply (policy + training).
-        :returns: ``{"round", "reward", "diverged", "peer": PeerInfo.to_dict()}``.
-        :raises TimeoutError: the peer or the evaluation took longer than allowed.
-        """
-        if role not in ROLES:
-            raise ValueError(f"role {role!r} is not one of {ROLES}")
-        logged = self.run.get(round_index)
-        if logged is not None:
-            return self._reply(role, logged)
+    def _state(self, round_index: int) -> _Round:
         state = self._rounds.setdefault(round_index, _Round())
         if state.done is None:
             state.done = asyncio.get_running_loop().create_future()
-        if not state.started:
-            state.proposals[role] = _Proposal(list(ratios), float(macs_fraction), float(agent_s), time.time())
-            if len(state.proposals) == len(ROLES):
-                state.started = True
-                asyncio.get_running_loop().create_task(self._evaluate(round_index, state))
-        limit = 2 * self.timeout + 60  # the peer's turn plus one evaluation
-        finished, _ = await asyncio.wait({state.done}, timeout=limit)
-        if not finished:
-            missing = [r for r in ROLES if r not in state.proposals]
-            why = f"no proposal from {missing}" if missing else "evaluation still running"
-            raise TimeoutError(f"round {round_index}: no result after {limit:.0f} s ({why})")
-        return self._reply(role, state.done.result())
+        return state
 
-    async def _evaluate(self, round_index: int, state: _Round) -> None:
+    def _reply(self, role: str, round_index: int, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each slot's reward and the peer block of the next round, for ``role``."""
+        peer_short = Role.of(Role.of(role, self.cfg).peer, self.cfg).short
+        out = []
+        for slot, record in enumerate(records):
+            reward = record.get("reward")
+            block = self.peer_block(role, round_index + 1, slot, record.get(f"{peer_short}_ratios"), same_round=False)
+            out.append({"reward": float(reward) if _finite(reward) else self.cfg.reward.penalty,
+                        "diverged": bool(record.get("diverged", False)), "peer": block.to_dict()})
+        return out
+
+    async def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]],
+                     agent_s: float = 0.0) -> list[dict[str, Any]]:
+        """Hand in one role's N proposals of a round; return once every pair is evaluated and logged.
+
+        :param role: ``"generator"`` or ``"discriminator"``.
+        :param round_index: the search round (0-based).
+        :param proposals: one per slot: ``{"ratios": executed ratios, "requested": ..., "macs_fraction": ...}``.
+        :param agent_s: seconds the agent spent since its previous reply (policy + training).
+        :returns: per slot ``{"reward", "diverged", "peer": PeerInfo.to_dict() for the next round}``.
+        :raises TimeoutError: the peer or an evaluation took longer than allowed.
+        :raises ValueError: wrong role or number of proposals.
+        """
+        _check_role(role)
+        if len(proposals) != self.slots:
+            raise ValueError(f"{role}: {len(proposals)} proposals for a round of {self.slots} slot(s)")
+        logged = self.run.round_records(round_index)
+        if all(r is not None for r in logged):
+            return self._reply(role, round_index, logged)  # type: ignore[arg-type]
+        state = self._state(round_index)
+        if not state.started:
+            state.proposals[role] = [dict(p, agent_s=float(agent_s), at=time.time()) for p in proposals]
+            state.proposed.setdefault(role, asyncio.Event()).set()
+            for other, ratios in self.fixed.items():
+                space = self.blocks.spaces[other]
+                state.proposals[other] = [{"ratios": ratios, "requested": ratios, "actions": [0.0] * len(ratios),
+                                           "macs_fraction": space.macs_fraction(ratios), "agent_s": 0.0,
+                                           "at": time.time()} for _ in range(self.slots)]
+            if len(state.proposals) == len(ROLE_NAMES):
+                state.started = True
+                asyncio.get_running_loop().create_task(self._evaluate_round(round_index, state))
+        assert state.done is not None
+        finished, _ = await asyncio.wait({state.done}, timeout=self.deadlines.reply_s)
+        if not finished:
+            missing = [r for r in ROLE_NAMES if r not in state.proposals]
+            why = f"no proposal from {missing}" if missing else "evaluation still running"
+            raise TimeoutError(f"round {round_index}: no result after {self.deadlines.reply_s:.0f} s ({why})")
+        return self._reply(role, round_index, state.done.result())
+
+    async def _evaluate_round(self, round_index: int, state: _Round) -> None:
         assert state.done is not None
         try:
-            record = await self._run_evaluation(round_index, state)
-            state.done.set_result(record)
+            records = await asyncio.gather(*[self._evaluate_slot(round_index, s, state) for s in range(self.slots)])
+            state.done.set_result(list(records))
         except BaseException as err:  # noqa: BLE001 - forwarded to both agents
             state.done.set_exception(err)
         finally:
             self._rounds.pop(round_index, None)
 
-    async def _run_evaluation(self, round_index: int, state: _Round) -> dict[str, Any]:
+    async def _evaluate_slot(self, round_index: int, slot: int, state: _Round) -> dict[str, Any]:
+        logged = self.run.get(round_index, slot=slot)
+        if logged is not None:  # evaluated before a kill; never repeated
+            return logged
         if self._free is None:
             self._free = asyncio.Queue()
             for handle in self.evaluators:
                 self._free.put_nowait(handle)
-        g, d = state.proposals["generator"], state.proposals["discriminator"]
+        g, d = state.proposals["generator"][slot], state.proposals["discriminator"][slot]
         seed = round_seed(self.cfg, round_index)
         handle = await self._free.get()
         t_start = time.time()
         try:
-            save_dir = str(candidate_dir(self.run.path, round_index))
-            ref = handle.evaluate.remote(g.ratios, d.ratios, seed, self.baseline, save_dir)
-            result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=self.timeout)
+            save_dir = str(candidate_dir(self.run.path, round_index, slot))
+            ref = handle.evaluate.remote(g["ratios"], d["ratios"], seed, self.baseline, save_dir)
+            result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=self.deadlines.evaluation_s)
         except asyncio.TimeoutError:
-            raise TimeoutError(
-                f"round {round_index}: evaluation took longer than search.round_timeout_s={self.timeout:g} s"
-            ) from None
+            raise TimeoutError(f"round {round_index} slot {slot}: evaluation took longer than "
+                               f"search.round_timeout_s={self.deadlines.evaluation_s:g} s") from None
         finally:
             self._free.put_nowait(handle)
         t_end = time.time()
         record = dict(result)
         record.update(
             round=round_index,
+            slot=slot,
             seed=seed,
+            g_ratios=g["ratios"],
+            d_ratios=d["ratios"],
             proposals={
-                "g": {"ratios": g.ratios, "macs_fraction": g.macs_fraction},
-                "d": {"ratios": d.ratios, "macs_fraction": d.macs_fraction},
+                short: {"requested": p.get("requested"), "actions": p.get("actions"), "macs_fraction": p["macs_fraction"]}
+                for short, p in (("g", g), ("d", d))
             },
         )
-        record.setdefault("g_ratios", g.ratios)
-        record.setdefault("d_ratios", d.ratios)
-        first = min(g.at, d.at)
+        first = min(g["at"], d["at"])
         record["round_times"] = {
-            "agents_s": max(g.agent_s, d.agent_s),
+            "agents_s": max(g["agent_s"], d["agent_s"]),
             "coordination_s": (t_start - first) + (time.time() - t_end),
             "evaluation_s": t_end - t_start,
             "finished_at": time.time(),
         }
         record = self.run.append(record)  # flushed + fsynced before any agent sees the reward
         self.run.update_best(record)
-        self.run.prune_candidates()
+        self.run.prune_candidates(keep_top=self.cfg.search.reeval_top_k)
         return record
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLE_NAMES:
+        raise ValueError(f"role {role!r} is not one of {ROLE_NAMES}")
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     m = record.get("metrics", {})
     return {
         "round": record["round"],
+        "slot": record.get("slot", 0),
         "reward": record.get("reward"),
         "g_macs_fraction": m.get("g_macs_fraction"),
         "d_macs_fraction": m.get("d_macs_fraction"),

@@ -7,13 +7,19 @@ Steps (DESIGN.md §5, §6):
 2. Connect to Ray: an embedded instance by default (``ray.init(address="local")``, all local CPUs,
    no dashboard), the cluster of ``address`` (or of ``RAY_ADDRESS``, e.g. inside a Ray job) otherwise.
    An already-initialised Ray (tests, notebooks) is reused and left running.
-3. Start the evaluator pool; evaluate the teacher pair (round -2) and the uniform candidate (round
-   -1) unless they are logged already. The uniform metrics are the reward baseline of every later
-   round and the uniform candidate is the first best; its reward is ``-(w_fid + w_kde + w_bal)`` by
-   definition when the evaluator leaves it empty.
+3. Start the evaluator pool (its size fixes the run's slots: candidates per round); evaluate the
+   teacher pair (round -2) and the uniform candidate (round -1, averaged over
+   ``reward.uniform_seeds`` seeds) unless they are logged already. The uniform metrics are the reward
+   baseline of every later round and the uniform candidate is the first best.
 4. Start the Coordinator and the two agents (both pinned to this node, as they write the run
    directory) and wait for both agents to play exactly ``search.rounds`` rounds, with a progress bar.
-5. Plot the curves, write ``summary.json``, stop the actors and return the summary.
+5. Selection that survives re-evaluation (DESIGN.md §4): the ``search.reeval_top_k`` best candidates
+   by search reward and the uniform candidate are evaluated again with ``search.reeval_seeds`` fresh
+   seeds (concurrently on the pool; logged in ``reevaluations.jsonl``, never repeated on resume);
+   each candidate's reward under a seed is against the uniform candidate under that seed. The best
+   mean wins; ``best.json`` records it with its re-evaluated score (the uniform candidate when nothing
+   beat it).
+6. Plot the curves, write ``summary.json``, stop the actors and return the summary.
 
 Resume after a SIGKILL at any point: every evaluation that reached ``evaluations.jsonl`` is kept and
 never repeated; agents restart from their latest checkpoint and replay the logged rounds after it
@@ -31,13 +37,14 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from agents.coordinator import Coordinator
+from agents.coordinator import Coordinator, Deadlines
 from agents.evaluator import EvaluatorFactory, make_evaluators
 from agents.pruning_agent import PruningAgent
 from collabprune.config import RunConfig
 from collabprune.errors import CollabPruneError
 from collabprune.io import atomic_write_json
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
+from collabprune.selection import EvaluateMany, reevaluate_top
 from envs.space import ROLES, RoleSpace, peer_length
 
 
@@ -73,12 +80,12 @@ def _unwrap(err: BaseException) -> BaseException:
     return cause
 
 
-def _get(ref: Any, timeout: float) -> Any:
+def _get(ref: Any, timeout: float, what: str = "a Ray call") -> Any:
     """``ray.get`` with a timeout; user errors raised remotely come back as themselves."""
     try:
         return ray.get(ref, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"no answer within {timeout:.0f} s (search.round_timeout_s)") from None
+        raise TimeoutError(f"{what}: no answer within {timeout:.0f} s (set by search.round_timeout_s)") from None
     except ray.exceptions.RayTaskError as err:
         cause = _unwrap(err)
         if isinstance(cause, (CollabPruneError, TimeoutError)):
@@ -87,23 +94,33 @@ def _get(ref: Any, timeout: float) -> Any:
 
 
 def _baselines(cfg: RunConfig, run: RunDir, evaluator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate (or read from the log) the teacher pair and the uniform candidate."""
-    timeout = cfg.search.round_timeout_s
+    """Evaluate (or read from the log) the teacher pair and the seed-averaged uniform candidate."""
+    timeout = cfg.search.round_timeout_s * max(1, cfg.reward.uniform_seeds)
     teacher = run.get(TEACHER_ROUND, round_seed(cfg, TEACHER_ROUND))
     if teacher is None:
-        result = _get(evaluator.evaluate_teacher.remote(), timeout)
+        result = _get(evaluator.evaluate_teacher.remote(), timeout, "the teacher evaluation")
         teacher = run.append({**result, "round": TEACHER_ROUND, "seed": round_seed(cfg, TEACHER_ROUND)})
     seed = round_seed(cfg, UNIFORM_ROUND)
     uniform = run.get(UNIFORM_ROUND, seed)
     if uniform is None:
-        g, d = _get(evaluator.uniform_ratios.remote(), timeout)
         save_dir = str(candidate_dir(run.path, UNIFORM_ROUND))
-        result = dict(_get(evaluator.evaluate.remote(g, d, seed, None, save_dir), timeout))
-        result.setdefault("g_ratios", g)
-        result.setdefault("d_ratios", d)
+        result = dict(_get(evaluator.evaluate_uniform.remote(seed, save_dir), timeout, "the uniform evaluation"))
         uniform = run.append({**result, "round": UNIFORM_ROUND, "seed": seed})
     run.update_best(uniform)
     return teacher, uniform
+
+
+def pool_evaluate_many(cfg: RunConfig, evaluators: list[Any]) -> EvaluateMany:
+    """An ``evaluate_many`` (:mod:`collabprune.selection`) over the evaluator pool: the jobs are spread
+    round-robin over the actors and run concurrently."""
+
+    def run(jobs: Any) -> list[dict[str, Any]]:
+        refs = [evaluators[i % len(evaluators)].evaluate.remote(g, d, seed, None, None)
+                for i, (g, d, seed) in enumerate(jobs)]
+        timeout = cfg.search.round_timeout_s * (1 + len(refs) // max(1, len(evaluators)))
+        return [_get(ref, timeout, "a re-evaluation") for ref in refs]
+
+    return run
 
 
 class _Bar:
@@ -152,24 +169,27 @@ def _wait_agents(cfg: RunConfig, agents: list[Any], coordinator: Any, bar: _Bar)
     """Wait for both agents, updating the bar; fail fast when one fails or nothing moves for too long."""
     refs = [a.run.remote() for a in agents]
     pending = list(refs)
-    stall_s = 2 * cfg.search.round_timeout_s + 300
+    deadlines = Deadlines.of(cfg)
+    stall_s = deadlines.reply_s + 300
+    poll_s = deadlines.evaluation_s  # the Coordinator is async: it answers status while rounds run
     last_done, last_change = -1, time.time()
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
         for ref in ready:
-            _get(ref, 60)  # raises now if that agent failed
-        status = _get(coordinator.status.remote(), 60)
+            _get(ref, poll_s, "an agent")  # raises now if that agent failed
+        status = _get(coordinator.status.remote(), poll_s, "the coordinator's status")
         bar.update(status)
-        if status["rounds_done"] != last_done:
-            last_done, last_change = status["rounds_done"], time.time()
+        if status["evaluations"] != last_done:
+            last_done, last_change = status["evaluations"], time.time()
         elif time.time() - last_change > stall_s:
-            raise TimeoutError(f"no search round finished in {stall_s:.0f} s (round {last_done} is stuck)")
-    return [_get(ref, 60) for ref in refs]
+            raise TimeoutError(f"no evaluation finished in {stall_s:.0f} s (round {status['rounds_done']} is stuck; "
+                               "search.round_timeout_s sets this limit)")
+    return [_get(ref, poll_s, "an agent") for ref in refs]
 
 
 def _summary(cfg: RunConfig, run: RunDir, agents: list[dict[str, Any]], wall_s: float, resumed: bool) -> dict[str, Any]:
     records = run.search_records()
-    best = run.best() or {}
+    best = run.read_best() or run.best() or {}
     uniform = run.get(UNIFORM_ROUND) or {}
     teacher = run.get(TEACHER_ROUND) or {}
     per_round = [r.get("round_times", {}) for r in records]
@@ -180,10 +200,14 @@ def _summary(cfg: RunConfig, run: RunDir, agents: list[dict[str, Any]], wall_s: 
 
     return {
         "run_dir": str(run.path),
-        "rounds": len(records),
+        "rounds": run.completed_rounds(),
+        "slots": run.slots,
+        "evaluations": len(records),
         "resumed": resumed,
         "best_round": best.get("round"),
+        "best_slot": best.get("slot", 0),
         "best_reward": best.get("reward"),
+        "best_reeval": best.get("reeval"),
         "best_g_ratios": best.get("g_ratios"),
         "best_d_ratios": best.get("d_ratios"),
         "best_metrics": best.get("metrics"),
@@ -230,44 +254,56 @@ def run_search(
     run_dir = Path(run_dir)
     spaces = [RoleSpace.from_config(role, cfg) for role in ROLES]  # BudgetError before anything starts
     peer_len = peer_length(spaces)
-    run = RunDir.open(run_dir, cfg) if resume else RunDir.create(run_dir, cfg)
+    run = RunDir.open(run_dir, cfg) if resume else None
     started = _connect(address, progress)
     actors: list[Any] = []
-    bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
+    bar: _Bar | None = None
     try:
-        bar.note("starting evaluators")
         evaluators = make_evaluators(cfg, run_dir, evaluator_factory)
         actors += evaluators
-        _get([e.pid.remote() for e in evaluators], STARTUP_TIMEOUT_S)  # started, not yet timed per round
+        if run is None:
+            run = RunDir.create(run_dir, cfg, slots=len(evaluators))
+        bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
+        bar.note("starting evaluators")
+        _get([e.pid.remote() for e in evaluators], STARTUP_TIMEOUT_S, "evaluator start-up")
         bar.note("evaluating the teacher pair and the uniform candidate")
         _baselines(cfg, run, evaluators[0])
-        bar.note("starting agents")
-        cfg_data = cfg.to_dict()
-        coordinator = Coordinator.options(scheduling_strategy=_here()).remote(cfg_data, str(run_dir), evaluators)
-        actors.append(coordinator)
-        agents = [
-            PruningAgent.options(scheduling_strategy=_here()).remote(role, cfg_data, str(run_dir), coordinator, peer_len)
-            for role in ROLES
-        ]
-        actors += agents
-        results = _wait_agents(cfg, agents, coordinator, bar)
+        if run.completed_rounds() < cfg.search.rounds:
+            bar.note("starting agents")
+            cfg_data = cfg.to_dict()
+            coordinator = Coordinator.options(scheduling_strategy=_here()).remote(cfg_data, str(run_dir), evaluators)
+            actors.append(coordinator)
+            searching = ROLES if cfg.search.agents == "both" else ROLES[:1]
+            agents = [
+                PruningAgent.options(scheduling_strategy=_here()).remote(role, cfg_data, str(run_dir), coordinator,
+                                                                         peer_len, run.slots)
+                for role in searching
+            ]
+            actors += agents
+            results = _wait_agents(cfg, agents, coordinator, bar)
+        else:
+            results = []
+        run = RunDir(run_dir, run.digest)  # the Coordinator appended to the log
+        if run.completed_rounds() != cfg.search.rounds:
+            raise RuntimeError(f"{run.evaluations_path}: {run.completed_rounds()} rounds logged, "
+                               f"expected {cfg.search.rounds}")
+        if cfg.search.reeval_top_k > 0:
+            bar.note(f"re-evaluating the top {cfg.search.reeval_top_k} with fresh seeds")
+            reevaluate_top(cfg, run, pool_evaluate_many(cfg, evaluators))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         for actor in actors:
             ray.kill(actor, no_restart=True)
         if started:
             ray.shutdown()
-    run = RunDir(run_dir, run.digest)  # the Coordinator appended to the log
-    if run.completed_rounds() != cfg.search.rounds:
-        raise RuntimeError(f"{run.evaluations_path}: {run.completed_rounds()} rounds logged, "
-                           f"expected {cfg.search.rounds}")
     from collabprune.plots import plot_search
 
     plot_search(run.search_records(), run.plots_dir, run.get(UNIFORM_ROUND))
     summary = _summary(cfg, run, results, time.time() - t0, resume)
     brief = dict(summary, agents=[
         {"role": a["role"], "start_round": a["start_round"], "rounds": a["rounds"],
-         "replayed": [h["round"] for h in a["history"] if h["replayed"]], "times": a["times"]}
+         "replayed": sorted({h["round"] for h in a["history"] if h["replayed"]}), "times": a["times"]}
         for a in results
     ])
     atomic_write_json(run.path / "summary.json", brief)

@@ -4,8 +4,8 @@ An evaluator fine-tunes and scores one (G, D) candidate pair per call. Calls are
 (seeded, no side effects on the run's log: the Coordinator writes the log), so Ray may retry them
 on a restarted actor (``max_task_retries``) after the actor's process dies (``max_restarts``).
 
-Resources: ``num_gpus=1`` and ``num_cpus=1`` each when the cluster has GPUs, else ``num_cpus=1``;
-one torch thread per CPU reserved (DESIGN.md §5 pitfalls: no oversubscription on small machines).
+Resources: ``num_gpus=1`` and ``num_cpus=1`` each when the cluster has GPUs, else ``num_cpus=1``.
+Torch threads: :func:`evaluator_threads` (an evaluator that has the machine to itself uses its cores).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collabprune.config import RunConfig
 #: CPUs reserved by one evaluator actor.
 EVALUATOR_NUM_CPUS = 1
 
-#: ``factory(cfg, run_dir) -> object`` with ``evaluate``, ``evaluate_teacher`` and ``uniform_ratios``
+#: ``factory(cfg, run_dir) -> object`` with ``evaluate``, ``evaluate_teacher``, ``evaluate_uniform`` and ``uniform_ratios``
 #: (the :class:`collabprune.evaluation.CandidateEvaluator` API).
 EvaluatorFactory = Callable[[RunConfig, Path], Any]
 
@@ -80,6 +80,12 @@ class EvaluatorCore:
         """Score the unpruned teacher pair (metrics incl. ``rho_t``)."""
         return self._impl.evaluate_teacher()
 
+    def evaluate_uniform(self, seed: int, save_dir: str | None = None) -> dict[str, Any]:
+        """The reward baseline: the uniform candidate averaged over ``reward.uniform_seeds`` seeds from
+        ``seed`` (see ``CandidateEvaluator.evaluate_uniform``)."""
+        folder = Path(save_dir) if save_dir is not None else None
+        return self._impl.evaluate_uniform(int(seed), folder)
+
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         """The uniform candidate: (G ratios, D ratios), one ratio per role, the largest meeting its budget."""
         g, d = self._impl.uniform_ratios()
@@ -126,7 +132,20 @@ def make_evaluators(
     restarts = cfg.search.evaluator_max_restarts
     return [
         Evaluator.options(max_restarts=restarts, max_task_retries=restarts, **options).remote(
-            cfg.to_dict(), str(run_dir), factory, int(options["num_cpus"])
+            cfg.to_dict(), str(run_dir), factory, evaluator_threads(count, options)
         )
         for _ in range(count)
     ]
+
+
+def evaluator_threads(count: int, options: dict[str, float]) -> int:
+    """Torch threads of each evaluator: its share of the node's cores when it runs on the CPU.
+
+    The agents and the Coordinator are idle while the evaluators work (an agent waits for its
+    rewards), so without GPUs the evaluators split the driver node's cores between them rather than
+    use one core each (on a 2-core machine a single evaluator uses both). With a GPU, one thread.
+    """
+    if options.get("num_gpus"):
+        return 1
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, count))

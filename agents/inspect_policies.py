@@ -1,11 +1,14 @@
 """``collabprune inspect RUN_DIR``: what each agent's policy has learned (DESIGN.md §6).
 
 For each agent, its latest checkpoint (so a run that is still going can be inspected) is rolled out
-for one deterministic episode in its env, with the peer block the best pair produced. Per prunable
-group: the policy's deterministic keep ratio (after the AMC budget correction), its spread (standard
-deviation of the keep ratio over samples of a stochastic policy; 0 for TD3/DDPG), the critic's Q
-(SAC/TD3/DDPG, of the deterministic action; the smaller twin) or PPO's state value V, and the
-channels the best pair kept. Nothing in the run directory is modified.
+for one deterministic episode in its env, with the peer block the best pair produced (the generator
+sees the discriminator's proposal of that round; the discriminator the generator's, as in the
+search). Per prunable group: the policy's deterministic action (a log2 multiplier on the uniform keep
+ratio), the keep ratio it asks for and the one executed after the budget projection, its spread
+(standard deviation of the requested keep ratio over samples of a stochastic policy; 0 for the
+deterministic TD3/DDPG actors, whose exploration noise is not part of the policy), the critic's Q
+(TD3/DDPG/SAC, of the executed action; the smaller twin) or PPO's state value V, and the channels
+the best pair kept. Nothing in the run directory is modified.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.coordinator import peer_info_from_record
-from agents.pruning_agent import ALGORITHMS, MODEL_FILE
+from agents.coordinator import PeerBlocks
+from agents.learners import ALGORITHMS
+from agents.pruning_agent import MODEL_FILE
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
 from collabprune.pruning.prune import kept_channels
+from collabprune.pruning.roles import Role
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, resume_config
 from envs.channel_env import ChannelPruningEnv
 from envs.space import ROLES, RoleSpace, peer_length
@@ -40,50 +45,64 @@ def _value(model: Any, obs: np.ndarray, action: np.ndarray) -> tuple[str, float]
         return "V", float(model.policy.predict_values(obs_t).item())
 
 
-def inspect_agent(cfg: RunConfig, run: RunDir, role: str, space: RoleSpace, peer_len: int) -> dict[str, Any]:
+def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, RoleSpace], peer_len: int) -> dict[str, Any]:
     """One agent's policy, group by group (see the module docstring).
 
     :param cfg: the run's config.
     :param run: the run directory (read only).
     :param role: ``generator`` or ``discriminator``.
-    :returns: ``{"role", "checkpoint_round", "value_kind", "groups": [...]}``; ``groups`` is empty and
-        ``checkpoint_round`` None when the agent has no checkpoint yet.
+    :param spaces: both roles' spaces.
+    :param peer_len: the peer block's action length.
+    :returns: ``{"role", "algo", "checkpoint_round", "value_kind", "executed_macs_fraction", "groups":
+        [...]}``; ``groups`` is empty and ``checkpoint_round`` None when the agent has no checkpoint yet.
     """
+    space = spaces[role]
     latest = run.latest_checkpoint(role)
     out: dict[str, Any] = {"role": role, "algo": cfg.agents.algo, "checkpoint_round": None, "groups": []}
     if latest is None:
         return out
     rounds_done, folder = latest
     model = ALGORITHMS[cfg.agents.algo].load(folder / MODEL_FILE, device="cpu")
-    teacher, uniform, best = run.get(TEACHER_ROUND), run.get(UNIFORM_ROUND), run.best()
-    env = ChannelPruningEnv(space, peer_len)
-    if best is not None and uniform is not None and best["round"] >= 0:
-        rho_t = teacher["metrics"].get("rho") if teacher else None
-        env.peer = peer_info_from_record(best, role, uniform["metrics"], rho_t, cfg.agents.exchange)
-    best_channels = (best or {}).get(f"{role[0]}_channels") or [None] * space.n_groups
-    best_ratios = (best or {}).get(f"{role[0]}_ratios") or [None] * space.n_groups
-    obs, _ = env.reset()
+    best = run.read_best() or run.best()
+    peer = None
+    if best is not None and run.get(TEACHER_ROUND) is not None and run.get(UNIFORM_ROUND) is not None:
+        blocks = PeerBlocks(cfg, run, spaces)
+        short = Role.of(space.role.peer, cfg).short
+        nxt = max(0, best["round"]) + (0 if not space.role.leads else 1)
+        peer = blocks.block(role, nxt, best.get("slot", 0), best.get(f"{short}_ratios"), same_round=not space.role.leads)
+    own = Role.of(role, cfg).short
+    best_channels = (best or {}).get(f"{own}_channels") or [None] * space.n_groups
+    best_ratios = (best or {}).get(f"{own}_ratios") or [None] * space.n_groups
+    env = ChannelPruningEnv(space, peer_len, submit=None)
+    obs, _ = env.reset(options={"peer": peer} if peer is not None else None)
+    actions, spreads = [], []
+    for _ in space.groups:
+        action, _ = model.predict(obs, deterministic=True)
+        samples = [model.predict(obs, deterministic=False)[0] for _ in range(SPREAD_SAMPLES)]
+        spreads.append(float(np.std([space.action_to_ratio(float(np.ravel(a)[0])) for a in samples])))
+        actions.append(float(np.ravel(action)[0]))
+        obs_t = obs
+        obs, _, done, _, info = env.step(np.asarray(action, dtype=np.float32))
+        out.setdefault("_obs", []).append(obs_t)
+    executed = env.executed_actions()
     value_kind = "Q"
     for t, group in enumerate(space.groups):
-        action, _ = model.predict(obs, deterministic=True)
-        executed = env.executed_action(np.asarray(action, dtype=np.float32))
-        samples = [model.predict(obs, deterministic=False)[0] for _ in range(SPREAD_SAMPLES)]
-        spread = float(np.std([space.action_to_ratio(float(np.ravel(a)[0])) for a in samples]))
-        value_kind, value = _value(model, obs, executed)
-        ratio = space.action_to_ratio(float(np.ravel(executed)[0]))
+        value_kind, value = _value(model, out["_obs"][t], np.array([executed[t]], dtype=np.float32))
         out["groups"].append({
             "index": t,
             "name": group.name,
             "channels": group.channels,
-            "policy_ratio": ratio,
-            "policy_channels": kept_channels(group.channels, ratio, cfg.pruning),
-            "spread": spread,
+            "action": actions[t],
+            "requested_ratio": info["requested"][t],
+            "policy_ratio": info["ratios"][t],
+            "policy_channels": kept_channels(group.channels, info["ratios"][t], cfg.pruning),
+            "spread": spreads[t],
             "value": value,
             "best_ratio": best_ratios[t],
             "best_channels": best_channels[t],
         })
-        obs, *_ = env.step(executed)
-    out.update(checkpoint_round=rounds_done, value_kind=value_kind)
+    out.pop("_obs")
+    out.update(checkpoint_round=rounds_done, value_kind=value_kind, executed_macs_fraction=info["macs_fraction"])
     return out
 
 
@@ -105,18 +124,19 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
         raise RunDirError(f"{run_dir}: no evaluation logged yet")
     spaces = {role: RoleSpace.from_config(role, cfg) for role in ROLES}
     peer_len = peer_length(list(spaces.values()))
-    agents = [inspect_agent(cfg, run, role, spaces[role], peer_len) for role in (roles or list(ROLES))]
+    agents = [inspect_agent(cfg, run, role, spaces, peer_len) for role in (roles or list(ROLES))]
     records = run.search_records()
     plots_dir = Path(out_dir) if out_dir is not None else run.plots_dir
     plots = plot_search(records, plots_dir, uniform=run.get(UNIFORM_ROUND))
     for role in roles or ROLES:
         names = [g.name for g in spaces[role].groups]
         plots.append(plot_ratio_heatmap(records, role, names, plots_dir / f"ratios_{role}.png"))
-    best = run.best()
+    best = run.read_best() or run.best()
     return {
         "run_dir": str(run_dir),
         "rounds": len(records),
-        "best": None if best is None else {k: best.get(k) for k in ("round", "reward", "g_ratios", "d_ratios")},
+        "best": None if best is None else {k: best.get(k) for k in ("round", "slot", "reward", "reeval", "g_ratios",
+                                                                    "d_ratios")},
         "agents": agents,
         "plots": [str(p) for p in plots],
     }

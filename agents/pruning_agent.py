@@ -1,14 +1,14 @@
-"""``PruningAgent``: one role's Stable-Baselines3 learner and its environment, as a Ray actor.
+"""``PruningAgent``: one role's Stable-Baselines3 learner and its N environments, as a Ray actor.
 
-The agent builds its :class:`~envs.channel_env.ChannelPruningEnv`, whose last step of each episode
-submits the proposal to the Coordinator and blocks (with a timeout) for the team reward and the peer's
-observation, then runs ``learn()`` for the remaining rounds (``reset_num_timesteps=False`` so a resumed
-learner neither resets its counters nor replays warm-up). Algorithms: SAC (default), TD3, DDPG, PPO.
+The agent builds N :class:`~envs.channel_env.ChannelPruningEnv` (one per slot: N = candidates per
+round) inside a :class:`~agents.vec_env.RoundVecEnv`, which submits the N proposals of a round to
+the Coordinator together and blocks (with a timeout) for the N team rewards, then runs ``learn()``
+for the remaining rounds (``reset_num_timesteps=False`` so a resumed learner neither resets its
+counters nor replays warm-up). Algorithms: TD3 (default), DDPG, SAC (:mod:`agents.learners`), PPO.
 
 Resources (2-core machines, DESIGN.md §5 pitfalls): each agent reserves ``AGENT_NUM_CPUS = 0.5`` and
-uses one torch thread; with the Coordinator at 0 CPUs and one evaluator at 1 CPU the whole search fits
-2 CPUs. The agents are idle (blocked on the Coordinator) while the evaluator works, and the evaluator
-is idle while they train, so nothing is oversubscribed.
+uses one torch thread; the Coordinator reserves none. The agents are idle (blocked on the Coordinator)
+while the evaluators work, and the evaluators are idle while the agents train.
 
 Checkpoints (``checkpoints/<role>/round_XXXXXX/``: ``model.zip``, ``replay_buffer.pkl``,
 ``agent.json``) are written every ``search.checkpoint_every`` rounds, between rounds (at the start of a
@@ -16,13 +16,11 @@ rollout, after the previous round's transitions are stored and trained on), and 
 :meth:`collabprune.runs.RunDir.commit_checkpoint` for atomicity.
 
 Resume protocol: a resumed agent loads its latest checkpoint (round ``c``) and replays rounds
-``c..k-1`` that are already in the evaluation log. In a replayed round the env executes the *logged*
-ratios (whatever the policy samples) and the Coordinator answers with the logged reward and peer
-block, so the replay buffer receives exactly the (obs, action, reward) transitions of the original
-run. Off-policy learners store the executed action (:class:`ExecutedActionMixin`; this also stores the
-AMC budget-corrected action instead of the raw one). PPO stores its sampled action (SB3's own
-convention for clipped actions), so a replayed PPO round pairs the logged reward with a resampled
-action; PPO checkpoints only at rollout boundaries, so no partial rollout is ever restored.
+``c..k-1`` that are already in the evaluation log. In a replayed round each env executes its slot's
+*logged* ratios (whatever the policy samples) and the Coordinator answers with the logged rewards and
+peer blocks, so the replay buffer receives exactly the (obs, executed action, reward) transitions of
+the original run, and exploration draws are seeded by (seed, timestep). PPO stores its sampled action
+(SB3's own convention), so a replayed PPO round pairs the logged reward with a resampled action.
 """
 
 from __future__ import annotations
@@ -30,21 +28,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import ray
-from stable_baselines3 import DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, configure
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.vec_env import DummyVecEnv
 
-from collabprune.config import AgentsConfig, RunConfig
+from agents.learners import ALGORITHMS, EpisodeCreditMixin, algo_kwargs
+from agents.vec_env import RoundVecEnv
+from collabprune.config import RunConfig
+from collabprune.pruning.roles import ROLE_NAMES
 from envs.channel_env import ChannelPruningEnv, PeerInfo
-from envs.space import ROLES, RoleSpace, peer_length
+from envs.space import RoleSpace, peer_length
 
 #: CPUs reserved by each agent actor (two agents + one 1-CPU evaluator = 2 CPUs).
 AGENT_NUM_CPUS = 0.5
@@ -57,19 +54,19 @@ STATE_FILE = "agent.json"
 class CoordinatorLink(Protocol):
     """What an agent needs from the Coordinator (a Ray handle wrapper, or a local double)."""
 
-    def submit(self, role: str, round_index: int, ratios: list[float], macs_fraction: float,
-               agent_s: float) -> dict[str, Any]: ...
+    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]],
+               agent_s: float) -> list[dict[str, Any]]: ...
 
-    def peer_info(self, role: str, round_index: int) -> dict[str, Any]: ...
+    def peers(self, role: str, round_index: int) -> list[dict[str, Any]]: ...
 
-    def logged_ratios(self, role: str) -> dict[int, list[float]]: ...
+    def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]: ...
 
 
 class RayCoordinatorLink:
     """:class:`CoordinatorLink` over a Coordinator actor handle; every call has a timeout.
 
     :param handle: the Coordinator actor.
-    :param timeout_s: longest wait for one call (a round: the peer's turn plus an evaluation).
+    :param timeout_s: longest wait for one call (a round: the peer's turn plus the evaluations).
     """
 
     def __init__(self, handle: Any, timeout_s: float) -> None:
@@ -80,103 +77,33 @@ class RayCoordinatorLink:
         try:
             return ray.get(ref, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"coordinator did not answer {what} within {self.timeout_s:.0f} s") from None
+            raise TimeoutError(f"coordinator did not answer {what} within {self.timeout_s:.0f} s "
+                               "(search.round_timeout_s sets it)") from None
 
-    def submit(self, role: str, round_index: int, ratios: list[float], macs_fraction: float,
-               agent_s: float) -> dict[str, Any]:
-        ref = self.handle.submit.remote(role, round_index, ratios, macs_fraction, agent_s)
+    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]],
+               agent_s: float) -> list[dict[str, Any]]:
+        ref = self.handle.submit.remote(role, round_index, proposals, agent_s)
         return self._get(ref, f"round {round_index} of the {role}")
 
-    def peer_info(self, role: str, round_index: int) -> dict[str, Any]:
-        return self._get(self.handle.peer_info.remote(role, round_index), "peer_info")
+    def peers(self, role: str, round_index: int) -> list[dict[str, Any]]:
+        return self._get(self.handle.peers.remote(role, round_index), f"the peer blocks of round {round_index}")
 
-    def logged_ratios(self, role: str) -> dict[int, list[float]]:
-        return self._get(self.handle.logged_ratios.remote(role), "logged_ratios")
-
-
-# ----------------------------------------------------------------------------- SB3 learners
-class ExecutedActionMixin:
-    """Off-policy learner that stores the action the env executes, not the one it sampled.
-
-    ``action_hook(action) -> executed action`` is set by the agent to
-    :meth:`ChannelPruningEnv.executed_action` (budget correction, or the logged ratio on replay).
-    It is not saved with the model.
-    """
-
-    action_hook: Callable[[np.ndarray], np.ndarray] | None = None
-
-    def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1):  # type: ignore[no-untyped-def]
-        action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)  # type: ignore[misc]
-        if self.action_hook is not None:
-            action = self.action_hook(action)
-            buffer_action = self.policy.scale_action(action)  # type: ignore[attr-defined]
-        return action, buffer_action
-
-    def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["action_hook"]  # type: ignore[misc]
+    def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]:
+        raw = self._get(self.handle.logged_proposals.remote(role), "logged_proposals")
+        return {int(s): {int(k): v for k, v in rounds.items()} for s, rounds in raw.items()}
 
 
-class SearchSAC(ExecutedActionMixin, SAC):
-    """SAC storing executed actions."""
+class _RoleRound:
+    """The :class:`~agents.vec_env.RoundLink` of one agent: its role bound to the Coordinator link."""
 
+    def __init__(self, agent: "AgentCore") -> None:
+        self.agent = agent
 
-class SearchTD3(ExecutedActionMixin, TD3):
-    """TD3 storing executed actions."""
+    def submit(self, round_index: int, proposals: list[dict[str, Any]]) -> list[tuple[float, PeerInfo]]:
+        return self.agent.submit_round(round_index, proposals)
 
-
-class SearchDDPG(ExecutedActionMixin, DDPG):
-    """DDPG storing executed actions."""
-
-
-#: ``agents.algo`` -> SB3 learner class.
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SearchSAC, "td3": SearchTD3, "ddpg": SearchDDPG, "ppo": PPO}
-
-
-def _largest_divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
-
-
-def algo_kwargs(agents: AgentsConfig, n_groups: int, rounds: int, checkpoint_every: int, seed: int) -> dict[str, Any]:
-    """SB3 constructor keyword arguments for ``agents.algo`` (``agents.extra`` overrides).
-
-    Off-policy (SAC/TD3/DDPG): ``learning_starts = warmup_episodes * n_groups`` random steps,
-    one rollout = one episode (``train_freq=(1, "episode")``), ``gradient_steps`` as configured
-    (-1: as many as steps collected). TD3/DDPG use Gaussian action noise with
-    ``extra.action_noise_sigma`` (default 0.1). PPO: a rollout of ``n_steps = n_groups *
-    min(checkpoint_every, rounds)`` steps, minibatch the largest divisor of n_steps <= batch_size.
-
-    :param agents: the agents section of the config.
-    :param n_groups: steps per episode.
-    :param rounds: search rounds.
-    :param checkpoint_every: rounds between checkpoints (PPO rollouts align with them).
-    :param seed: the learner's seed.
-    """
-    extra = dict(agents.extra)
-    common: dict[str, Any] = dict(
-        learning_rate=agents.learning_rate,
-        gamma=agents.gamma,
-        policy_kwargs=dict(net_arch=list(agents.net_arch)),
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
-    if agents.algo == "ppo":
-        n_steps = n_groups * max(1, min(checkpoint_every, rounds))
-        common.update(n_steps=n_steps, batch_size=_largest_divisor_at_most(n_steps, agents.batch_size))
-    else:
-        common.update(
-            buffer_size=agents.buffer_size,
-            batch_size=agents.batch_size,
-            learning_starts=agents.warmup_episodes * n_groups,
-            train_freq=(1, "episode"),
-            gradient_steps=agents.gradient_steps,
-        )
-        if agents.algo in ("td3", "ddpg"):
-            sigma = float(extra.pop("action_noise_sigma", 0.1))
-            common["action_noise"] = NormalActionNoise(mean=np.zeros(1), sigma=sigma * np.ones(1))
-    extra.pop("action_noise_sigma", None)
-    common.update(extra)
-    return common
+    def peers(self, round_index: int) -> list[PeerInfo]:
+        return [PeerInfo.from_dict(p) for p in self.agent.link.peers(self.agent.role, round_index)]
 
 
 # ------------------------------------------------------------------------------ callback
@@ -192,13 +119,16 @@ class SearchCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         self.agent.maybe_checkpoint()
+        # the round's random streams (minibatches, target noise) depend on the round only, so a
+        # learner resumed from a checkpoint trains exactly as the original did
+        self.model.set_random_seed(self.agent._seed(self.agent.vec_env.round))
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones")
         if dones is not None and bool(np.asarray(dones).reshape(-1)[0]):
             self.agent.record_round(self.logger)
         # on-policy rollouts may be longer than the rounds left: stop exactly at the end
-        return not (self.agent.on_policy and self.agent.env.round >= self.agent.rounds)
+        return not (self.agent.on_policy and self.agent.vec_env.round >= self.agent.rounds)
 
 
 # --------------------------------------------------------------------------------- agent
@@ -209,28 +139,30 @@ class AgentCore:
     :param cfg: the run config as plain data.
     :param run_dir: the run directory (checkpoints, TensorBoard).
     :param link: the Coordinator (:class:`RayCoordinatorLink` or a local double).
-    :param peer_len: length of the peer ratio vector (default: max group count of both roles).
+    :param peer_len: length of the peer action vector (default: max group count of both roles).
+    :param slots: candidates per round (the run's ``slots``; envs of the VecEnv).
     """
 
     def __init__(self, role: str, cfg: dict[str, Any], run_dir: str, link: CoordinatorLink,
-                 peer_len: int | None = None) -> None:
+                 peer_len: int | None = None, slots: int = 1) -> None:
         import torch
 
         from collabprune.runs import RunDir, run_digest
 
         torch.set_num_threads(1)
-        if role not in ROLES:
-            raise ValueError(f"role {role!r} is not one of {ROLES}")
+        if role not in ROLE_NAMES:
+            raise ValueError(f"role {role!r} is not one of {ROLE_NAMES}")
         self.role = role
         self.cfg = RunConfig.model_validate(cfg)
         self.rundir = RunDir(Path(run_dir), run_digest(self.cfg), load_log=False)
         self.link = link
         self.rounds = self.cfg.search.rounds
+        self.slots = int(slots)
         self.space = RoleSpace.from_config(role, self.cfg)
         if peer_len is None:
-            other = RoleSpace.from_config(ROLES[1] if role == ROLES[0] else ROLES[0], self.cfg)
-            peer_len = peer_length([self.space, other])
-        self.env = ChannelPruningEnv(self.space, peer_len, submit=self._submit)
+            peer_len = peer_length([self.space, RoleSpace.from_config(self.space.role.peer, self.cfg)])
+        self.envs = [ChannelPruningEnv(self.space, peer_len, submit=None) for _ in range(self.slots)]
+        self.vec_env = RoundVecEnv(self.envs, _RoleRound(self), self.rounds)
         self.on_policy = self.cfg.agents.algo == "ppo"
         self.history: list[dict[str, Any]] = []
         self.times = {"agent_s": 0.0, "wait_s": 0.0}
@@ -238,13 +170,14 @@ class AgentCore:
         self._last_saved = -1
         self.model = self._build_or_load()
 
+    @property
+    def env(self) -> ChannelPruningEnv:
+        """The first slot's env."""
+        return self.envs[0]
+
     # ----------------------------------------------------------------------- model setup
     def _seed(self, rounds_done: int) -> int:
-        return self.cfg.search.seed * 2 + ROLES.index(self.role) + 7919 * rounds_done
-
-    def _vec_env(self) -> DummyVecEnv:
-        env = self.env
-        return DummyVecEnv([lambda: Monitor(env)])
+        return self.cfg.search.seed * 2 + ROLE_NAMES.index(self.role) + 7919 * rounds_done
 
     def _build_or_load(self) -> BaseAlgorithm:
         algo = ALGORITHMS[self.cfg.agents.algo]
@@ -252,71 +185,79 @@ class AgentCore:
         latest = self.rundir.latest_checkpoint(self.role)
         if latest is None:
             start = 0
-            kwargs = algo_kwargs(self.cfg.agents, n, self.rounds, self.cfg.search.checkpoint_every, self._seed(0))
-            model = algo("MlpPolicy", self._vec_env(), **kwargs)
+            kwargs = algo_kwargs(self.cfg.agents, n, self.slots, self._seed(0))
+            model = algo("MlpPolicy", self.vec_env, **kwargs)
         else:
             start, folder = latest
-            model = algo.load(folder / MODEL_FILE, env=self._vec_env(), device="cpu")
+            model = algo.load(folder / MODEL_FILE, env=self.vec_env, device="cpu")
             if not self.on_policy and (folder / BUFFER_FILE).is_file():
                 model.load_replay_buffer(folder / BUFFER_FILE)
-            if model.num_timesteps != start * n:
-                raise RuntimeError(f"{folder}: {model.num_timesteps} steps saved, expected {start * n}")
+            if model.num_timesteps != start * n * self.slots:
+                raise RuntimeError(f"{folder}: {model.num_timesteps} steps saved, expected {start * n * self.slots}")
             model.set_random_seed(self._seed(start))
             self._last_saved = start
         self.start_round = start
-        self.env.round = start
-        self.env.peer = PeerInfo.from_dict(self.link.peer_info(self.role, start - 1))
-        self.env.set_replay({k: v for k, v in self.link.logged_ratios(self.role).items() if k >= start})
-        if isinstance(model, ExecutedActionMixin):
-            model.action_hook = self.env.executed_action
+        logged = self.link.logged_proposals(self.role)
+        for slot, env in enumerate(self.envs):
+            env.round = start
+            mine = {k: v for k, v in logged.get(slot, {}).items() if k >= start}
+            env.set_replay({k: v["ratios"] for k, v in mine.items()}, {k: v.get("actions") for k, v in mine.items()})
+        if isinstance(model, EpisodeCreditMixin):
+            model.configure_search(self.cfg.agents, n, self._seed(0), lambda: self.vec_env.last_executed)  # type: ignore[arg-type,return-value]
         model.set_logger(configure(str(self.rundir.tb_dir(self.role)), ["tensorboard"]))
         return model
 
     # ---------------------------------------------------------------------- env callback
-    def _submit(self, round_index: int, ratios: list[float], macs_fraction: float) -> tuple[float, PeerInfo]:
+    def submit_round(self, round_index: int, proposals: list[dict[str, Any]]) -> list[tuple[float, PeerInfo]]:
+        """Hand the N proposals of a round to the Coordinator; the N (reward, next peer block)."""
         t0 = time.time()
         agent_s = t0 - self._last_reply
-        peer_before = self.env.peer
-        reply = self.link.submit(self.role, round_index, ratios, macs_fraction, agent_s)
+        seen = [env.peer for env in self.envs]
+        replies = self.link.submit(self.role, round_index, proposals, agent_s)
         self._last_reply = time.time()
         self.times["agent_s"] += agent_s
         self.times["wait_s"] += self._last_reply - t0
-        peer = PeerInfo.from_dict(reply["peer"])
-        self.history.append({
-            "round": round_index,
-            "ratios": list(ratios),
-            "macs_fraction": macs_fraction,
-            "reward": reply["reward"],
-            "replayed": self.env.replaying,
-            "peer_seen": peer_before.to_dict(),
-            "peer_block": peer_before.to_vector(self.env.peer_len).tolist(),
-        })
-        return float(reply["reward"]), peer
+        out = []
+        for slot, (proposal, reply) in enumerate(zip(proposals, replies)):
+            self.history.append({
+                "round": round_index,
+                "slot": slot,
+                "ratios": list(proposal["ratios"]),
+                "requested": list(proposal["requested"]),
+                "macs_fraction": proposal["macs_fraction"],
+                "reward": reply["reward"],
+                "replayed": self.envs[slot].replaying,
+                "peer_seen": seen[slot].to_dict(),
+                "peer_block": seen[slot].to_vector(self.env.peer_len).tolist(),
+            })
+            out.append((float(reply["reward"]), PeerInfo.from_dict(reply["peer"])))
+        return out
 
     def record_round(self, logger: Logger) -> None:
         """Write the finished round's numbers to TensorBoard (called by the SB3 callback)."""
-        last = self.env.last_result
-        if not last:
+        done = [env.last_result for env in self.envs if env.last_result.get("peer") is not None]
+        if not done:
             return
-        peer = last["peer"]
-        logger.record("search/round", last["round"])
-        logger.record("search/reward", last["reward"])
-        logger.record("search/macs_fraction", last["macs_fraction"])
-        logger.record("search/peer_macs_fraction", peer["macs_fraction"])
-        for name, value in zip(("fid", "kde", "bal"), peer["reward_terms"]):
-            logger.record(f"search/{name}_vs_uniform", value)
-        logger.record("search/rho_ratio", peer["rho_ratio"])
+        logger.record("search/round", done[0]["round"])
+        logger.record("search/reward_mean", float(np.mean([d["reward"] for d in done])))
+        logger.record("search/reward_max", float(np.max([d["reward"] for d in done])))
+        logger.record("search/macs_fraction", float(np.mean([d["macs_fraction"] for d in done])))
+        if isinstance(self.model, EpisodeCreditMixin):
+            from agents.learners import exploration_sigma
+
+            learned = max(0, done[0]["round"] + 1 - self.cfg.agents.warmup_episodes)
+            logger.record("search/exploration_sigma", exploration_sigma(self.cfg.agents, learned))
 
     # --------------------------------------------------------------------- checkpoints
     def maybe_checkpoint(self) -> None:
         """Checkpoint when ``checkpoint_every`` rounds passed since the last one (between rounds)."""
-        done = self.env.round
+        done = self.vec_env.round
         if done > 0 and done - max(self._last_saved, 0) >= self.cfg.search.checkpoint_every:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
         """Save policy (+ replay buffer) for the rounds done so far (atomic; see RunDir)."""
-        done = self.env.round
+        done = self.vec_env.round
 
         def write(folder: Path) -> None:
             self.model.save(folder / MODEL_FILE)
@@ -324,7 +265,7 @@ class AgentCore:
                 self.model.save_replay_buffer(folder / BUFFER_FILE)
             (folder / STATE_FILE).write_text(json.dumps({
                 "role": self.role, "rounds_done": done, "num_timesteps": int(self.model.num_timesteps),
-                "algo": self.cfg.agents.algo,
+                "algo": self.cfg.agents.algo, "slots": self.slots,
             }))
 
         path = self.rundir.commit_checkpoint(self.role, done, write)
@@ -336,24 +277,24 @@ class AgentCore:
         """Play and learn until ``search.rounds`` rounds are done; checkpoint at the end.
 
         :returns: ``{"role", "start_round", "rounds", "history", "times"}``; ``history`` has one
-            entry per round played by this process (ratios, MACs fraction, reward, whether it was a
-            replay, and the peer block seen during the round).
+            entry per (round, slot) played by this process (executed and requested ratios, MACs
+            fraction, reward, whether it was a replay, and the peer block seen).
         """
-        remaining = self.rounds - self.env.round
+        remaining = self.rounds - self.vec_env.round
         if remaining > 0:
             self._last_reply = time.time()
             self.model.learn(
-                total_timesteps=remaining * self.space.n_groups,
+                total_timesteps=remaining * self.space.n_groups * self.slots,
                 callback=SearchCallback(self),
-                log_interval=1,
+                log_interval=None,
                 reset_num_timesteps=False,
             )
-        if self.env.round != self._last_saved:
+        if self.vec_env.round != self._last_saved:
             self.save_checkpoint()
         return {
             "role": self.role,
             "start_round": self.start_round,
-            "rounds": self.env.round,
+            "rounds": self.vec_env.round,
             "history": self.history,
             "times": dict(self.times),
         }
@@ -363,9 +304,11 @@ class PruningAgentActor(AgentCore):
     """Ray actor body: builds its :class:`RayCoordinatorLink` from a Coordinator handle."""
 
     def __init__(self, role: str, cfg: dict[str, Any], run_dir: str, coordinator: Any,
-                 peer_len: int | None = None) -> None:
-        timeout = 2 * float(cfg["search"]["round_timeout_s"]) + 120
-        super().__init__(role, cfg, run_dir, RayCoordinatorLink(coordinator, timeout), peer_len)
+                 peer_len: int | None = None, slots: int = 1) -> None:
+        from agents.coordinator import Deadlines
+
+        timeout = Deadlines.of(RunConfig.model_validate(cfg)).reply_s + 60.0
+        super().__init__(role, cfg, run_dir, RayCoordinatorLink(coordinator, timeout), peer_len, slots)
 
     def run(self) -> dict[str, Any]:
         """Ray entry point: :meth:`AgentCore.run_rounds`."""

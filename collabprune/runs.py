@@ -5,18 +5,22 @@ Layout of ``RUN_DIR``::
     config.yaml               the resolved run config (save_config)
     run.json                  {"digest": run digest, "created": ISO time, "versions": {...}}
     evaluations.jsonl         one JSON line per evaluated pair, append-only, fsynced per line
-    best.json                 the best record so far (atomic rewrite)
+    reevaluations.jsonl       the top-k re-evaluation with fresh seeds (one line per (round, slot, seed))
+    best.json                 the best record so far (atomic rewrite); after the search, the
+                              re-evaluated winner with its ``reeval`` scores
     checkpoints/<role>/       agent checkpoints: round_000010/ folders + latest.json pointer
     candidates/round_XXXXX/   the fine-tuned weights + specs of the uniform candidate and of the best
                               pair (other rounds' are deleted once logged); what ``export`` ships
     tb/<role>/                TensorBoard logs of each agent
     plots/                    reward / MACs curves (PNG)
 
-Rounds in ``evaluations.jsonl``: ``-2`` is the teacher pair (``"kind": "teacher"``), ``-1`` the
-uniform-ratio candidate (``"kind": "uniform"``), ``0 .. search.rounds-1`` the search rounds
-(``"kind": "search"``). Every record carries the run digest, its round and its evaluation seed, so an
-evaluation is identified by (digest, round, seed) and is never repeated: a resumed run reads the log
-and answers logged rounds from it.
+Records in ``evaluations.jsonl`` are keyed by (round, slot): round ``-2`` is the teacher pair
+(``"kind": "teacher"``), ``-1`` the uniform candidate (``"kind": "uniform"``, its metrics averaged
+over ``reward.uniform_seeds`` seeds), ``0 .. search.rounds-1`` the search rounds (``"kind":
+"search"``), each with ``slots`` candidates (slot ``0 .. slots-1``; ``slots`` is fixed when the run is
+created and recorded in ``run.json``). Every record carries the run digest, its round, slot and
+evaluation seed, so an evaluation is identified by (digest, round, slot, seed) and is never repeated:
+a resumed run reads the log and answers logged evaluations from it.
 
 This module is core library code: it knows nothing of agents or environments.
 """
@@ -39,6 +43,7 @@ from collabprune.io import atomic_write_json
 CONFIG_FILE = "config.yaml"
 META_FILE = "run.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
+REEVALUATIONS_FILE = "reevaluations.jsonl"
 BEST_FILE = "best.json"
 LATEST_FILE = "latest.json"
 CANDIDATES_DIR = "candidates"
@@ -139,7 +144,9 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str], digest: str, load_log: bool = True) -> None:
         self.path = Path(path)
         self.digest = digest
-        self._records: dict[int, dict[str, Any]] = {}
+        self.slots = _stored_slots(self.path)
+        self._records: dict[tuple[int, int], dict[str, Any]] = {}
+        self._reevals: dict[tuple[int, int, int], dict[str, Any]] = {}
         if load_log:
             self._load()
 
@@ -168,25 +175,30 @@ class RunDir:
         """Checkpoint folder of one agent (``checkpoints/<role>``)."""
         return self.path / "checkpoints" / role
 
-    def prune_candidates(self) -> None:
-        """Delete the saved weights of logged rounds that are neither the uniform candidate nor the
-        best pair (rounds still being evaluated are never touched)."""
-        best = self.best()
-        keep = {UNIFORM_ROUND, best["round"] if best else UNIFORM_ROUND}
+    @property
+    def reevaluations_path(self) -> Path:
+        return self.path / REEVALUATIONS_FILE
+
+    def prune_candidates(self, keep_top: int = 0) -> None:
+        """Delete the saved weights of logged evaluations that are neither the uniform candidate nor
+        among the ``max(1, keep_top)`` best by search reward (evaluations still running are never
+        touched)."""
         root = self.path / CANDIDATES_DIR
         if not root.is_dir():
             return
-        for rnd in self._records:
-            if rnd not in keep:
-                shutil.rmtree(candidate_dir(self.path, rnd), ignore_errors=True)
+        keep = {(UNIFORM_ROUND, 0)} | {(r["round"], r["slot"]) for r in self.top(max(1, keep_top))}
+        for key in self._records:
+            if key not in keep:
+                shutil.rmtree(candidate_dir(self.path, *key), ignore_errors=True)
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
-    def create(cls, path: str | os.PathLike[str], cfg: RunConfig) -> "RunDir":
+    def create(cls, path: str | os.PathLike[str], cfg: RunConfig, slots: int = 1) -> "RunDir":
         """Start a new run directory: write ``config.yaml`` and ``run.json``.
 
         :param path: the folder (created; it may exist if it holds no run yet).
         :param cfg: the resolved run config.
+        :param slots: candidates per round (fixed for the run's life: a resume keeps it).
         :raises RunDirError: the folder already holds a run (resume it instead).
         """
         path = Path(path)
@@ -196,7 +208,8 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         digest = run_digest(cfg)
         save_config(cfg, path / CONFIG_FILE)
-        atomic_write_json(path / META_FILE, {"digest": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        atomic_write_json(path / META_FILE, {"digest": digest, "slots": int(slots),
+                                             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                              "versions": package_versions()})
         return cls(path, digest)
 
@@ -236,80 +249,102 @@ class RunDir:
     def _load(self) -> None:
         self._records.clear()
         for lineno, record in _read_lines(self.evaluations_path):
-            rnd = record.get("round")
-            if not isinstance(rnd, int):
-                raise RunDirError(f"{self.evaluations_path}:{lineno}: record has no integer 'round'")
+            rnd, slot = record.get("round"), record.get("slot", 0)
+            if not isinstance(rnd, int) or not isinstance(slot, int):
+                raise RunDirError(f"{self.evaluations_path}:{lineno}: record has no integer 'round' and 'slot'")
             if record.get("digest") != self.digest:
                 raise RunDirError(f"{self.evaluations_path}:{lineno}: record of another config "
                                   f"(digest {record.get('digest')}, run {self.digest})")
-            if rnd in self._records:
-                raise RunDirError(f"{self.evaluations_path}:{lineno}: round {rnd} logged twice")
-            self._records[rnd] = record
+            if (rnd, slot) in self._records:
+                raise RunDirError(f"{self.evaluations_path}:{lineno}: round {rnd} slot {slot} logged twice")
+            self._records[(rnd, slot)] = dict(record, slot=slot)
+        self._reevals.clear()
+        for lineno, record in _read_lines(self.reevaluations_path):
+            key = (record.get("round"), record.get("slot", 0), record.get("seed"))
+            if record.get("digest") != self.digest or not all(isinstance(k, int) for k in key):
+                raise RunDirError(f"{self.reevaluations_path}:{lineno}: not a re-evaluation of this run")
+            self._reevals[key] = record  # type: ignore[index]
 
     # ------------------------------------------------------------------------------ the log
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Append one evaluation record, flushed and fsynced before returning.
-
-        The record is stamped with ``digest`` and ``kind`` (from its ``round``) and must carry
-        ``round`` and ``seed``.
-
-        :param record: JSON-able evaluation record.
-        :returns: the stamped record as written.
-        :raises ValueError: the round is already logged, or ``round``/``seed`` are missing.
-        """
-        if not isinstance(record.get("round"), int) or "seed" not in record:
-            raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
-        rnd = record["round"]
-        if rnd in self._records:
-            raise ValueError(f"round {rnd} is already in {self.evaluations_path}")
-        stamped = {"round": rnd, "kind": round_kind(rnd), "seed": record["seed"], "digest": self.digest}
-        stamped.update({k: v for k, v in record.items() if k not in stamped})
-        line = json.dumps(stamped, allow_nan=True) + "\n"
+    def _append_line(self, path: Path, record: dict[str, Any]) -> None:
+        line = json.dumps(record, allow_nan=True) + "\n"
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.evaluations_path, "a") as fh:
+        with open(path, "a") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
-        self._records[rnd] = stamped
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append one evaluation record, flushed and fsynced before returning.
+
+        The record is stamped with ``digest``, ``kind`` (from its ``round``) and ``slot`` (default 0)
+        and must carry ``round`` and ``seed``.
+
+        :param record: JSON-able evaluation record.
+        :returns: the stamped record as written.
+        :raises ValueError: the (round, slot) is already logged, ``round``/``seed`` are missing, or
+            the slot is outside the run's slots.
+        """
+        if not isinstance(record.get("round"), int) or "seed" not in record:
+            raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
+        rnd, slot = record["round"], int(record.get("slot", 0))
+        if not 0 <= slot < (self.slots if rnd >= 0 else 1):
+            raise ValueError(f"slot {slot} is outside this run's {self.slots} slot(s) per round")
+        if (rnd, slot) in self._records:
+            raise ValueError(f"round {rnd} slot {slot} is already in {self.evaluations_path}")
+        stamped = {"round": rnd, "slot": slot, "kind": round_kind(rnd), "seed": record["seed"], "digest": self.digest}
+        stamped.update({k: v for k, v in record.items() if k not in stamped})
+        self._append_line(self.evaluations_path, stamped)
+        self._records[(rnd, slot)] = stamped
         return stamped
 
-    def get(self, round_index: int, seed: int | None = None) -> dict[str, Any] | None:
-        """The logged record of a round, or ``None``.
+    def get(self, round_index: int, seed: int | None = None, slot: int = 0) -> dict[str, Any] | None:
+        """The logged record of (round, slot), or ``None``.
 
         :param round_index: the round.
         :param seed: when given, a logged record with another seed raises.
+        :param slot: the candidate's slot in its round.
         :raises RunDirError: the logged record has a different seed.
         """
-        record = self._records.get(round_index)
+        record = self._records.get((round_index, slot))
         if record is not None and seed is not None and record.get("seed") != seed:
-            raise RunDirError(f"{self.evaluations_path}: round {round_index} was evaluated with seed "
+            raise RunDirError(f"{self.evaluations_path}: round {round_index} slot {slot} was evaluated with seed "
                               f"{record.get('seed')}, not {seed}")
         return record
 
+    def round_records(self, round_index: int) -> list[dict[str, Any] | None]:
+        """The records of every slot of a search round (``None`` where a slot is not logged yet)."""
+        return [self._records.get((round_index, s)) for s in range(self.slots)]
+
     def records(self) -> list[dict[str, Any]]:
-        """All records, teacher and uniform first, then search rounds in order."""
+        """All records, teacher and uniform first, then search rounds in (round, slot) order."""
         return [self._records[k] for k in sorted(self._records)]
 
     def search_records(self) -> list[dict[str, Any]]:
-        """Search-round records (round >= 0) in round order."""
-        return [self._records[k] for k in sorted(self._records) if k >= 0]
+        """Search records (round >= 0) in (round, slot) order."""
+        return [self._records[k] for k in sorted(self._records) if k[0] >= 0]
 
     def completed_rounds(self) -> int:
-        """Number of search rounds done: the length of the gap-free prefix 0, 1, ... in the log.
+        """Number of search rounds done: the gap-free prefix 0, 1, ... of rounds with every slot logged.
 
-        :raises RunDirError: the log has a gap (a round logged after a missing one).
+        :raises RunDirError: the log has a gap (an evaluation logged after an incomplete round).
         """
         done = 0
-        while done in self._records:
+        while all((done, s) in self._records for s in range(self.slots)):
             done += 1
-        later = [k for k in self._records if k > done]
+        later = [k for k in self._records if k[0] > done]
         if later:
-            raise RunDirError(f"{self.evaluations_path}: round {done} is missing but round {min(later)} is logged")
+            raise RunDirError(f"{self.evaluations_path}: round {done} is incomplete but round {min(later)[0]} is logged")
         return done
 
     # ----------------------------------------------------------------------------- best pair
+    def top(self, k: int) -> list[dict[str, Any]]:
+        """The ``k`` best search records by search reward (finite rewards only), best first."""
+        scored = [r for r in self.search_records() if _is_finite(r.get("reward")) and not r.get("diverged")]
+        return sorted(scored, key=lambda r: (-r["reward"], r["round"], r["slot"]))[:k]
+
     def best(self) -> dict[str, Any] | None:
-        """The best record so far among the uniform candidate and the search rounds (by reward)."""
+        """The best record so far among the uniform candidate and the search rounds, by search reward."""
         best: dict[str, Any] | None = None
         for record in self.records():
             if record["round"] == TEACHER_ROUND or not _is_finite(record.get("reward")):
@@ -319,7 +354,7 @@ class RunDir:
         return best
 
     def update_best(self, record: dict[str, Any]) -> bool:
-        """Rewrite ``best.json`` (atomically) when ``record`` beats it.
+        """Rewrite ``best.json`` (atomically) when ``record`` beats it by search reward.
 
         :param record: a logged record.
         :returns: whether ``best.json`` changed.
@@ -334,16 +369,50 @@ class RunDir:
         return True
 
     def refresh_best(self) -> None:
-        """Make ``best.json`` agree with the log (after a kill between a log append and its update)."""
+        """Make ``best.json`` agree with the log (after a kill between a log append and its update).
+
+        A re-evaluated ``best.json`` (it has ``reeval``) is left as it is when the log is complete.
+        """
+        current = self.read_best()
+        if current is not None and "reeval" in current:
+            return
         best = self.best()
-        if best is not None and self.read_best() != best:
+        if best is not None and current != best:
             atomic_write_json(self.best_path, best)
+
+    def write_best(self, record: dict[str, Any]) -> None:
+        """Replace ``best.json`` (atomically) with ``record`` (the re-evaluated winner)."""
+        atomic_write_json(self.best_path, record)
 
     def read_best(self) -> dict[str, Any] | None:
         """The content of ``best.json``, or ``None`` when there is none yet."""
         if not self.best_path.is_file():
             return None
         return json.loads(self.best_path.read_text())
+
+    # ------------------------------------------------------------------------ re-evaluations
+    def get_reeval(self, round_index: int, slot: int, seed: int) -> dict[str, Any] | None:
+        """The logged re-evaluation of (round, slot) under ``seed``, or ``None``."""
+        return self._reevals.get((round_index, slot, seed))
+
+    def append_reeval(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append one re-evaluation (``round``, ``slot``, ``seed`` required), fsynced.
+
+        :raises ValueError: missing keys or already logged.
+        """
+        key = (record.get("round"), record.get("slot"), record.get("seed"))
+        if not all(isinstance(k, int) for k in key):
+            raise ValueError("a re-evaluation needs integer 'round', 'slot' and 'seed'")
+        if key in self._reevals:
+            raise ValueError(f"re-evaluation {key} is already in {self.reevaluations_path}")
+        stamped = dict(record, digest=self.digest)
+        self._append_line(self.reevaluations_path, stamped)
+        self._reevals[key] = stamped  # type: ignore[index]
+        return stamped
+
+    def reevaluations(self) -> list[dict[str, Any]]:
+        """Every logged re-evaluation, in (round, slot, seed) order."""
+        return [self._reevals[k] for k in sorted(self._reevals)]
 
     # --------------------------------------------------------------------------- checkpoints
     def latest_checkpoint(self, role: str) -> tuple[int, Path] | None:
@@ -395,10 +464,10 @@ class RunDir:
         return final
 
 
-def candidate_dir(run_dir: str | os.PathLike[str], round_index: int) -> Path:
-    """Folder of a round's saved candidate weights: ``candidates/round_00007`` for a search round,
-    ``candidates/uniform`` for the uniform candidate."""
-    name = round_kind(round_index) if round_index < 0 else f"round_{round_index:05d}"
+def candidate_dir(run_dir: str | os.PathLike[str], round_index: int, slot: int = 0) -> Path:
+    """Folder of an evaluation's saved candidate weights: ``candidates/round_00007_s0`` for a search
+    round's slot, ``candidates/uniform`` for the uniform candidate."""
+    name = round_kind(round_index) if round_index < 0 else f"round_{round_index:05d}_s{slot}"
     return Path(run_dir) / CANDIDATES_DIR / name
 
 
@@ -428,6 +497,14 @@ def _stored_digest(path: Path) -> str:
         return str(json.loads(meta_path.read_text())["digest"])
     except (ValueError, KeyError) as err:
         raise RunDirError(f"{meta_path}: unreadable ({err})") from None
+
+
+def _stored_slots(path: Path) -> int:
+    """Candidates per round recorded in ``run.json`` (1 when absent: a new folder or an older run)."""
+    try:
+        return max(1, int(json.loads((path / META_FILE).read_text()).get("slots", 1)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,13 +1,19 @@
 """``ChannelPruningEnv``: one role's channel-pruning episode (DESIGN.md §5).
 
-One episode = one search round = one pass over the role's prunable groups in network order. At
-step ``t`` the agent's action (Box(-1, 1, (1,))) is rescaled to a keep ratio in [r_min, r_max] and
-corrected with the AMC budget rule (:meth:`RoleSpace.max_feasible_ratio`), so a finished proposal
-never exceeds the role's MACs budget. At the last step the proposal is handed to ``submit``; the
-reply (the team reward and the peer's :class:`PeerInfo`) ends the episode. Earlier steps get reward
-0 (sparse, AMC style).
+One episode = one candidate of one search round = one pass over the role's prunable groups in network
+order. At step ``t`` the action (Box(-1, 1, (1,))) is a log2 multiplier on the role's uniform keep
+ratio (:meth:`RoleSpace.action_to_ratio`): the zero action asks for the uniform ratio. After the last
+group the requested ratios are projected onto the MACs budget (:meth:`RoleSpace.project`); the
+projected (executed) ratios are the proposal. Rewards are 0 before the last step; the last step's
+reward is the team reward of the evaluated pair (AMC style; the learner credits it to every step of
+the episode).
 
-Observation (float32, every entry in [-1, 1]), ``N_GROUP_FEATURES + peer_len + 5`` entries::
+Who delivers the reward: standalone (env checkers, tests) the env calls ``submit(round, ratios,
+macs_fraction) -> (reward, PeerInfo)`` itself; in a search ``submit`` is ``None`` and the
+:class:`~agents.vec_env.RoundVecEnv` collects the proposals of all its envs at the last step, hands
+them to the Coordinator in one call and writes the rewards back (:meth:`finish`).
+
+Observation (float32, every entry in [-1, 1]), ``N_GROUP_FEATURES + peer_len + N_PEER_SCALARS``::
 
      0  t / n                         group index, normalised
      1  kind                          1 for a ConvTranspose2d group, 0 for Conv2d
@@ -17,33 +23,26 @@ Observation (float32, every entry in [-1, 1]), ``N_GROUP_FEATURES + peer_len + 5
      5  stride / max                  root stride
      6  log2(1+H*W) / log2(1+max)     the root's output feature map size
      7  macs_share                    share of the teacher's MACs attributed to the group
-     8  mean ratio so far             of groups 0..t-1 (0 at t = 0)
-     9  previous ratio                the keep ratio chosen at t-1 (0 at t = 0)
-    10  MACs fraction so far          lower bound: decided groups + the rest at r_min
-    11  slack                         (budget - lower bound) / budget, in [0, 1]
-    12  MACs share still to decide    sum of macs_share of groups t..n-1
-    13  budget                        the role's budget fraction
-    14  wall                          largest feasible ratio now, normalised to [0, 1] over [r_min, r_max]
-    15.. peer block                   PeerInfo.to_vector(peer_len): peer ratios (zero-padded), peer MACs
-                                      fraction, the round's reward terms squashed x/(1+x) (fid, kde,
-                                      bal, each relative to the uniform candidate), tanh(log(rho_s/rho_t))
+     8  mean action so far            of groups 0..t-1 (0 at t = 0)
+     9  previous action               the action at t-1 (0 at t = 0)
+    10  MACs vs budget so far         decided groups as requested, the rest uniform: fraction / budget - 1
+    11  MACs share still to decide    sum of macs_share of groups t..n-1
+    12  budget                        the role's budget fraction
+    13  uniform ratio                 the role's uniform keep ratio u
+    14.. peer block                   :meth:`PeerInfo.to_vector`
 
-The terminal observation (after the last step) has zero group features (index entry 1) and the new
-peer block. ``submit`` defaults to a cheap local reward so the env runs standalone (env checkers,
-budget tests); in a search the :class:`~agents.pruning_agent.AgentCore` passes a callback that asks
-the :class:`~agents.coordinator.Coordinator`.
+The terminal observation has zero group features (index entry 1) and the new peer block.
 
 On resume an agent replays rounds that are already in the evaluation log: :meth:`set_replay` gives
-the logged ratios per round; during such a round the env executes the logged ratio at every step
-whatever the action, and :meth:`executed_action` tells the learner which action that was (so the
-replay buffer holds the true transitions).
+the logged (executed) ratios per round; during such a round the env executes them whatever the
+actions, and :meth:`executed_actions` tells the learner which actions those were.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -51,52 +50,58 @@ from gymnasium import spaces
 
 from envs.space import RoleSpace, peer_length
 
-if TYPE_CHECKING:
-    from collabprune.config import RunConfig
-
-N_GROUP_FEATURES = 15
-N_PEER_SCALARS = 5
+N_GROUP_FEATURES = 14
+N_PEER_SCALARS = 6
 REWARD_TERMS: tuple[str, str, str] = ("fid", "kde", "bal")
 
 
 @dataclass(frozen=True)
 class PeerInfo:
-    """What one agent learns about the other after a round (the peer block of its observation).
+    """What one agent knows of the other when it proposes (the peer block of its observation).
 
     All-zero defaults mean "nothing known" (round 0, or ``agents.exchange: false``).
 
-    :param ratios: the peer's keep ratios of the round, network order (any length <= peer_len).
+    :param actions: the peer's proposal as actions (log2 multipliers on its uniform ratio / k, in
+        [-1, 1]), network order, any length <= peer_len.
     :param macs_fraction: the peer's MACs as a fraction of its teacher's.
-    :param reward_terms: the round's (fid, kde, bal), each divided by the uniform candidate's
-        value (1 = as good as uniform; 0 = unknown).
-    :param rho_ratio: rho_s / rho_t of the round's pair (0 = unknown).
+    :param budget: the peer's budget fraction (0 = unknown).
+    :param reward_terms: the last evaluated round's (fid, kde, bal) terms, each ``x_s / x_u``
+        (1 = as good as uniform; 0 = unknown).
+    :param rho_ratio: rho_s / rho_t of the last evaluated pair (0 = unknown).
+    :param same_round: 1 when ``actions`` are the peer's proposal for the round being proposed
+        (the discriminator sees the generator's), 0 when they are its previous round's.
     """
 
-    ratios: tuple[float, ...] = ()
+    actions: tuple[float, ...] = ()
     macs_fraction: float = 0.0
+    budget: float = 0.0
     reward_terms: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rho_ratio: float = 0.0
+    same_round: float = 0.0
 
     def to_vector(self, peer_len: int) -> np.ndarray:
-        """The peer block, shape (peer_len + 5,), float32, entries in [-1, 1].
+        """The peer block, shape (peer_len + 6,), float32, entries in [-1, 1]: the actions
+        (zero-padded), MACs fraction / budget - 1, the three terms squashed ``x / (1 + x)``,
+        ``tanh(log(rho_ratio))`` and ``same_round``.
 
-        :param peer_len: fixed length of the ratio part (ratios are zero-padded).
-        :raises ValueError: more ratios than ``peer_len``.
+        :param peer_len: fixed length of the action part.
+        :raises ValueError: more actions than ``peer_len``.
         """
-        if len(self.ratios) > peer_len:
-            raise ValueError(f"peer has {len(self.ratios)} ratios, the block holds {peer_len}")
+        if len(self.actions) > peer_len:
+            raise ValueError(f"peer has {len(self.actions)} ratios, the block holds {peer_len}")
         out = np.zeros(peer_len + N_PEER_SCALARS, dtype=np.float32)
-        out[: len(self.ratios)] = self.ratios
-        out[peer_len] = self.macs_fraction
+        out[: len(self.actions)] = self.actions
+        out[peer_len] = self.macs_fraction / self.budget - 1.0 if self.budget > 0 else 0.0
         for i, term in enumerate(self.reward_terms[:3]):
             out[peer_len + 1 + i] = _squash(term)
         out[peer_len + 4] = math.tanh(math.log(self.rho_ratio)) if self.rho_ratio > 0 else 0.0
+        out[peer_len + 5] = self.same_round
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
         d = asdict(self)
-        d["ratios"] = list(self.ratios)
+        d["actions"] = list(self.actions)
         d["reward_terms"] = list(self.reward_terms)
         return d
 
@@ -106,10 +111,12 @@ class PeerInfo:
         terms = [float(t) for t in data.get("reward_terms", ())][:3]
         terms += [0.0] * (3 - len(terms))
         return cls(
-            ratios=tuple(float(r) for r in data.get("ratios", ())),
+            actions=tuple(float(r) for r in data.get("actions", ())),
             macs_fraction=float(data.get("macs_fraction", 0.0)),
+            budget=float(data.get("budget", 0.0)),
             reward_terms=(terms[0], terms[1], terms[2]),
             rho_ratio=float(data.get("rho_ratio", 0.0)),
+            same_round=float(data.get("same_round", 0.0)),
         )
 
 
@@ -121,7 +128,7 @@ def _squash(x: float) -> float:
     return x / (1.0 + x)
 
 
-#: ``submit(round, ratios, macs_fraction) -> (team reward, peer info)``.
+#: ``submit(round, ratios, macs_fraction) -> (team reward, peer info for the next round)``.
 SubmitFn = Callable[[int, list[float], float], "tuple[float, PeerInfo]"]
 
 
@@ -140,12 +147,13 @@ def budget_use_reward(space: RoleSpace) -> SubmitFn:
 class ChannelPruningEnv(gym.Env):
     """Per-role channel pruning environment (Gymnasium API).
 
-    :param space: the role's groups, MACs table and budget (:meth:`RoleSpace.from_config`).
-    :param peer_len: length of the peer ratio vector (max group count of both roles).
-    :param submit: called once at the last step, ``submit(round, ratios, macs_fraction)``, returns
-        ``(reward, PeerInfo)``; default :func:`budget_use_reward` (standalone use).
+    :param space: the role's groups, MACs table, budget and action map (:meth:`RoleSpace.from_config`).
+    :param peer_len: length of the peer action vector (max group count of both roles).
+    :param submit: called once at the last step (standalone use), see the module docstring;
+        ``None`` when a :class:`~agents.vec_env.RoundVecEnv` delivers the reward; default
+        :func:`budget_use_reward`.
     :param start_round: index of the first round this env plays (non-zero on resume).
-    :param peer: the peer block of the first episode (from the log on resume).
+    :param peer: the peer block of the first episode.
     """
 
     metadata = {"render_modes": []}
@@ -154,45 +162,47 @@ class ChannelPruningEnv(gym.Env):
         self,
         space: RoleSpace,
         peer_len: int | None = None,
-        submit: SubmitFn | None = None,
+        submit: SubmitFn | None | str = "standalone",
         start_round: int = 0,
         peer: PeerInfo | None = None,
     ) -> None:
         super().__init__()
         self.space = space
-        self.role = space.role
+        self.role = space.name
         self.n = space.n_groups
         self.peer_len = int(peer_len if peer_len is not None else self.n)
         if self.peer_len < 1:
             raise ValueError("peer_len must be >= 1")
-        self.submit: SubmitFn = submit if submit is not None else budget_use_reward(space)
+        self.submit: SubmitFn | None = budget_use_reward(space) if submit == "standalone" else submit  # type: ignore[assignment]
         self.round = int(start_round)
         self.peer = peer if peer is not None else PeerInfo()
         self._replay: dict[int, list[float]] = {}
+        self._replay_requested: dict[int, list[float]] = {}
         self._static = self._static_features()
         self.observation_space = spaces.Box(
             low=-1.0, high=1.0, shape=(N_GROUP_FEATURES + self.peer_len + N_PEER_SCALARS,), dtype=np.float32
         )
         self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
-        self._ratios: list[float] = []
+        self._actions: list[float] = []
+        self._requested: list[float] = []
+        self.executed: list[float] = []
         self.last_result: dict[str, Any] = {}
 
     @classmethod
     def from_config(
-        cls, role: str, cfg: "RunConfig", submit: SubmitFn | None = None, peer_len: int | None = None
+        cls, role: str, cfg: Any, submit: SubmitFn | None | str = "standalone", peer_len: int | None = None
     ) -> "ChannelPruningEnv":
         """Build the env of a role from a run config (traces the unpruned networks).
 
         :param role: ``"generator"`` or ``"discriminator"``.
         :param cfg: the run config.
-        :param submit: see the class docstring (default: standalone reward).
-        :param peer_len: peer ratio vector length; default the max group count of both roles.
+        :param submit: see the class docstring.
+        :param peer_len: peer vector length; default the max group count of both roles.
         :raises BudgetError: the role's budget cannot be met with every group at ``r_min``.
         """
         space = RoleSpace.from_config(role, cfg)
         if peer_len is None:
-            other = "discriminator" if role == "generator" else "generator"
-            peer_len = peer_length([space, RoleSpace.from_config(other, cfg)])
+            peer_len = peer_length([space, RoleSpace.from_config(space.role.peer, cfg)])
         return cls(space, peer_len, submit=submit)
 
     # -------------------------------------------------------------------------- observation
@@ -219,102 +229,117 @@ class ChannelPruningEnv(gym.Env):
         return np.clip(np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), 0.0, 1.0).astype(np.float32)
 
     def _obs(self) -> np.ndarray:
-        t = len(self._ratios)
+        t = len(self._requested)
         s = self.space
         group = np.zeros(8, dtype=np.float32)
         if t < self.n:
             group = self._static[t]
         else:
             group[0] = 1.0
-        lb = s.lower_bound(self._ratios)
-        span = max(s.r_max - s.r_min, 1e-12)
-        wall = (s.max_feasible_ratio(self._ratios) - s.r_min) / span if t < self.n else 0.0
-        rest_share = float(sum(gr.macs_share for gr in s.groups[t:]))
+        decided = self.executed if t >= self.n and self.executed else self._requested
         dynamic = np.array(
             [
-                float(np.mean(self._ratios)) if self._ratios else 0.0,
-                self._ratios[-1] if self._ratios else 0.0,
-                lb,
-                (s.budget - lb) / s.budget,
-                rest_share,
+                float(np.mean(self._actions)) if self._actions else 0.0,
+                self._actions[-1] if self._actions else 0.0,
+                s.partial_fraction(decided) / s.budget - 1.0,
+                float(sum(gr.macs_share for gr in s.groups[t:])),
                 s.budget,
-                wall,
+                s.uniform,
             ],
             dtype=np.float32,
         )
         obs = np.concatenate([group, dynamic, self.peer.to_vector(self.peer_len)]).astype(np.float32)
-        return np.clip(obs, -1.0, 1.0)
+        return np.clip(np.nan_to_num(obs, nan=0.0), -1.0, 1.0)
 
     # ----------------------------------------------------------------------------- replay
-    def set_replay(self, logged: Mapping[int, Sequence[float]]) -> None:
-        """Rounds to replay from the evaluation log: ``{round: this role's logged ratios}``."""
+    def set_replay(self, logged: Mapping[int, Sequence[float]],
+                   requested: Mapping[int, Sequence[float] | None] | None = None) -> None:
+        """Rounds to replay from the evaluation log.
+
+        :param logged: ``{round: this role's logged (executed) ratios}``: what the env executes.
+        :param requested: ``{round: the actions the policy took}`` (logged with the proposal): the
+            observations of a replayed round are built from them, as in the original round.
+        """
         for rnd, ratios in logged.items():
             if len(ratios) != self.n:
                 raise ValueError(f"logged round {rnd} has {len(ratios)} {self.role} ratios, expected {self.n}")
         self._replay = {int(k): [float(r) for r in v] for k, v in logged.items()}
+        self._replay_requested = {int(k): [float(r) for r in v] for k, v in (requested or {}).items()
+                                  if v is not None and len(v) == self.n}
 
     @property
     def replaying(self) -> bool:
         """Whether the current round is replayed from the log."""
         return self.round in self._replay
 
-    def _ratio_for(self, action: np.ndarray) -> float:
-        t = len(self._ratios)
-        if self.replaying:
-            return self._replay[self.round][t]
-        requested = self.space.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
-        return self.space.max_feasible_ratio(self._ratios, requested)
+    def executed_actions(self) -> list[float]:
+        """The actions of the finished episode as executed: each projected (or logged) ratio mapped
+        back to [-1, 1] (:meth:`RoleSpace.ratio_to_action`). Learners store these.
 
-    def executed_action(self, action: np.ndarray) -> np.ndarray:
-        """The action the env will actually execute for ``action`` at the current step.
-
-        The budget-corrected ratio (or, when replaying, the logged ratio) mapped back to [-1, 1].
-        Pure: no state changes. Learners store this in their replay buffer.
-
-        :param action: shape (1,) or (n_envs, 1).
-        :returns: same shape and dtype as ``action``.
+        :raises RuntimeError: the episode is not finished.
         """
-        arr = np.asarray(action)
-        if len(self._ratios) >= self.n:
-            return arr
-        executed = self.space.ratio_to_action(self._ratio_for(arr))
-        return np.full_like(arr, executed)
+        if len(self.executed) != self.n:
+            raise RuntimeError("executed_actions: the episode is not finished")
+        return [self.space.ratio_to_action(r) for r in self.executed]
 
     # -------------------------------------------------------------------------- gym API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start the next round: no group decided yet; the peer block is the last reply's.
+        """Start the next round: no group decided yet; the peer block is :attr:`peer`.
 
         :param seed: seeds ``self.np_random`` (the env itself draws no random numbers).
-        :param options: unused.
-        :returns: (observation, info with ``round``).
+        :param options: ``{"peer": PeerInfo}`` sets the peer block of this episode.
+        :returns: (observation, info with ``round`` and ``replay``).
         """
         super().reset(seed=seed)
-        self._ratios = []
+        if options and isinstance(options.get("peer"), PeerInfo):
+            self.peer = options["peer"]
+        self._actions, self._requested, self.executed = [], [], []
         return self._obs(), {"round": self.round, "replay": self.replaying}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Decide the current group's keep ratio; submit the proposal after the last group.
+        """Request the current group's keep ratio; after the last group, project and submit.
 
         :param action: shape (1,), in [-1, 1] (clipped).
-        :returns: (obs, reward, terminated, truncated, info); the reward is 0 except at the last
-            step; the last step's info has ``ratios``, ``macs_fraction``, ``round``, ``reward``.
+        :returns: (obs, reward, terminated, truncated, info). The reward is 0 except at the last
+            step of a standalone env; the last step's info has ``round``, ``ratios`` (executed),
+            ``requested`` (ratios), ``actions`` (as taken), ``macs_fraction``, ``replay`` and,
+            standalone, ``reward``.
         :raises RuntimeError: step after the episode ended (call reset).
         """
-        if len(self._ratios) >= self.n:
+        t = len(self._requested)
+        if t >= self.n:
             raise RuntimeError("episode is over: call reset()")
-        self._ratios.append(float(self._ratio_for(action)))
-        if len(self._ratios) < self.n:
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        logged = self._replay_requested.get(self.round) if self.replaying else None
+        if logged is not None:  # a replayed round observes what the original round observed
+            a = logged[t]
+        self._actions.append(a)
+        self._requested.append(self.space.action_to_ratio(a))
+        if t + 1 < self.n:
             return self._obs(), 0.0, False, False, {}
-        ratios = self.space.repair(self._ratios)
-        self._ratios = ratios
-        frac = self.space.macs_fraction(ratios)
-        rnd = self.round
-        reward, peer = self.submit(rnd, list(ratios), frac)
+        replay = self.replaying
+        self.executed = list(self._replay[self.round]) if replay else self.space.project(self._requested)
+        frac = self.space.macs_fraction(self.executed)
+        info: dict[str, Any] = {"round": self.round, "ratios": list(self.executed), "requested": list(self._requested),
+                                "actions": list(self._actions), "macs_fraction": frac, "replay": replay}
+        reward = 0.0
+        if self.submit is not None:
+            reward, peer = self.submit(self.round, list(self.executed), frac)
+            info["reward"] = float(reward)
+            self.finish(float(reward), peer)
+        else:
+            self.last_result = dict(info)
+        return self._obs(), float(reward), True, False, info
+
+    def finish(self, reward: float, peer: PeerInfo) -> None:
+        """Close the round: record the team reward and the peer block of the next round.
+
+        Called by the env itself (standalone) or by the vectorised env that delivered the reward.
+        """
+        self.last_result = {"round": self.round, "ratios": list(self.executed), "requested": list(self._requested),
+                            "macs_fraction": self.space.macs_fraction(self.executed) if self.executed else 0.0,
+                            "reward": float(reward), "peer": peer.to_dict(), "replay": self.replaying}
         self.peer = peer
         self.round += 1
-        info = {"round": rnd, "ratios": list(ratios), "macs_fraction": frac, "reward": float(reward),
-                "replay": rnd in self._replay}
-        self.last_result = dict(info, peer=peer.to_dict())
-        return self._obs(), float(reward), True, False, info

@@ -34,14 +34,7 @@ class FakeEvaluator:
         self.spaces = {r: RoleSpace.from_config(r, cfg) for r in ("generator", "discriminator")}
 
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
-        out = []
-        for space in self.spaces.values():
-            lo, hi = space.r_min, space.r_max
-            for _ in range(40):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if space.fits([mid] * space.n_groups) else (lo, mid)
-            out.append([lo] * space.n_groups)
-        return out[0], out[1]
+        return self.spaces["generator"].uniform_candidate(), self.spaces["discriminator"].uniform_candidate()
 
     def evaluate_teacher(self) -> dict[str, Any]:
         return {"metrics": {"fd_metric": "fd_teacher_d", "fd_teacher_d": 0.0, "l_kde": 0.0, "bal": 0.0, "rho": 1.0},
@@ -65,11 +58,15 @@ class FakeEvaluator:
             "g_macs_fraction": gs.macs_fraction(g),
             "d_macs_fraction": ds.macs_fraction(d),
         }
-        base = baseline or metrics  # the uniform candidate is its own baseline
-        w = self.cfg.reward
-        pairs = (("fid", "fd_teacher_d", w.w_fid), ("kde", "l_kde", w.w_kde), ("bal", "bal", w.w_bal))
-        terms = {t: weight * metrics[k] / base[k] for t, k, weight in pairs}
-        reward = -sum(terms.values())
+        from collabprune.evaluation import compute_reward
+
+        reward, terms = compute_reward(metrics, baseline or metrics, self.cfg)  # uniform: its own baseline
         return {"g_ratios": list(g), "d_ratios": list(d), "g_channels": gs.kept(g), "d_channels": ds.kept(d),
-                "metrics": metrics, "reward": reward, "reward_terms": terms, "diverged": False,
+                "seed": seed, "metrics": metrics, "reward": reward, "reward_terms": terms, "diverged": False,
                 "times": {"total_s": 0.0}}
+
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> dict[str, Any]:
+        g, d = self.uniform_ratios()
+        out = self.evaluate(g, d, seed, None, save_dir)
+        out["seed_results"] = [{"seed": seed, "metrics": out["metrics"], "diverged": False}]
+        return out

@@ -1,8 +1,8 @@
-"""Agents, Coordinator and driver plumbing.
+"""Agents, learners, Coordinator and driver plumbing.
 
 The Ray tests here use ``tests/fake_evaluator.py``, a deterministic TEST DOUBLE of the evaluator,
-because they check plumbing only (pairing, exchange, logging, replay on resume, timeouts). The real
-evaluator runs in tests/test_search_e2e.py.
+because they check plumbing only (pairing, exchange, logging, replay on resume, re-evaluation,
+timeouts). The real evaluator runs in tests/test_search_e2e.py.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import ray.cloudpickle
 
 import fake_evaluator
-from agents.pruning_agent import AgentCore, algo_kwargs
+from agents.learners import algo_kwargs
+from agents.pruning_agent import AgentCore
 from collabprune.config import RunConfig
-from collabprune.runs import EVALUATIONS_FILE, RunDir, run_digest
-from envs.channel_env import PeerInfo
+from collabprune.runs import EVALUATIONS_FILE, REEVALUATIONS_FILE, RunDir, run_digest
+from envs.channel_env import N_PEER_SCALARS, PeerInfo
+from envs.space import RoleSpace
 
 # the double lives in tests/, which Ray workers cannot import: ship it by value
 ray.cloudpickle.register_pickle_by_value(fake_evaluator)
@@ -32,84 +36,154 @@ def tiny_cfg(rounds: int = 4, **agents: Any) -> RunConfig:
         "model": {"net_g": "resnet_6blocks", "ngf": 8, "ndf": 8},
         "data": {"crop_size": 64, "load_size": 64},
         "pruning": {"round_to": 2, "min_channels": 2, "budget": {"generator": 0.3, "discriminator": 0.5}},
-        "search": {"rounds": rounds, "checkpoint_every": 2, "round_timeout_s": 60},
+        "search": {"rounds": rounds, "checkpoint_every": 2, "round_timeout_s": 60, "reeval_top_k": 2},
         "agents": {"warmup_episodes": 1, "batch_size": 8, "net_arch": [16, 16], **agents},
     })
 
 
 # ------------------------------------------------------------------ local (no Ray) agent tests
 class LocalLink:
-    """In-process Coordinator double for one agent: reward from the ratios, answers logged rounds."""
+    """In-process Coordinator double for ONE agent: the reward is a function of its own proposal;
+    logged evaluations are answered from the log."""
 
-    def __init__(self, logged: dict[int, dict[str, Any]] | None = None) -> None:
+    def __init__(self, reward: Any, logged: dict[tuple[int, int], dict[str, Any]] | None = None, slots: int = 1) -> None:
+        self.reward = reward
         self.logged = dict(logged or {})
+        self.slots = slots
         self.submits: list[int] = []
 
-    def submit(self, role: str, rnd: int, ratios: list[float], frac: float, agent_s: float) -> dict[str, Any]:
+    def submit(self, role: str, rnd: int, proposals: list[dict[str, Any]], agent_s: float) -> list[dict[str, Any]]:
         self.submits.append(rnd)
-        if rnd not in self.logged:
-            self.logged[rnd] = {"ratios": list(ratios), "reward": -abs(frac - 0.4) - 0.01 * rnd}
-        rec = self.logged[rnd]
-        return {"round": rnd, "reward": rec["reward"], "peer": PeerInfo(macs_fraction=0.1 * rnd).to_dict()}
+        out = []
+        for slot, p in enumerate(proposals):
+            if (rnd, slot) not in self.logged:
+                self.logged[(rnd, slot)] = {"ratios": list(p["ratios"]), "actions": list(p["actions"]),
+                                            "reward": self.reward(p["ratios"])}
+            rec = self.logged[(rnd, slot)]
+            out.append({"reward": rec["reward"], "diverged": False, "peer": self.peer(rnd + 1).to_dict()})
+        return out
 
-    def peer_info(self, role: str, rnd: int) -> dict[str, Any]:
-        return PeerInfo(macs_fraction=0.1 * rnd).to_dict() if rnd >= 0 else PeerInfo().to_dict()
+    def peer(self, rnd: int) -> PeerInfo:
+        return PeerInfo(macs_fraction=0.1 * rnd, budget=1.0)
 
-    def logged_ratios(self, role: str) -> dict[int, list[float]]:
-        return {k: v["ratios"] for k, v in self.logged.items()}
+    def peers(self, role: str, rnd: int) -> list[dict[str, Any]]:
+        return [self.peer(rnd).to_dict() for _ in range(self.slots)]
+
+    def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]:
+        out: dict[int, dict[int, dict[str, Any]]] = {s: {} for s in range(self.slots)}
+        for (rnd, slot), rec in self.logged.items():
+            out[slot][rnd] = {"ratios": rec["ratios"], "actions": rec["actions"]}
+        return out
 
 
-@pytest.mark.parametrize("algo", ["sac", "td3", "ddpg", "ppo"])
+def budget_use(ratios: list[float]) -> float:
+    return float(np.mean(ratios))
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac", "ppo"])
 def test_agent_plays_exactly_the_configured_rounds(tmp_path: Path, algo: str) -> None:
-    cfg = tiny_cfg(rounds=3, algo=algo)
-    RunDir.create(tmp_path, cfg)
-    agent = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), LocalLink(), peer_len=11)
+    cfg = tiny_cfg(rounds=3, algo=algo, rollout_episodes=1)
+    RunDir.create(tmp_path, cfg, slots=2)
+    agent = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), LocalLink(budget_use, slots=2), peer_len=11,
+                      slots=2)
     out = agent.run_rounds()
-    assert out["rounds"] == 3 and [h["round"] for h in out["history"]] == [0, 1, 2]
-    assert agent.model.num_timesteps == 3 * agent.space.n_groups
+    assert out["rounds"] == 3 and [(h["round"], h["slot"]) for h in out["history"]] == [
+        (r, s) for r in range(3) for s in range(2)]
+    assert agent.model.num_timesteps == 3 * 2 * agent.space.n_groups
     done, folder = RunDir(tmp_path, run_digest(cfg)).latest_checkpoint("discriminator")
     assert done == 3 and (folder / "model.zip").is_file()
     assert (folder / "replay_buffer.pkl").is_file() == (algo != "ppo")
     assert list((tmp_path / "tb" / "discriminator").iterdir())
 
 
-def test_algo_kwargs_ppo_batches_divide_rollouts() -> None:
-    cfg = tiny_cfg(rounds=10, algo="ppo", batch_size=64)
-    kw = algo_kwargs(cfg.agents, n_groups=11, rounds=10, checkpoint_every=4, seed=0)
-    assert kw["n_steps"] == 44 and 44 % kw["batch_size"] == 0 and kw["batch_size"] <= 64
-    kw = algo_kwargs(tiny_cfg(warmup_episodes=3).agents, n_groups=11, rounds=10, checkpoint_every=4, seed=0)
-    assert kw["learning_starts"] == 33 and kw["train_freq"] == (1, "episode")
+def test_algo_kwargs() -> None:
+    kw = algo_kwargs(tiny_cfg(algo="ppo", batch_size=64, rollout_episodes=4).agents, n_groups=11, n_envs=2, seed=0)
+    assert kw["n_steps"] == 44 and 88 % kw["batch_size"] == 0 and kw["batch_size"] <= 64
+    assert kw["gamma"] == 1.0 and kw["gae_lambda"] == 1.0
+    kw = algo_kwargs(tiny_cfg(warmup_episodes=3).agents, n_groups=11, n_envs=2, seed=0)
+    assert kw["learning_starts"] == 66 and kw["train_freq"] == (11, "step") and kw["gamma"] == 1.0
+
+
+def test_episode_reward_is_credited_to_every_step(tmp_path: Path) -> None:
+    cfg = tiny_cfg(rounds=3, algo="ddpg")
+    RunDir.create(tmp_path, cfg, slots=2)
+    link = LocalLink(budget_use, slots=2)
+    agent = AgentCore("generator", cfg.to_dict(), str(tmp_path), link, peer_len=11, slots=2)
+    agent.run_rounds()
+    buf, n = agent.model.replay_buffer, agent.space.n_groups
+    assert buf.pos == 3 * n  # (buffer rows, envs): one row per step of a round, one column per slot
+    for rnd in range(3):
+        for slot in range(2):
+            rewards = buf.rewards[rnd * n:(rnd + 1) * n, slot]
+            assert rewards == pytest.approx([link.logged[(rnd, slot)]["reward"]] * n)
+            assert buf.dones[rnd * n:(rnd + 1) * n, slot].all()
+            # the executed (projected) actions are stored, not the sampled ones
+            expected = [agent.space.ratio_to_action(r) for r in link.logged[(rnd, slot)]["ratios"]]
+            assert buf.actions[rnd * n:(rnd + 1) * n, slot, 0] == pytest.approx(expected, abs=1e-5)
+    served = buf._normalize_reward(buf.rewards[:3 * n].reshape(-1, 1))
+    assert abs(float(served.mean())) < 1e-5 and float(served.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_learns_a_known_best_allocation(tmp_path: Path) -> None:
+    """On a synthetic reward whose best allocation is known (no fine-tuning): the distance, in log2
+    keep ratio, to an allocation that keeps the high-resolution groups wide. After 80 rounds the
+    deterministic policy's proposal is much closer to it than the uniform candidate is, and the last
+    rounds score better than the first ones by more than the reward's noise."""
+    cfg = RunConfig.model_validate({
+        "model": {"net_g": "unet_128", "ngf": 16, "ndf": 16},
+        "data": {"crop_size": 128, "load_size": 128},
+        "pruning": {"round_to": 4, "min_channels": 4, "r_min": 0.1, "budget": {"generator": 0.25}},
+        "search": {"rounds": 80, "checkpoint_every": 1000},
+    })
+    space = RoleSpace.from_config("generator", cfg)
+    ch = np.array([g.channels for g in space.groups], dtype=float)
+    target = np.array(space.project(list(space.uniform * (ch.max() / ch) ** 0.75)))
+
+    def distance(ratios: list[float]) -> float:
+        return float(np.mean(np.abs(np.log2(np.asarray(ratios) / target))))
+
+    noise = np.random.default_rng(0)
+    RunDir.create(tmp_path, cfg)
+    link = LocalLink(lambda r: -distance(r) + float(noise.normal(0.0, 0.05)))
+    agent = AgentCore("generator", cfg.to_dict(), str(tmp_path), link)
+    agent.run_rounds()
+    obs, _ = agent.env.reset()
+    for _ in range(space.n_groups):
+        action, _ = agent.model.predict(obs[None], deterministic=True)
+        obs, _, _, _, info = agent.env.step(action[0])
+    uniform = distance(space.uniform_candidate())
+    assert distance(info["ratios"]) < 0.6 * uniform
+    true = [-distance(rec["ratios"]) for _, rec in sorted(link.logged.items())]
+    assert np.mean(true[-20:]) > np.mean(true[:10]) + 3 * 0.05 / np.sqrt(10)
 
 
 def test_resumed_agent_replays_logged_rounds_into_its_buffer(tmp_path: Path) -> None:
     cfg = tiny_cfg(rounds=4)
     run = RunDir.create(tmp_path, cfg)
-    link = LocalLink()
+    link = LocalLink(budget_use)
     first = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), link, peer_len=11)
     first.run_rounds()
     logged = dict(link.logged)
+    buf1 = first.model.replay_buffer
     # "kill" after round 3 was logged but before the round-4 checkpoint: back to the round-2 one
     root = run.checkpoint_dir("discriminator")
     shutil.rmtree(root / "round_000004")
     (root / "latest.json").write_text(json.dumps({"folder": "round_000002", "rounds_done": 2,
                                                   "digest": run.digest}))
-    link2 = LocalLink(logged)
-    second = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), link2, peer_len=11)
+    second = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), LocalLink(budget_use, logged), peer_len=11)
     n = second.space.n_groups
     assert second.start_round == 2 and second.model.replay_buffer.pos == 2 * n
-    assert second.env.peer.macs_fraction == pytest.approx(0.1)  # the reply of round 1
     out = second.run_rounds()
     assert [h["round"] for h in out["history"]] == [2, 3] and all(h["replayed"] for h in out["history"])
     for h in out["history"]:
-        assert h["ratios"] == pytest.approx(logged[h["round"]]["ratios"])
-        assert h["reward"] == logged[h["round"]]["reward"]
-    # the buffer holds the logged (executed) actions of the replayed rounds
+        assert h["ratios"] == pytest.approx(logged[(h["round"], 0)]["ratios"])
+        assert h["reward"] == logged[(h["round"], 0)]["reward"]
+    # the buffer holds exactly what the original run stored, and the learner ends in the same state
     buf = second.model.replay_buffer
-    actions = buf.actions[2 * n : 4 * n, 0, 0]
-    expected = [second.space.ratio_to_action(r) for rnd in (2, 3) for r in logged[rnd]["ratios"]]
-    assert actions == pytest.approx(expected, abs=1e-6)
-    rewards = buf.rewards[2 * n : 4 * n, 0]
-    assert rewards[n - 1] == pytest.approx(logged[2]["reward"]) and not rewards[: n - 1].any()
+    for name in ("observations", "actions", "rewards", "dones"):
+        assert np.array_equal(getattr(buf, name)[: 4 * n], getattr(buf1, name)[: 4 * n]), name
+    for (k, a), b in zip(first.model.policy.state_dict().items(), second.model.policy.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 # ------------------------------------------------------------------------ Ray plumbing tests
@@ -131,25 +205,33 @@ def test_exchange_and_resume_after_kill(ray_session: None, tmp_path: Path) -> No
     assert summary["rounds"] == 4
     hist = _histories(summary)
     g, d = hist["generator"], hist["discriminator"]
-    assert not any(g[0]["peer_block"]) and not any(d[0]["peer_block"])  # nothing known in round 0
-    peer_len = len(g[0]["peer_block"]) - 5
-    for k in range(3):
-        for me, peer in ((g, d), (d, g)):
-            block = me[k + 1]["peer_block"]
-            n = len(peer[k]["ratios"])
-            assert block[:n] == pytest.approx(peer[k]["ratios"], abs=1e-6)
-            assert not any(block[n:peer_len])
-            assert block[peer_len] == pytest.approx(peer[k]["macs_fraction"], abs=1e-6)
-            assert me[k + 1]["peer_seen"]["ratios"] == pytest.approx(peer[k]["ratios"])
-            assert any(block[peer_len + 1 : peer_len + 4])  # reward terms of round k
+    spaces = {r: RoleSpace.from_config(r, cfg) for r in ("generator", "discriminator")}
+    peer_len = len(g[0]["peer_block"]) - N_PEER_SCALARS
+    assert not any(g[0]["peer_block"])  # the generator knows nothing in round 0
+    for k in range(4):
+        # the discriminator sees the generator's proposal of the SAME round
+        block = d[k]["peer_block"]
+        n = len(g[k]["ratios"])
+        assert block[:n] == pytest.approx([spaces["generator"].ratio_to_action(r) for r in g[k]["ratios"]], abs=1e-5)
+        assert block[peer_len + 5] == 1.0 and d[k]["peer_seen"]["same_round"] == 1.0
+        if k:  # the generator sees the discriminator's previous proposal and the last outcome
+            block = g[k]["peer_block"]
+            m = len(d[k - 1]["ratios"])
+            assert block[:m] == pytest.approx([spaces["discriminator"].ratio_to_action(r)
+                                               for r in d[k - 1]["ratios"]], abs=1e-5)
+            assert block[peer_len + 5] == 0.0 and any(block[peer_len + 1: peer_len + 4])
     lines = (run_dir / EVALUATIONS_FILE).read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [-2, -1, 0, 1, 2, 3]
-    assert (run_dir / "best.json").is_file() and (run_dir / "plots" / "reward.png").is_file()
+    best = json.loads((run_dir / "best.json").read_text())
+    assert "reeval" in best and len(best["reeval"]["candidates"]) == 3  # uniform + top 2
+    assert (run_dir / REEVALUATIONS_FILE).read_text().count("\n") == 3 * 2
+    assert (run_dir / "plots" / "reward.png").is_file()
     for key in ("mean_agents_s", "mean_coordination_s", "mean_evaluation_s"):
         assert summary["times"][key] >= 0
 
     # simulate a SIGKILL after round 2 was logged, with both agents' latest checkpoint at round 2
     (run_dir / EVALUATIONS_FILE).write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
+    (run_dir / REEVALUATIONS_FILE).unlink()
     run = RunDir(run_dir, run_digest(cfg), load_log=False)
     for role in ("generator", "discriminator"):
         root = run.checkpoint_dir(role)

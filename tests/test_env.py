@@ -1,4 +1,4 @@
-"""ChannelPruningEnv: env checkers, the AMC budget invariant, replay, the peer block."""
+"""ChannelPruningEnv: env checkers, the action space centred on uniform, the budget projection, replay, the peer block."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def tiny_cfg(net_g: str = "unet_128", **pruning: object) -> RunConfig:
     return RunConfig.model_validate({
         "model": {"net_g": net_g, "ngf": 16, "ndf": 16},
         "data": {"crop_size": size, "load_size": size},
-        "pruning": {"budget": {"generator": 0.35, "discriminator": 0.5}, **pruning},
+        # round_to 4 as in the demo config: with ngf=16 a step of 8 channels is half a 16-channel group
+        "pruning": {"budget": {"generator": 0.35, "discriminator": 0.5}, "round_to": 4, "min_channels": 4, **pruning},
     })
 
 
@@ -63,33 +64,78 @@ def _episode(env: ChannelPruningEnv, policy, rng: np.random.Generator) -> tuple[
 
 
 POLICIES = {
-    "uniform": lambda rng: rng.uniform(-1, 1, size=(1,)).astype(np.float32),
+    "random": lambda rng: rng.uniform(-1, 1, size=(1,)).astype(np.float32),
     "greedy": lambda rng: np.ones(1, dtype=np.float32),
     "spiky": lambda rng: np.array([rng.choice([-1.0, 1.0])], dtype=np.float32),
 }
 
+FAMILIES = [("unet_128", "generator"), ("resnet_6blocks", "generator"), ("unet_128", "discriminator")]
 
-@pytest.mark.parametrize(
-    "net_g, role",
-    [("unet_128", "generator"), ("resnet_6blocks", "generator"), ("unet_128", "discriminator")],
-    ids=["unet", "resnet", "patchgan"],
-)
-def test_budget_is_never_exceeded(net_g: str, role: str) -> None:
+
+@pytest.mark.parametrize("net_g, role", FAMILIES, ids=["unet", "resnet", "patchgan"])
+def test_projection_meets_the_budget_exactly(net_g: str, role: str) -> None:
+    """Property test over random actions: never over the budget; the generator (pix2pix U-Net and
+    CycleGAN ResNet) uses at least 98% of it; the PatchGAN D, whose four coarse groups cannot always
+    get that close, at least 90%."""
     env = make_env(role, net_g)
     s = env.space
+    floor = 0.98 if role == "generator" else 0.90
     rng = np.random.default_rng(0)
     for name, policy in POLICIES.items():
-        for _ in range(40 if name == "uniform" else 5):
+        for _ in range(60 if name == "random" else 5):
             info, rewards = _episode(env, policy, rng)
             assert all(r == 0.0 for r in rewards[:-1]), "reward is sparse: only the last step"
             ratios = info["ratios"]
             assert len(ratios) == s.n_groups
-            assert all(s.r_min <= r <= s.r_max for r in ratios)
+            assert all(s.r_min - 1e-12 <= r <= s.r_max for r in ratios)
             assert info["macs_fraction"] <= s.budget + 1e-12
+            assert info["macs_fraction"] >= floor * s.budget, (name, info["macs_fraction"])
             assert s.macs_fraction(ratios) == info["macs_fraction"]
-    # the greedy policy is clipped by the budget, not by r_max: it uses most of the budget
-    info, _ = _episode(env, POLICIES["greedy"], rng)
-    assert info["macs_fraction"] > 0.8 * s.budget
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.25, 0.5])
+@pytest.mark.parametrize("net_g, ngf", [("unet_128", 16), ("resnet_6blocks", 32)])
+def test_projection_property_over_budgets(net_g: str, ngf: int, budget: float) -> None:
+    """Both families (the ResNet at ngf 32: at ngf 16 and a 10% budget its 16-channel outer groups and
+    64-channel residual stream move in steps too coarse to land within 2%, it reaches 97.8%)."""
+    cfg = tiny_cfg(net_g)
+    cfg.model.ngf = ngf
+    channels = RoleSpace.from_config("generator", cfg).channels
+    rng = np.random.default_rng(int(budget * 100))
+    u = channels.uniform_ratio(budget)
+    for _ in range(100):
+        requested = list(u * 2.0 ** (1.5 * rng.uniform(-1, 1, channels.num_groups)))
+        ratios = channels.project(requested, budget)
+        frac = channels.macs_fraction(ratios)
+        assert 0.98 * budget <= frac <= budget + 1e-12
+        assert channels.kept(ratios) == [round(r * g.channels) for r, g in zip(ratios, channels.groups)]
+
+
+def test_projection_keeps_the_requested_allocation() -> None:
+    """One common scale: groups asked to be twice as wide stay about twice as wide; nobody starves."""
+    channels = space("generator").channels
+    u = channels.uniform_ratio(0.35)
+    requested = [u * (2.0 if i % 2 else 1.0) for i in range(channels.num_groups)]
+    ratios = channels.project(requested, 0.35)
+    odd = np.mean([r for i, r in enumerate(ratios) if i % 2])
+    even = np.mean([r for i, r in enumerate(ratios) if not i % 2])
+    assert 1.5 < odd / even < 2.5
+    assert min(channels.kept(ratios)) > channels.cfg.min_channels
+
+
+@pytest.mark.parametrize("net_g, role", FAMILIES, ids=["unet", "resnet", "patchgan"])
+def test_zero_action_is_the_uniform_candidate(net_g: str, role: str) -> None:
+    env = make_env(role, net_g)
+    info, _ = _episode(env, lambda rng: np.zeros(1, dtype=np.float32), np.random.default_rng(0))
+    assert info["ratios"] == env.space.uniform_candidate()
+    assert info["requested"] == [env.space.uniform] * env.n
+    # and the uniform candidate is the largest single keep ratio, projected
+    u = env.space.uniform
+    assert env.space.fits([u] * env.n) and not env.space.fits([min(1.0, u * 1.01 + 1e-3)] * env.n)
+    assert env.space.action_to_ratio(0.0) == pytest.approx(u)
+    assert env.space.action_to_ratio(1.0) == pytest.approx(min(1.0, u * 2 ** env.space.log2_range))
+    for r in (u / 2, u, min(1.0, 1.5 * u)):
+        assert env.space.action_to_ratio(env.space.ratio_to_action(r)) == pytest.approx(r)
 
 
 def test_budget_holds_on_the_physically_pruned_network() -> None:
@@ -99,23 +145,11 @@ def test_budget_holds_on_the_physically_pruned_network() -> None:
 
     cfg = tiny_cfg("unet_128")
     env = make_env("generator")
-    info, _ = _episode(env, POLICIES["uniform"], np.random.default_rng(3))
+    info, _ = _episode(env, POLICIES["random"], np.random.default_rng(3))
     model, shape = role_model_and_input("generator", cfg)
     pruned, _spec = prune_model(model, torch.zeros(shape), info["ratios"], cfg.pruning)
     assert macs(pruned, shape) / macs(model, shape) == pytest.approx(info["macs_fraction"], rel=1e-9)
     assert info["macs_fraction"] <= cfg.pruning.budget.generator
-
-
-def test_rounding_is_accounted_for() -> None:
-    """A budget right above the r_min floor: rounding to round_to must not push MACs over it."""
-    base = space("generator")
-    floor = base.lower_bound([])
-    tight = RoleSpace(role="generator", channels=base.channels, budget=floor + 0.01)
-    env = ChannelPruningEnv(tight, peer_len=base.n_groups)
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        info, _ = _episode(env, POLICIES["spiky"], rng)
-        assert info["macs_fraction"] <= tight.budget + 1e-12
 
 
 def test_infeasible_budget_raises_budget_error() -> None:
@@ -128,48 +162,50 @@ def test_infeasible_budget_raises_budget_error() -> None:
 def test_replay_executes_logged_ratios_and_reports_them() -> None:
     env = make_env("discriminator")
     s = env.space
-    logged = [s.r_min + 0.1 * (i + 1) for i in range(s.n_groups)]
-    assert s.fits(logged)
+    logged = s.project([s.r_min + 0.1 * (i + 1) for i in range(s.n_groups)])
     env.set_replay({0: logged})
     env.reset(seed=0)
     assert env.replaying
-    for i in range(s.n_groups):
-        executed = env.executed_action(np.array([0.9], dtype=np.float32))
-        assert s.action_to_ratio(float(executed[0])) == pytest.approx(logged[i])
+    for _ in range(s.n_groups):
         _, _, terminated, _, info = env.step(np.array([0.9], dtype=np.float32))
     assert terminated and info["ratios"] == pytest.approx(logged) and info["replay"]
+    assert env.executed_actions() == pytest.approx([s.ratio_to_action(r) for r in logged])
     env.reset()
     assert not env.replaying  # round 1 is live again
 
 
-def test_executed_action_is_the_budget_corrected_action() -> None:
+def test_executed_actions_are_the_projected_ratios() -> None:
     env = make_env("generator")
-    env.reset(seed=0)
-    for _ in range(env.n):
-        wanted = np.ones(1, dtype=np.float32)
-        executed = env.executed_action(wanted)
-        assert executed.shape == wanted.shape and executed[0] <= 1.0
-        before = len(env._ratios)
-        env.step(executed)
-        ratio = env._ratios[before]
-        assert ratio == pytest.approx(env.space.action_to_ratio(float(executed[0])), abs=1e-6)
+    info, _ = _episode(env, POLICIES["greedy"], np.random.default_rng(0))
+    executed = env.executed_actions()
+    assert [env.space.action_to_ratio(a) for a in executed] == pytest.approx(info["ratios"], rel=1e-6)
+    assert info["requested"] == [env.space.action_to_ratio(1.0)] * env.n  # asked: everything wide
+    assert info["ratios"] == env.space.uniform_candidate()  # a common shift projects back to uniform
 
 
 def test_peer_block_layout() -> None:
     env = make_env("generator")
-    peer = PeerInfo(ratios=(0.5, 0.25), macs_fraction=0.4, reward_terms=(1.0, 3.0, float("nan")), rho_ratio=1.0)
-    env.peer = peer
-    obs, _ = env.reset(seed=0)
+    peer = PeerInfo(actions=(0.5, -0.25), macs_fraction=0.4, budget=0.5, reward_terms=(1.0, 3.0, float("nan")),
+                    rho_ratio=1.0, same_round=1.0)
+    obs, _ = env.reset(seed=0, options={"peer": peer})
     block = obs[N_GROUP_FEATURES:]
     assert block.shape == (env.peer_len + N_PEER_SCALARS,)
-    assert block[:2] == pytest.approx([0.5, 0.25]) and not block[2 : env.peer_len].any()
-    assert block[env.peer_len] == pytest.approx(0.4)
+    assert block[:2] == pytest.approx([0.5, -0.25]) and not block[2 : env.peer_len].any()
+    assert block[env.peer_len] == pytest.approx(0.4 / 0.5 - 1)
     assert block[env.peer_len + 1 : env.peer_len + 4] == pytest.approx([0.5, 0.75, 0.0])
     assert block[env.peer_len + 4] == pytest.approx(0.0)  # log(rho ratio 1) = 0
+    assert block[env.peer_len + 5] == pytest.approx(1.0)
     assert not PeerInfo().to_vector(env.peer_len).any()
-    assert PeerInfo.from_dict(peer.to_dict()).ratios == peer.ratios
+    clean = PeerInfo(actions=(0.5, -0.25), macs_fraction=0.4, budget=0.5, reward_terms=(1.0, 3.0, 0.5))
+    assert PeerInfo.from_dict(json_roundtrip(clean.to_dict())) == clean
     with pytest.raises(ValueError):
-        PeerInfo(ratios=(0.5,) * (env.peer_len + 1)).to_vector(env.peer_len)
+        PeerInfo(actions=(0.5,) * (env.peer_len + 1)).to_vector(env.peer_len)
+
+
+def json_roundtrip(data: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(data))
 
 
 def test_submit_callback_gets_round_ratios_and_fraction() -> None:
@@ -177,7 +213,7 @@ def test_submit_callback_gets_round_ratios_and_fraction() -> None:
 
     def submit(rnd: int, ratios: list[float], frac: float) -> tuple[float, PeerInfo]:
         calls.append((rnd, ratios, frac))
-        return -1.5, PeerInfo(ratios=(0.3,) * 4, macs_fraction=0.3)
+        return -1.5, PeerInfo(actions=(0.3,) * 4, macs_fraction=0.3, budget=0.6)
 
     env = ChannelPruningEnv(space("discriminator"), peer_len=13, submit=submit)
     for rnd in range(2):
@@ -187,5 +223,6 @@ def test_submit_callback_gets_round_ratios_and_fraction() -> None:
             _, reward, done, _, _ = env.step(np.zeros(1, dtype=np.float32))
         assert reward == -1.5
     assert [c[0] for c in calls] == [0, 1]
+    assert calls[0][1] == env.space.uniform_candidate()
     obs, _ = env.reset()
     assert obs[N_GROUP_FEATURES : N_GROUP_FEATURES + 4] == pytest.approx([0.3] * 4)

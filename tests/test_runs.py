@@ -83,8 +83,41 @@ def test_gap_in_the_log_is_an_error(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path, c)
     run.append(rec(c, 0, -1.0))
     run.append(rec(c, 2, -1.0))
-    with pytest.raises(RunDirError, match="round 1 is missing"):
+    with pytest.raises(RunDirError, match="round 1 is incomplete"):
         run.completed_rounds()
+
+
+def test_slots_of_a_round(tmp_path: Path) -> None:
+    """N candidates per round: a round is complete when every slot is logged; the slot count is the
+    run's, kept across a resume; (round, slot) is logged once."""
+    c = cfg()
+    run = RunDir.create(tmp_path, c, slots=3)
+    for slot, reward in ((0, -1.0), (2, -0.5)):
+        run.append({**rec(c, 0, reward), "slot": slot})
+    assert run.completed_rounds() == 0 and [r is not None for r in run.round_records(0)] == [True, False, True]
+    run.append({**rec(c, 0, -2.0), "slot": 1})
+    assert run.completed_rounds() == 1
+    with pytest.raises(ValueError, match="already"):
+        run.append({**rec(c, 0, -2.0), "slot": 1})
+    with pytest.raises(ValueError, match="outside"):
+        run.append({**rec(c, 1, -2.0), "slot": 3})
+    reopened = RunDir.open(tmp_path, c)
+    assert reopened.slots == 3 and reopened.get(0, slot=2)["reward"] == -0.5
+    assert [(r["round"], r["slot"]) for r in reopened.top(2)] == [(0, 2), (0, 0)]
+
+
+def test_reevaluations_are_logged_once_and_survive_a_reopen(tmp_path: Path) -> None:
+    c = cfg()
+    run = RunDir.create(tmp_path, c)
+    run.append_reeval({"round": 0, "slot": 0, "seed": 10_000, "metrics": {"fid": 1.0}})
+    with pytest.raises(ValueError, match="already"):
+        run.append_reeval({"round": 0, "slot": 0, "seed": 10_000, "metrics": {}})
+    again = RunDir.open(tmp_path, c)
+    assert again.get_reeval(0, 0, 10_000)["metrics"] == {"fid": 1.0} and again.get_reeval(0, 0, 1) is None
+    # a re-evaluated best.json is not replaced by the search-reward best on reopen
+    again.append(rec(c, UNIFORM_ROUND, -2.5))
+    again.write_best({**rec(c, UNIFORM_ROUND, -2.5), "reeval": {"reward": -2.5}})
+    assert "reeval" in RunDir.open(tmp_path, c).read_best()
 
 
 def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:

@@ -1,0 +1,253 @@
+"""Stable-Baselines3 learners set up for a search of a few hundred episodes (AMC's practice).
+
+He et al. 2018, "AMC: AutoML for Model Compression", §3.4 and its released agent:
+
+- **The episode's reward is credited to every step, gamma = 1.** The only reward comes after the
+  last group, so the undiscounted return from every step of an episode is the episode's reward R.
+  :class:`EpisodeCreditMixin` holds an episode's transitions until it ends, then stores each with
+  reward R and ``done=True``: the critic regresses Q(s_t, a_t) on R directly instead of
+  bootstrapping through n noisy steps. The stored actions are the *executed* ones (the projected or,
+  on resume, logged ratios mapped back to actions), so the buffer holds what was evaluated.
+- **Rewards normalised by a moving baseline.** :class:`NormalisedReplayBuffer` serves rewards as
+  ``(R - mean) / std`` over the rewards in the buffer (the baseline moves with the buffer's content,
+  and is restored exactly with it on resume).
+- **A centred actor** (TD3/DDPG, :class:`CentredActorMixin`): the projection makes the reward blind
+  to a common shift of an episode's actions, so the actor's mean is pinned at the zero action.
+- **Warm-up near uniform, then decaying exploration.** For the first ``agents.warmup_episodes``
+  episodes actions are drawn from N(0, warmup_sigma^2) (the zero action is the uniform candidate);
+  after that TD3/DDPG add N(0, sigma_e^2) to the deterministic policy with
+  ``sigma_e = noise_sigma * noise_decay ** e`` after ``e`` learning episodes (SAC samples its policy
+  and keeps its entropy target small instead). Draws are seeded by (seed, timestep), so a resumed
+  learner explores exactly as the original would have.
+
+A round of a search is one episode of every env of the learner's VecEnv (n_envs = candidates per
+round): rollouts are ``n_groups`` steps (``train_freq=(n_groups, "step")``), after which SB3 trains
+``n_groups * n_envs`` gradient steps (``gradient_steps=-1``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from stable_baselines3 import DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import ReplayBuffer
+
+from collabprune.config import AgentsConfig
+
+__all__ = [
+    "ALGORITHMS",
+    "CentredActorMixin",
+    "EpisodeCreditMixin",
+    "NormalisedReplayBuffer",
+    "SearchDDPG",
+    "SearchSAC",
+    "SearchTD3",
+    "algo_kwargs",
+    "exploration_sigma",
+]
+
+
+class NormalisedReplayBuffer(ReplayBuffer):
+    """Replay buffer that serves rewards normalised by the buffer's own mean and standard deviation.
+
+    AMC's moving-average baseline: ``(R - mean) / (std + 1e-8)`` over every reward stored so far (an
+    episode's n transitions carry the same R, so every episode weighs the same). Identical after a
+    save/load of the buffer, so resume is exact.
+    """
+
+    def _normalize_reward(self, reward: np.ndarray, env: Any = None) -> np.ndarray:  # type: ignore[override]
+        upper = self.buffer_size if self.full else self.pos
+        stored = self.rewards[:upper].reshape(-1)
+        if stored.size < 2:
+            return reward
+        return ((reward - stored.mean()) / (stored.std() + 1e-8)).astype(np.float32)
+
+
+def exploration_sigma(agents: AgentsConfig, episodes_learned: int) -> float:
+    """Standard deviation of the exploration noise after ``episodes_learned`` learning episodes."""
+    return float(agents.noise_sigma * agents.noise_decay ** max(0, episodes_learned))
+
+
+class EpisodeCreditMixin:
+    """Off-policy learner with AMC's episode credit and seeded, decaying exploration (module docstring).
+
+    The agent sets :attr:`executed_actions` to a callable returning, after an episode ended, the
+    executed actions of every env: an array (n_envs, episode_steps). :meth:`configure_search` sets
+    it, :attr:`agents_cfg` and :attr:`episode_steps` (SB3's own ``n_steps`` is its n-step returns).
+    """
+
+    executed_actions: Callable[[], np.ndarray] | None = None
+    agents_cfg: AgentsConfig | None = None
+    episode_steps: int = 1
+    explore_seed: int = 0
+    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([int(self.explore_seed), int(self.num_timesteps)])  # type: ignore[attr-defined]
+
+    def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1):  # type: ignore[no-untyped-def]
+        cfg = self.agents_cfg
+        assert cfg is not None, "make_learner sets agents_cfg"
+        rng = self._rng()
+        if self.num_timesteps < learning_starts:  # type: ignore[attr-defined]
+            action = np.clip(rng.normal(0.0, cfg.warmup_sigma, (n_envs, 1)), -1.0, 1.0).astype(np.float32)
+        else:
+            assert self._last_obs is not None  # type: ignore[attr-defined]
+            deterministic = not isinstance(self, SAC)
+            action, _ = self.predict(self._last_obs, deterministic=deterministic)  # type: ignore[attr-defined]
+            if deterministic:
+                learned = (self.num_timesteps - learning_starts) // max(1, self.episode_steps * n_envs)  # type: ignore[attr-defined]
+                sigma = exploration_sigma(cfg, learned)
+                action = np.clip(action + rng.normal(0.0, sigma, action.shape), -1.0, 1.0).astype(np.float32)
+        return action, self.policy.scale_action(action)  # type: ignore[attr-defined]
+
+    def _store_transition(self, replay_buffer: ReplayBuffer, buffer_action: np.ndarray, new_obs: Any,  # type: ignore[override]
+                          reward: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        if not hasattr(self, "_pending"):
+            self._pending = []
+        self._pending.append((np.array(self._last_obs, copy=True), np.array(new_obs, copy=True),  # type: ignore[attr-defined]
+                              np.array(buffer_action, copy=True)))
+        self._last_obs = new_obs
+        self._last_original_obs = new_obs
+        if not np.all(dones):
+            if np.any(dones):
+                raise RuntimeError("the envs of one learner must finish their episodes together")
+            return
+        executed = self.executed_actions() if self.executed_actions is not None else None
+        for t, (obs, next_obs, action) in enumerate(self._pending):
+            if executed is not None:
+                action = self.policy.scale_action(executed[:, t:t + 1].astype(np.float32))  # type: ignore[attr-defined]
+            replay_buffer.add(obs, next_obs, action, np.asarray(reward, dtype=np.float32),
+                              np.ones_like(dones, dtype=np.float32), [{} for _ in infos])
+        self._pending = []
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + ["executed_actions", "agents_cfg", "_pending"]  # type: ignore[misc]
+
+    def configure_search(self, agents: AgentsConfig, episode_steps: int, explore_seed: int,
+                         executed_actions: Callable[[], np.ndarray]) -> None:
+        """Attach what is not saved with the model (called after building or loading it)."""
+        self.agents_cfg = agents
+        self.episode_steps = episode_steps
+        self.explore_seed = explore_seed
+        self.executed_actions = executed_actions
+        if hasattr(self, "mean_action_penalty"):
+            self.mean_action_penalty = agents.mean_action_penalty  # type: ignore[attr-defined]
+
+
+class CentredActorMixin:
+    """TD3/DDPG whose actor is kept centred: ``actor_loss = -Q(s, mu(s)) + lambda * mean(mu(s))**2``.
+
+    The budget projection removes any common shift of an episode's actions (all groups asking for
+    more is projected back to the uniform candidate), so the reward cannot tell the actor where its
+    actions' mean should be. Left free, that mean drifts on the critic's extrapolation until tanh
+    saturates and every proposal collapses onto the uniform candidate (seen on synthetic rewards).
+    The penalty on the batch mean of mu(s) (``agents.mean_action_penalty``) pins the mean at the zero
+    action, leaving the relative allocation to the critic. Otherwise this is SB3's ``TD3.train``.
+    """
+
+    mean_action_penalty: float = 0.0
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        import torch as th
+        from stable_baselines3.common.utils import polyak_update
+        from torch.nn import functional as F
+
+        self.policy.set_training_mode(True)  # type: ignore[attr-defined]
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])  # type: ignore[attr-defined]
+        actor_losses, critic_losses = [], []
+        for _ in range(gradient_steps):
+            self._n_updates += 1  # type: ignore[attr-defined]
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[attr-defined]
+            with th.no_grad():
+                noise = data.actions.clone().data.normal_(0, self.target_policy_noise)  # type: ignore[attr-defined]
+                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)  # type: ignore[attr-defined]
+                next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)  # type: ignore[attr-defined]
+                next_q = th.cat(self.critic_target(data.next_observations, next_actions), dim=1)  # type: ignore[attr-defined]
+                next_q, _ = th.min(next_q, dim=1, keepdim=True)
+                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q  # type: ignore[attr-defined]
+            current_q = self.critic(data.observations, data.actions)  # type: ignore[attr-defined]
+            critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
+            critic_losses.append(float(critic_loss.item()))  # type: ignore[union-attr]
+            self.critic.optimizer.zero_grad()  # type: ignore[attr-defined]
+            critic_loss.backward()  # type: ignore[union-attr]
+            self.critic.optimizer.step()  # type: ignore[attr-defined]
+            if self._n_updates % self.policy_delay == 0:  # type: ignore[attr-defined]
+                mu = self.actor(data.observations)  # type: ignore[attr-defined]
+                actor_loss = -self.critic.q1_forward(data.observations, mu).mean()  # type: ignore[attr-defined]
+                actor_loss = actor_loss + self.mean_action_penalty * mu.mean() ** 2
+                actor_losses.append(float(actor_loss.item()))
+                self.actor.optimizer.zero_grad()  # type: ignore[attr-defined]
+                actor_loss.backward()
+                self.actor.optimizer.step()  # type: ignore[attr-defined]
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)  # type: ignore[attr-defined]
+                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)  # type: ignore[attr-defined]
+                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)  # type: ignore[attr-defined]
+                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)  # type: ignore[attr-defined]
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")  # type: ignore[attr-defined]
+        if actor_losses:
+            self.logger.record("train/actor_loss", np.mean(actor_losses))  # type: ignore[attr-defined]
+        self.logger.record("train/critic_loss", np.mean(critic_losses))  # type: ignore[attr-defined]
+
+
+class SearchTD3(EpisodeCreditMixin, CentredActorMixin, TD3):
+    """TD3 with episode credit, decaying exploration and a centred actor."""
+
+
+class SearchDDPG(EpisodeCreditMixin, CentredActorMixin, DDPG):
+    """DDPG (AMC's learner) with episode credit, decaying exploration and a centred actor."""
+
+
+class SearchSAC(EpisodeCreditMixin, SAC):
+    """SAC with episode credit (its own stochastic policy explores; small entropy target)."""
+
+
+#: ``agents.algo`` -> SB3 learner class.
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"td3": SearchTD3, "ddpg": SearchDDPG, "sac": SearchSAC, "ppo": PPO}
+
+
+def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> dict[str, Any]:
+    """SB3 constructor keyword arguments for ``agents.algo`` (``agents.extra`` overrides).
+
+    Off-policy (TD3/DDPG/SAC): gamma 1 (see the module docstring), ``learning_starts =
+    warmup_episodes * n_groups * n_envs`` steps, one rollout = one episode per env
+    (``train_freq=(n_groups, "step")``), :class:`NormalisedReplayBuffer`, ``gradient_steps`` as
+    configured (-1: as many as env steps collected); SAC gets ``target_entropy =
+    agents.sac_target_entropy``. PPO: gamma = gae_lambda = 1 (every step's return is the episode's
+    reward), a rollout of ``rollout_episodes`` episodes, minibatch the largest divisor of the
+    rollout at most ``batch_size``.
+
+    :param agents: the agents section of the config.
+    :param n_groups: steps per episode.
+    :param n_envs: envs of the learner's VecEnv (candidates per round).
+    :param seed: the learner's seed.
+    """
+    extra = dict(agents.extra)
+    common: dict[str, Any] = dict(
+        learning_rate=agents.learning_rate,
+        gamma=1.0,
+        policy_kwargs=dict(net_arch=list(agents.net_arch)),
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    if agents.algo == "ppo":
+        n_steps = n_groups * max(1, agents.rollout_episodes)
+        total = n_steps * n_envs
+        batch = max(d for d in range(1, min(total, agents.batch_size) + 1) if total % d == 0)
+        common.update(n_steps=n_steps, batch_size=batch, gae_lambda=1.0)
+    else:
+        common.update(
+            buffer_size=agents.buffer_size,
+            batch_size=agents.batch_size,
+            learning_starts=agents.warmup_episodes * n_groups * n_envs,
+            train_freq=(n_groups, "step"),
+            gradient_steps=agents.gradient_steps,
+            replay_buffer_class=NormalisedReplayBuffer,
+        )
+        if agents.algo == "sac":
+            common["target_entropy"] = agents.sac_target_entropy
+    common.update(extra)
+    return common
