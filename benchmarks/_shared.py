@@ -139,36 +139,3 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-class WholeDiscriminatorEvaluator:
-    """A :class:`~collabprune.evaluation.CandidateEvaluator` whose discriminator is never pruned.
-
-    Used by ``benchmarks.quality`` for the "G agent alone" baseline: every ``d_ratios`` a caller
-    passes (the D agent's proposal, the uniform candidate's) is replaced by all ones before the real
-    evaluator runs, so the team reward depends on the G agent's proposal only. Passed to
-    ``agents.driver.run_search`` as ``evaluator_factory`` (pickled by value into the evaluator actor).
-
-    :param cfg: the run config.
-    :param run_dir: the run directory (FID cache, teacher evaluation).
-    """
-
-    def __init__(self, cfg: Any, run_dir: Path) -> None:
-        from collabprune.evaluation import CandidateEvaluator
-
-        self.inner = CandidateEvaluator(cfg, run_dir)
-        self.ones = [1.0] * self.inner.d_space.num_groups
-
-    def evaluate(self, g_ratios: Sequence[float], d_ratios: Sequence[float], seed: int,
-                 baseline: dict[str, Any] | None, save_dir: Path | None = None) -> dict[str, Any]:
-        """``CandidateEvaluator.evaluate`` with ``d_ratios`` ignored (D kept whole)."""
-        return self.inner.evaluate(list(g_ratios), self.ones, seed, baseline, save_dir)
-
-    def evaluate_teacher(self) -> dict[str, Any]:
-        """The teacher pair, as ``CandidateEvaluator.evaluate_teacher``."""
-        return self.inner.evaluate_teacher()
-
-    def uniform_ratios(self) -> tuple[list[float], list[float]]:
-        """The uniform G ratios with the whole D."""
-        g, _ = self.inner.uniform_ratios()
-        return list(g), list(self.ones)

@@ -1,65 +1,57 @@
-"""Quality at equal generator budget: the collaborative search against six other ways to prune.
+"""Quality at equal MACs: the collaborative search against naive pruning, random search and TPE.
 
-At each generator MACs budget (``--budgets``, fractions of the teacher's physical MACs; default the
-config's ``pruning.budget.generator``) and for each seed (``--seeds``: ``search.seed`` of the searches
-and the seed of the final fine-tuning), every method yields ONE finalist (G ratios, D ratios):
+The referee of the search (issue "The collaborative search beats uniform, random and a strong non-RL
+optimiser at equal MACs"). At each generator MACs budget (``--budgets``, fractions of the teacher's
+physical MACs) and for each search seed (``--seeds``), every method yields ONE finalist (G ratios,
+D ratios); every G finalist uses its budget within 2% (the projection of DESIGN.md §5) and the D
+budget is the config's for every method:
 
-``uniform``             one keep ratio for every G group, the largest meeting the budget
-                        (``CandidateEvaluator.uniform_ratios``).
-``global_l1``           torch-pruning's global L1-magnitude ranking (``MetaPruner``, ``global_pruning=True``,
-                        ``GroupMagnitudeImportance(p=1)`` with its default mean reduction/normaliser,
-                        output layer ignored, ``max_pruning_ratio = 1 - r_min``, ``round_to`` of the
-                        config), pruned step by step (``--tp-steps`` steps towards removing
-                        ``1 - r_min`` of the channels) until the physical MACs meet the budget. The kept
-                        channels of each of our groups (matched by root layer name) become keep ratios;
-                        if rounding/``min_channels`` puts the candidate over budget, single ``round_to``
-                        steps are removed where they save the most MACs until it fits.
-``inner``               inner-layer pruning: groups are ordered by their root layer's output feature-map
-                        size, smallest first (= nearest the bottleneck; groups of equal size form one
-                        level: a U-Net's down and up convolutions at one resolution, a ResNet's residual
-                        blocks and residual stream). Levels are pruned from the innermost outwards:
-                        every level inside the current one is at ``r_min``, the current level gets the
-                        largest common ratio that meets the budget (bisection), outer levels stay whole.
-``random``              random search with the agents' evaluation count (``search.rounds`` + the teacher
-                        and uniform evaluations): each round draws one action in [-1, 1] per group for G
-                        and for D and pushes it through the env's AMC budget correction
-                        (``RoleSpace.action_to_ratio`` + ``max_feasible_ratio``, group by group); the best
-                        reward (uniform included, as in a search's ``best.json``) wins.
-``g_alone``             the G agent alone: ``run_search`` with an evaluator that keeps D whole (every
-                        D proposal is replaced by all ones before evaluation, also for the uniform
-                        baseline), ``pruning.budget.discriminator=1.0`` and ``agents.exchange=false``.
-                        The D agent still runs (the driver always starts both) but its actions change
-                        nothing: the reward depends on G's proposal only.
-``collab``              the collaborative search, both agents, exchange on (``run_search(cfg)``).
-``collab_no_exchange``  the same with ``agents.exchange=false``.
+``uniform``             the uniform candidate (one keep ratio for every group, projected).
+``inner``               inner-layer pruning (CIL): levels of equal feature-map size, innermost first,
+                        pruned to r_min until the budget is met; the level where it is met gets the
+                        common ratio that meets it; projected (fill) onto the budget.
+``global_l1``           torch-pruning's global L1-magnitude ranking (``MetaPruner``, ``global_pruning``,
+                        ``GroupMagnitudeImportance(p=1)``), pruned step by step until the physical MACs
+                        meet the budget; the kept channels as keep ratios, projected onto the budget.
+``random``              random search in the agents' space: actions uniform in [-1, 1] per group of G
+                        and of D, projected; scored by the in-search reward.
+``tpe``                 Optuna's TPE sampler over the same actions (a strong non-RL optimiser),
+                        ``n_startup_trials`` = the agents' warm-up rounds.
+``g_alone``             the G agent alone (``search.agents=generator``: D at its uniform candidate).
+``collab_no_exchange``  both agents, ``agents.exchange=false``.
+``collab``              the collaborative search (both agents, exchange on).
 
-The first three methods keep D at the uniform D candidate of the config's D budget.
+Every searching method gets the same evaluations: ``search.rounds`` candidates scored by the same
+in-search reward (the same evaluator, common seed, seed-averaged uniform baseline), then the same
+top-k re-evaluation with fresh seeds (:mod:`collabprune.selection`) picks its finalist. Every finalist
+then gets the SAME final fine-tuning (``finetune.final_steps``) under ``--final-seeds`` seeds tied to
+the search seed (``1000 * seed + i``, so every method of one search seed sees the same final seeds)
+and is measured on the TEST split (:class:`~collabprune.heldout.HeldoutEvaluator`: L1, PSNR, SSIM,
+fd_eval, FID when the weights exist). The primary metric is test L1 (mean over the final seeds).
 
-Every finalist then gets the SAME final fine-tuning: a ``CandidateEvaluator`` on the config with
-``finetune.steps = finetune.final_steps`` evaluates it (the uniform finalist first, as the reward
-baseline) and saves the fine-tuned pair; the generator is rebuilt from its spec
-(``build_from_spec`` + ``load_state_dict``) and measured on the TEST split: FID (or the labelled
-fallback ``fd_teacher_d``), ``L_kde`` (``finetune.kde_loss``), L1 to the ground truth, MACs (both
-conventions), params and CPU latency (``measure_latency``). The table reports mean ± std over seeds
-and marks the winner per budget: the lowest mean test FID (or ``fd_teacher_d``).
+Reported per budget: each method's held-out metrics (mean ± std over search seeds), G and D MACs
+fractions, and the paired per-seed differences in test L1 against uniform and against random, with
+bootstrap 95% intervals (10 000 resamples of the per-seed differences) and the count of seeds won.
+Per-evaluation logs of every search are kept in ``benchmarks/results/quality_logs/`` and the best-so-far
+search reward against evaluations is plotted (mean and band over seeds) to
+``benchmarks/results/quality_curves_<budget>.png``. Everything is cached under ``--work``: re-running
+the same command continues where a killed one stopped.
 
-Work is cached under ``--work`` (run directories, finalists, final evaluations): re-running the same
-command continues where a killed one stopped.
-
-    python -m benchmarks.quality [CONFIG] [--set k=v] [--budgets 0.25,0.5] [--seeds 0,1,2]
-                                 [--rounds N] [--methods uniform,...] [--final-steps N] [--quick]
+    python -m benchmarks.quality [CONFIG] [--set k=v] [--budgets 0.25,0.1] [--seeds 0,1,2,3,4]
+                                 [--final-seeds 2] [--rounds N] [--methods uniform,...] [--quick]
 """
 
 from __future__ import annotations
 
 import copy
-import gc
 import json
+import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/quality.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,126 +63,50 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np
-import ray
 import torch
 import torch_pruning as tp
 from rich.table import Table
 from torch import nn
 
-import benchmarks._shared as shared
-from agents.driver import run_search
-from benchmarks._shared import (
-    RESULTS_DIR, WholeDiscriminatorEvaluator, base_parser, fmt, fmt_pm, load_cfg, machine_info, mean_std,
-    parse_list, print_table, write_results,
-)
+from benchmarks._shared import RESULTS_DIR, base_parser, fmt, fmt_pm, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.config import RunConfig
-from collabprune.data import make_dataset
 from collabprune.evaluation import CandidateEvaluator
-from collabprune.finetune import kde_loss
-from collabprune.io import atomic_write_json
-from collabprune.metrics.fid import FidScorer
-from collabprune.metrics.latency import measure_latency
-from collabprune.metrics.macs import conv_layer_costs, macs, macs_published, params
-from collabprune.models.loading import load_state_dict_strict, read_state_dict
-from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES, build_from_spec
-from collabprune.objectives import teacher_d_features
-from collabprune.pruning.prune import kept_channels
+from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, higher_is_better
+from collabprune.io import atomic_write_json, atomic_write_text
+from collabprune.metrics.macs import conv_layer_costs, macs
 from collabprune.pruning.space import ChannelSpace
-from collabprune.pruning.spec import SubnetSpec
-from collabprune.runs import UNIFORM_ROUND, round_seed
-from envs.space import RoleSpace
+from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
+from collabprune.selection import reevaluate_top
 
-# the G-alone evaluator lives in benchmarks/, which Ray workers may not import: ship it by value
-ray.cloudpickle.register_pickle_by_value(shared)
-
-METHODS = ("uniform", "global_l1", "inner", "random", "g_alone", "collab", "collab_no_exchange")
+METHODS = ("uniform", "inner", "global_l1", "random", "tpe", "g_alone", "collab_no_exchange", "collab")
+LOCAL_SEARCHES = ("random", "tpe")
 #: Config overrides of the agent searches.
-SEARCH_OVERRIDES = {
-    "g_alone": ["pruning.budget.discriminator=1.0", "agents.exchange=false"],
-    "collab": [],
+AGENT_SEARCHES = {
+    "g_alone": ["search.agents=generator", "agents.exchange=false"],
     "collab_no_exchange": ["agents.exchange=false"],
+    "collab": [],
 }
+LOGS_DIR = RESULTS_DIR / "quality_logs"
 
 
 def parse_args() -> Any:
     parser = base_parser("quality", __doc__.split("\n")[0])
-    parser.add_argument("--budgets", default=None, help="generator MACs budgets (default: the config's)")
-    parser.add_argument("--seeds", default="0,1,2", help="search / final fine-tuning seeds (default 0,1,2)")
+    parser.add_argument("--budgets", default="0.25,0.1", help="generator MACs budgets (default 0.25,0.1)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="search seeds (default 0,1,2,3,4)")
+    parser.add_argument("--final-seeds", type=int, default=2, help="final fine-tuning seeds per search seed")
     parser.add_argument("--rounds", type=int, default=None, help="search.rounds of every search (default: config)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
-    parser.add_argument("--final-steps", type=int, default=None, help="final fine-tuning steps (default finetune.final_steps)")
     parser.add_argument("--tp-steps", type=int, default=200, help="torch-pruning iterative steps of global_l1")
-    parser.add_argument("--latency-repeats", type=int, default=10, help="timed forwards of the CPU latency")
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "quality_work", help="cache of runs and finalists")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 rounds, seed 0, first budget, final_steps = finetune.steps, 2 latency repeats")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, seed 0, first budget, 1 final seed")
     return parser.parse_args()
 
 
-# --------------------------------------------------------------------------- ratio helpers
-def ratio_for_kept(channels: int, kept: int, cfg: Any) -> float:
-    """The largest keep ratio whose :func:`kept_channels` is at most ``kept`` (1.0 for the whole group)."""
-    if kept >= channels:
-        return 1.0
-    r = kept / channels
-    if kept_channels(channels, r, cfg) == kept:
-        return r
-    lo, hi = 1e-6, 1.0  # kept is not reachable exactly (min_channels / rounding): stay below it
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if kept_channels(channels, mid, cfg) <= kept else (lo, mid)
-    return lo
-
-
-def fit_to_budget(space: ChannelSpace, kept: list[int], budget: float) -> list[int]:
-    """Lower ``kept`` one ``round_to`` step at a time (where a step saves most MACs) until it fits."""
-    cfg = space.cfg
-    floor = [kept_channels(g.channels, cfg.r_min, cfg) for g in space.groups]
-    kept = list(kept)
-    while space.macs_of_kept(kept) > budget * space.teacher_macs:
-        best, best_saving = None, 0
-        for i in range(len(kept)):
-            if kept[i] <= floor[i]:
-                continue
-            trial = list(kept)
-            trial[i] = max(floor[i], kept[i] - cfg.round_to)
-            saving = space.macs_of_kept(kept) - space.macs_of_kept(trial)
-            if saving > best_saving:
-                best, best_saving = trial, saving
-        if best is None:
-            raise RuntimeError("global_l1: cannot bring the candidate within its budget")
-        kept = best
-    return kept
-
-
-def global_l1_ratios(teacher_g: nn.Module, space: ChannelSpace, budget: float, steps: int) -> tuple[list[float], dict[str, Any]]:
-    """Keep ratios of torch-pruning's global L1-magnitude pruning to ``budget`` (see module docstring)."""
-    pcfg = space.cfg
-    model = copy.deepcopy(teacher_g).cpu().eval().requires_grad_(True)
-    example = torch.zeros(space.input_shape)
-    output_layer = list(conv_layer_costs(model, example))[-1]  # the never-pruned output layer
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
-        pruning_ratio=1.0 - pcfg.r_min, max_pruning_ratio=1.0 - pcfg.r_min, iterative_steps=steps,
-        ignored_layers=[model.get_submodule(output_layer)], round_to=pcfg.round_to,
-    )
-    done = 0
-    for done in range(1, steps + 1):
-        pruner.step()
-        if macs(model, space.input_shape) <= budget * space.teacher_macs:
-            break
-    tp_fraction = macs(model, space.input_shape) / space.teacher_macs
-    tp_kept = [int(model.get_submodule(g.name).out_channels) for g in space.groups]
-    rounded = [kept_channels(g.channels, max(k, 1) / g.channels, pcfg) for g, k in zip(space.groups, tp_kept)]
-    kept = fit_to_budget(space, rounded, budget)
-    ratios = [ratio_for_kept(g.channels, k, pcfg) for g, k in zip(space.groups, kept)]
-    assert space.macs_fraction(ratios) <= budget + 1e-12, "global_l1 candidate over budget"
-    return ratios, {"tp_steps_taken": done, "tp_macs_fraction": tp_fraction, "tp_kept": tp_kept,
-                    "kept": space.kept(ratios), "macs_fraction": space.macs_fraction(ratios)}
-
-
-def inner_layer_ratios(space: ChannelSpace, budget: float) -> tuple[list[float], dict[str, Any]]:
-    """Keep ratios of inner-layer pruning to ``budget`` (levels by feature-map size, innermost first)."""
+# --------------------------------------------------------------------------- fixed allocations
+def inner_layer_ratios(space: ChannelSpace, budget: float) -> list[float]:
+    """Inner-layer pruning: levels (groups of equal feature-map size) from the innermost outwards go
+    to r_min until the budget is met; the level where it is met gets the largest common ratio that
+    meets it (bisection); outer levels stay whole. Then projected (fill) onto the budget."""
     cfg = space.cfg
     areas = sorted({g.feature_hw[0] * g.feature_hw[1] for g in space.groups})
     levels = [[g.index for g in space.groups if g.feature_hw[0] * g.feature_hw[1] == a] for a in areas]
@@ -202,297 +118,338 @@ def inner_layer_ratios(space: ChannelSpace, budget: float) -> tuple[list[float],
             out[i] = r
         return out
 
-    for depth, level in enumerate(levels):
+    for level in levels:
         if space.macs_fraction(with_level(level, cfg.r_min)) > budget:
-            ratios = with_level(level, cfg.r_min)  # not enough: this level at r_min, move outwards
+            ratios = with_level(level, cfg.r_min)
             continue
         lo, hi = cfg.r_min, cfg.r_max
-        if space.macs_fraction(with_level(level, hi)) <= budget:
-            lo = hi
         for _ in range(50):
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if space.macs_fraction(with_level(level, mid)) <= budget else (lo, mid)
         ratios = with_level(level, lo)
-        return ratios, {"levels": levels, "levels_pruned": depth + 1, "level_ratio": lo,
-                        "kept": space.kept(ratios), "macs_fraction": space.macs_fraction(ratios)}
-    raise RuntimeError("inner: budget not met with every group at r_min (check_budget should have caught it)")
+        break
+    return space.project(ratios, budget)
 
 
-def random_proposal(space: RoleSpace, rng: np.random.Generator) -> list[float]:
-    """One random proposal through the env's AMC budget correction (group by group)."""
-    decided: list[float] = []
-    for _ in range(space.n_groups):
-        wanted = space.action_to_ratio(float(rng.uniform(-1.0, 1.0)))
-        decided.append(space.max_feasible_ratio(decided, wanted))
-    return decided
+def global_l1_ratios(teacher_g: nn.Module, space: ChannelSpace, budget: float, steps: int) -> list[float]:
+    """torch-pruning's global L1 ranking, pruned until the physical MACs meet the budget; projected."""
+    pcfg = space.cfg
+    model = copy.deepcopy(teacher_g).cpu().eval().requires_grad_(True)
+    example = torch.zeros(space.input_shape)
+    output_layer = list(conv_layer_costs(model, example))[-1]  # the never-pruned output layer
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
+        pruning_ratio=1.0 - pcfg.r_min, max_pruning_ratio=1.0 - pcfg.r_min, iterative_steps=steps,
+        ignored_layers=[model.get_submodule(output_layer)], round_to=pcfg.round_to,
+    )
+    for _ in range(steps):
+        pruner.step()
+        if macs(model, space.input_shape) <= budget * space.teacher_macs:
+            break
+    kept = [int(model.get_submodule(g.name).out_channels) for g in space.groups]
+    return space.project([max(k, 1) / g.channels for k, g in zip(kept, space.groups)], budget)
 
 
-# --------------------------------------------------------------------------- the methods
-def random_search(ev: CandidateEvaluator, cfg: RunConfig, budget: float) -> dict[str, Any]:
-    """Random search with the agents' evaluation budget; the best pair by reward (uniform included)."""
+# --------------------------------------------------------------------------- local searches
+def _local_evaluate_many(ev: CandidateEvaluator) -> Any:
+    return lambda jobs: [ev.evaluate(g, d, seed, baseline=None) for g, d, seed in jobs]
+
+
+def local_search(method: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Random search or TPE with the agents' evaluations and selection, logged like a search run.
+
+    The run directory holds the same files as an agent search's (teacher, uniform, one record per
+    round, re-evaluations, best.json), so it resumes after a kill and is read the same way.
+    """
+    run = RunDir.open(run_dir, cfg) if (run_dir / "run.json").is_file() else RunDir.create(run_dir, cfg)
+    ev = CandidateEvaluator(cfg, run_dir)
+    if run.get(TEACHER_ROUND) is None:
+        run.append({**ev.evaluate_teacher(), "round": TEACHER_ROUND, "seed": round_seed(cfg, TEACHER_ROUND)})
+    uniform = run.get(UNIFORM_ROUND)
+    if uniform is None:
+        uniform = run.append({**ev.evaluate_uniform(round_seed(cfg, UNIFORM_ROUND), candidate_dir(run_dir, UNIFORM_ROUND)),
+                              "round": UNIFORM_ROUND, "seed": round_seed(cfg, UNIFORM_ROUND)})
     b = cfg.pruning.budget
-    g_space, d_space = RoleSpace("generator", ev.g_space, b.generator), RoleSpace("discriminator", ev.d_space, b.discriminator)
-    rng = np.random.default_rng([cfg.search.seed, int(round(budget * 1e6))])
-    ug, ud = ev.uniform_ratios()
-    uniform = ev.evaluate(ug, ud, round_seed(cfg, UNIFORM_ROUND), baseline=None)
-    best = {"round": UNIFORM_ROUND, "reward": uniform["reward"], "g_ratios": ug, "d_ratios": ud}
-    history = []
-    for k in range(cfg.search.rounds):
-        g, d = random_proposal(g_space, rng), random_proposal(d_space, rng)
-        result = ev.evaluate(g, d, round_seed(cfg, k), baseline=uniform["metrics"])
-        history.append({"round": k, "reward": result["reward"], "g_macs_fraction": result["metrics"]["g_macs_fraction"]})
-        print(f"  random round {k}: reward {result['reward']}")
-        if result["reward"] is not None and not result["diverged"] and result["reward"] > best["reward"]:
-            best = {"round": k, "reward": result["reward"], "g_ratios": g, "d_ratios": d}
-    return {"g_ratios": best["g_ratios"], "d_ratios": best["d_ratios"],
-            "search": {"best_round": best["round"], "best_reward": best["reward"], "history": history}}
+    spaces = {"g": (ev.g_space, b.generator), "d": (ev.d_space, b.discriminator)}
+    k_range = cfg.search.action_log2_range
+    uniform_ratio = {role: space.uniform_ratio(budget) for role, (space, budget) in spaces.items()}
+
+    def to_ratios(role: str, actions: Sequence[float]) -> list[float]:
+        space, budget = spaces[role]
+        requested = [min(1.0, uniform_ratio[role] * 2.0 ** (k_range * float(a))) for a in actions]
+        return space.project(requested, budget)
+
+    names = {role: [f"{role}{i}" for i in range(space.num_groups)] for role, (space, _) in spaces.items()}
+    study = None
+    if method == "tpe":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=max(1, cfg.agents.warmup_episodes))
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        dist = optuna.distributions.FloatDistribution(-1.0, 1.0)
+        for record in run.search_records():  # resume: the study learns the logged trials again
+            params = dict(zip(names["g"] + names["d"], record["proposals"]["g"]["actions"] + record["proposals"]["d"]["actions"]))
+            study.add_trial(optuna.trial.create_trial(params=params, distributions={n: dist for n in params},
+                                                      value=float(record["reward"])))
+    rng = np.random.default_rng([cfg.search.seed, 4242])
+    for _ in range(run.completed_rounds()):  # resume: the same random draws as the original run
+        rng.uniform(-1.0, 1.0, len(names["g"]) + len(names["d"]))
+    for k in range(run.completed_rounds(), cfg.search.rounds):
+        trial = None
+        if study is not None:
+            trial = study.ask()
+            actions = {role: [trial.suggest_float(n, -1.0, 1.0) for n in names[role]] for role in ("g", "d")}
+        else:
+            draw = rng.uniform(-1.0, 1.0, len(names["g"]) + len(names["d"]))
+            actions = {"g": list(draw[: len(names["g"])]), "d": list(draw[len(names["g"]):])}
+        g, d = to_ratios("g", actions["g"]), to_ratios("d", actions["d"])
+        seed = round_seed(cfg, k)
+        result = ev.evaluate(g, d, seed, baseline=uniform["metrics"])  # finalists are fine-tuned again
+        record = run.append({**result, "round": k, "slot": 0, "seed": seed, "g_ratios": g, "d_ratios": d,
+                             "proposals": {role: {"actions": actions[role]} for role in ("g", "d")}})
+        run.update_best(record)
+        if study is not None and trial is not None:
+            study.tell(trial, float(record["reward"]))
+    best = reevaluate_top(cfg, run, _local_evaluate_many(ev))
+    return {"g_ratios": best["g_ratios"], "d_ratios": best["d_ratios"], "best_round": best["round"],
+            "reeval": best.get("reeval")}
 
 
-def agent_search(cfg: RunConfig, run_dir: Path, g_alone: bool) -> dict[str, Any]:
-    """``run_search`` (resumed when its run directory exists); the best pair and the search summary."""
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-    else:
-        factory = WholeDiscriminatorEvaluator if g_alone else None
-        summary = run_search(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=True,
-                             evaluator_factory=factory)
-    g, d = summary["best_g_ratios"], summary["best_d_ratios"]
-    if g_alone:
-        d = [1.0] * len(d)
-    return {"g_ratios": g, "d_ratios": d, "search": {
-        "run_dir": str(run_dir), "rounds": summary["rounds"], "best_round": summary["best_round"],
-        "best_reward": summary["best_reward"], "uniform_reward": summary["uniform_reward"],
-        "wall_s": summary["times"]["wall_s"]}}
+def agent_search(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """``run_search`` (resumed when its run directory exists); its re-evaluated best pair."""
+    from agents.driver import run_search
+
+    if not (run_dir / "summary.json").is_file():
+        run_search(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=False)
+    best = RunDir.read(run_dir).read_best()
+    assert best is not None
+    return {"g_ratios": best["g_ratios"], "d_ratios": best["d_ratios"], "best_round": best["round"],
+            "reeval": best.get("reeval")}
 
 
-def find_finalists(make_cfg: Callable[[Sequence[str]], RunConfig], budget: float, methods: Sequence[str],
-                   work: Path, tp_steps: int) -> dict[str, Any]:
-    """The finalist of every method for one (budget, seed); cached in ``work/finalists.json``.
+def export_log(run_dir: Path, out: Path) -> None:
+    """A compact per-evaluation log of a search: round, slot, reward, MACs fractions, ratios."""
+    run = RunDir.read(run_dir)
+    lines = []
+    for r in run.records():
+        m = r.get("metrics", {})
+        lines.append(json.dumps({"round": r["round"], "slot": r.get("slot", 0), "kind": r.get("kind"),
+                                 "reward": r.get("reward"), "reward_terms": r.get("reward_terms"),
+                                 "g_macs_fraction": m.get("g_macs_fraction"), "d_macs_fraction": m.get("d_macs_fraction"),
+                                 "g_ratios": r.get("g_ratios"), "d_ratios": r.get("d_ratios")}))
+    for r in run.reevaluations():
+        lines.append(json.dumps({"reeval_of": [r["round"], r.get("slot", 0)], "seed": r["seed"],
+                                 "metrics": {k: r["metrics"].get(k) for k in ("fd_teacher_d", "fid", "l_kde", "bal")}}))
+    atomic_write_text(out, "\n".join(lines) + "\n")
 
-    :param make_cfg: the (budget, seed) run config with extra overrides (a search's).
-    """
-    cfg = make_cfg([])
-    path = work / "finalists.json"
-    found: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    static = [m for m in methods if m in ("uniform", "global_l1", "inner", "random") and m not in found]
-    if static:
-        ev = CandidateEvaluator(cfg, work / "random_run")
+
+# --------------------------------------------------------------------------- finalists
+def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_steps: int) -> dict[str, Any]:
+    """The finalist of one method for one (budget, seed); cached in ``work/finalist_<method>.json``."""
+    path = work / f"finalist_{method}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.time()
+    cfg = make_cfg(AGENT_SEARCHES.get(method, []))
+    if method in ("uniform", "inner", "global_l1"):
+        ev = CandidateEvaluator(cfg, work / "static_evaluator")
         ug, ud = ev.uniform_ratios()
-        for method in static:
-            t0 = time.time()
-            print(f"[quality] budget {budget} seed {cfg.search.seed}: {method}")
-            if method == "uniform":
-                entry: dict[str, Any] = {"g_ratios": ug, "d_ratios": ud}
-            elif method == "global_l1":
-                g, info = global_l1_ratios(ev.teacher_g, ev.g_space, budget, tp_steps)
-                entry = {"g_ratios": g, "d_ratios": ud, "info": info}
-            elif method == "inner":
-                g, info = inner_layer_ratios(ev.g_space, budget)
-                entry = {"g_ratios": g, "d_ratios": ud, "info": info}
-            else:
-                entry = random_search(ev, cfg, budget)
-            entry["find_s"] = time.time() - t0
-            found[method] = entry
-            atomic_write_json(path, found)
-        del ev
-        gc.collect()
-    for method in (m for m in methods if m in SEARCH_OVERRIDES and m not in found):
-        print(f"[quality] budget {budget} seed {cfg.search.seed}: {method} search")
-        t0 = time.time()
-        search = agent_search(make_cfg(SEARCH_OVERRIDES[method]), work / f"search_{method}", method == "g_alone")
-        found[method] = {**search, "find_s": time.time() - t0}
-        atomic_write_json(path, found)
-    return found
+        g = {"uniform": lambda: ug, "inner": lambda: inner_layer_ratios(ev.g_space, budget),
+             "global_l1": lambda: global_l1_ratios(ev.teacher_g, ev.g_space, budget, tp_steps)}[method]()
+        entry: dict[str, Any] = {"g_ratios": g, "d_ratios": ud}
+    else:
+        run_dir = work / f"search_{method}"
+        entry = local_search(method, cfg, run_dir) if method in LOCAL_SEARCHES else agent_search(cfg, run_dir)
+        LOGS_DIR.mkdir(parents=True, exist_ok=True)
+        export_log(run_dir, LOGS_DIR / f"budget_{budget:g}_{method}_seed{cfg.search.seed}.jsonl")
+    entry["find_s"] = time.time() - t0
+    atomic_write_json(path, entry)
+    return entry
 
 
-# --------------------------------------------------------------------------- test split
-class TestSplit:
-    """Measures a generator on the test split with the final evaluator's teacher and feature map.
-
-    :param ev: the final CandidateEvaluator (teacher G/D, phi, device, scorer label).
-    :param cfg: its config.
-    :param cache_dir: real-statistics cache of the test split.
-    """
-
-    def __init__(self, ev: CandidateEvaluator, cfg: RunConfig, cache_dir: Path, latency_repeats: int) -> None:
-        self.ev, self.cfg, self.latency_repeats = ev, cfg, latency_repeats
-        test = make_dataset(cfg.data, "test", train=False)
-        items = [test[i] for i in range(len(test))]
-        self.a = torch.stack([it["A"] for it in items]).to(ev.device)
-        self.b = torch.stack([it["B"] for it in items]).to(ev.device)
-        n_fd = min(len(items), cfg.reward.fid.max_images)
-        self.scorer = FidScorer(
-            cfg.reward.fid, cache_dir, ev.device,
-            teacher_features=lambda y: teacher_d_features(ev.teacher_d, self.a[: len(y)], y),
-            teacher_key=f"{ev.teacher_sha['D']}:test:{n_fd}",
-        )
-        self.metric = self.scorer.metric_name
-
-    @torch.no_grad()
-    def measure(self, net_g: nn.Module, seed: int) -> dict[str, Any]:
-        """Test FID (or fallback), L_kde, L1, MACs (both conventions), params, CPU latency."""
-        net_g = net_g.to(self.ev.device).eval()
-        bs = self.cfg.finetune.batch_size
-        fake = torch.cat([net_g(self.a[i : i + bs]) for i in range(0, len(self.a), bs)])
-        shape = self.ev.g_shape
-        out: dict[str, Any] = {
-            self.metric: self.scorer.score(fake, self.b, "test_split"),
-            "l_kde": kde_loss(net_g, self.ev.teacher_g, self.ev.phi, self.a[: self.cfg.reward.kde.centres],
-                              self.cfg, seed).item(),
-            "l1": (fake - self.b).abs().mean().item(),
-            "test_images": len(self.a),
-            "macs": macs(net_g, shape), "macs_published": macs_published(net_g, shape), "params": params(net_g),
-        }
-        out["macs_fraction"] = out["macs"] / self.ev.g_space.teacher_macs
-        out["latency_cpu_ms"] = 1e3 * measure_latency(net_g, shape, "cpu", repeats=self.latency_repeats)["median_s"]
-        if self.ev.device.type == "cuda":
-            out["latency_cuda_ms"] = 1e3 * measure_latency(net_g, shape, self.ev.device, repeats=self.latency_repeats)["median_s"]
-        return out
+def final_results(cfg: RunConfig, held: HeldoutEvaluator, method: str, finalist: dict[str, Any], seeds: list[int],
+                  work: Path) -> list[dict[str, Any]]:
+    """Held-out results of a finalist under each final seed (cached in ``work/final_<method>_<seed>.json``)."""
+    out = []
+    for s in seeds:
+        path = work / f"final_{method}_{s}.json"
+        if path.is_file():
+            out.append(json.loads(path.read_text()))
+            continue
+        print(f"[quality] final fine-tuning of {method}, seed {s}", flush=True)
+        result = held.evaluate(finalist["g_ratios"], finalist["d_ratios"], s).to_dict()
+        atomic_write_json(path, result)
+        out.append(result)
+    return out
 
 
-def load_saved_generator(folder: Path) -> nn.Module:
-    """The fine-tuned generator a CandidateEvaluator saved in ``folder`` (spec + state dict)."""
-    spec = SubnetSpec.from_json((folder / SPEC_FILES["generator"]).read_text())
-    net = build_from_spec(spec)
-    weights = folder / NETWORK_FILES["generator"]
-    load_state_dict_strict(net, read_state_dict(weights), str(weights))
-    return net.eval()
+# --------------------------------------------------------------------------- statistics
+def bootstrap_ci(values: Sequence[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values``."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size < 2:
+        return (float(arr.mean()), float(arr.mean())) if arr.size else (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, arr.size, (n, arr.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def finalise(cfg: RunConfig, finalists: dict[str, Any], methods: Sequence[str], work: Path,
-             latency_repeats: int, teacher_box: dict[str, Any]) -> dict[str, Any]:
-    """Final fine-tuning + test-split metrics of every finalist; cached per method in ``work``."""
-    results = {m: json.loads((work / f"{m}.json").read_text()) for m in methods if (work / f"{m}.json").is_file()}
-    todo = [m for m in methods if m not in results]
-    if not todo and teacher_box:
-        return results
-    ev = CandidateEvaluator(cfg, work / "evaluator")
-    split = TestSplit(ev, cfg, work / "test_fid_stats", latency_repeats)
-    if not teacher_box:
-        teacher_box.update(split.measure(copy.deepcopy(ev.teacher_g), cfg.search.seed), metric=split.metric)
-    seed = cfg.search.seed
-    baseline = None
-    if "uniform" in results:
-        baseline = results["uniform"]["final"]["metrics"]
-    elif todo:  # the uniform finalist is the reward baseline of the others
-        ug, ud = finalists["uniform"]["g_ratios"], finalists["uniform"]["d_ratios"]
-        baseline = ev.evaluate(ug, ud, seed, baseline=None)["metrics"]
-    for method in sorted(todo, key=lambda m: m != "uniform"):
-        print(f"[quality] final fine-tuning ({cfg.finetune.steps} steps) of {method}, seed {seed}")
-        f = finalists[method]
-        folder = work / "pairs" / method
-        result = ev.evaluate(f["g_ratios"], f["d_ratios"], seed, baseline=None if method == "uniform" else baseline,
-                             save_dir=folder)
-        test = None if result["diverged"] else split.measure(load_saved_generator(folder), seed)
-        results[method] = {"final": result, "test": test, "metric": split.metric}
-        atomic_write_json(work / f"{method}.json", results[method])
-    return results
+def paired(per_seed: dict[int, dict[str, float]], method: str, reference: str) -> dict[str, Any] | None:
+    """Paired per-seed improvement of ``method`` over ``reference`` on the primary metric (positive = better)."""
+    sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
+    diffs = [sign * (v[method] - v[reference]) for v in per_seed.values() if method in v and reference in v]
+    if not diffs:
+        return None
+    lo, hi = bootstrap_ci(diffs)
+    return {"mean": statistics.fmean(diffs), "ci95": [lo, hi], "wins": sum(d > 0 for d in diffs), "n": len(diffs),
+            "diffs": diffs}
+
+
+def plot_curves(budget: float, methods: Sequence[str], seeds: Sequence[int], path: Path) -> Path | None:
+    """Best-so-far search reward against evaluations, mean and min-max band over seeds, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from collabprune.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for method in methods:
+        curves = []
+        for s in seeds:
+            log = LOGS_DIR / f"budget_{budget:g}_{method}_seed{s}.jsonl"
+            if not log.is_file():
+                continue
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            uniform = next((r["reward"] for r in rows if r.get("kind") == "uniform"), None)
+            search = [r["reward"] for r in rows if r.get("kind") == "search" and r.get("reward") is not None]
+            best, run = [], uniform if uniform is not None else -math.inf
+            for v in search:
+                run = max(run, v)
+                best.append(run)
+            if best:
+                curves.append(best)
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        arr = np.array([c[:n] for c in curves])
+        xs = np.arange(1, n + 1)
+        ax.plot(xs, arr.mean(0), label=f"{method} ({len(curves)} seeds)")
+        ax.fill_between(xs, arr.min(0), arr.max(0), alpha=0.15)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("best search reward so far")
+    ax.set_title(f"search progress at {budget:g} of the teacher's G MACs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------- main
-def check_work(work: Path, stamp: dict[str, Any]) -> None:
-    """Refuse to reuse a work folder made with another config (its cached finalists would be stale)."""
-    path = work / "stamp.json"
-    if path.is_file() and json.loads(path.read_text()) != stamp:
-        raise SystemExit(f"{work} holds results of another config or --tp-steps; "
-                         "pass another --work or delete that folder")
-    atomic_write_json(path, stamp)
-
-
-def summarise(runs: list[dict[str, Any]], budgets: list[float], methods: Sequence[str], metric: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Mean/std over seeds per (budget, method) and the winner per budget (lowest mean test metric)."""
-    keys = [metric, "l_kde", "l1", "macs_fraction", "macs", "macs_published", "params", "latency_cpu_ms"]
-    rows, winners = [], {}
-    for budget in budgets:
-        for method in methods:
-            mine = [r for r in runs if r["budget"] == budget and r["method"] == method]
-            tests = [r["test"] or {} for r in mine]
-            row: dict[str, Any] = {"budget": budget, "method": method, "seeds": [r["seed"] for r in mine],
-                                   "diverged": sum(1 for r in mine if r["test"] is None)}
-            for key in keys:
-                row[key] = mean_std([t.get(key) for t in tests])
-            row["final_reward"] = mean_std([r["final"]["reward"] for r in mine])
-            row["search_best_reward"] = mean_std([(r["search"] or {}).get("best_reward") for r in mine])
-            rows.append(row)
-        scored = [r for r in rows if r["budget"] == budget and r[metric][0] is not None]
-        if scored:
-            best = min(scored, key=lambda r: r[metric][0])
-            winners[str(budget)] = {"method": best["method"], "decided_by": f"lowest mean test {metric}",
-                                    "value": best[metric][0]}
-    return rows, winners
-
-
 def main() -> None:
     args = parse_args()
     t_start = time.time()
     extra = [f"search.rounds={args.rounds}"] if args.rounds else []
-    base = load_cfg(args.config, args.overrides, extra)
-    budgets = parse_list(args.budgets) if args.budgets else [base.pruning.budget.generator]
+    budgets = parse_list(args.budgets)
     seeds = parse_list(args.seeds, int)
     methods = parse_list(args.methods, str)
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)} (allowed: {', '.join(METHODS)})")
-    if "uniform" not in methods:
-        methods.insert(0, "uniform")  # the final reward baseline
-    final_steps = args.final_steps or base.finetune.final_steps
+    for needed in ("uniform", "random"):
+        if needed not in methods:
+            methods.insert(0, needed)  # the references of the paired differences
+    final_n = args.final_seeds
     if args.quick:
-        if not args.rounds:
-            extra = ["search.rounds=2"]
-        seeds, budgets, final_steps, args.latency_repeats = seeds[:1], budgets[:1], base.finetune.steps, 2
+        extra = [f"search.rounds={args.rounds or 3}"]
+        seeds, budgets, final_n = seeds[:1], budgets[:1], 1
 
+    base = load_cfg(args.config, args.overrides, extra)
     runs: list[dict[str, Any]] = []
     teacher: dict[str, Any] = {}
     for budget in budgets:
         for seed in seeds:
             sets = [*extra, f"pruning.budget.generator={budget}", f"search.seed={seed}"]
             work = args.work / f"budget_{budget:g}" / f"seed_{seed}"
-            make_cfg = lambda more: load_cfg(args.config, args.overrides, [*sets, *more])  # noqa: E731
-            check_work(work, {"config_digest": make_cfg([]).digest(), "tp_steps": args.tp_steps})
-            finalists = find_finalists(make_cfg, budget, methods, work, args.tp_steps)
-            final_cfg = load_cfg(args.config, args.overrides, [*sets, f"finetune.steps={final_steps}"])
-            results = finalise(final_cfg, finalists, methods, work / f"final_{final_steps}", args.latency_repeats, teacher)
-            for method in methods:
-                f, r = finalists[method], results[method]
-                runs.append({"budget": budget, "seed": seed, "method": method,
-                             "g_ratios": f["g_ratios"], "d_ratios": f["d_ratios"],
-                             "g_channels": r["final"]["g_channels"], "d_channels": r["final"]["d_channels"],
-                             "search": f.get("search"), "info": f.get("info"), "find_s": f.get("find_s"),
-                             "final": {k: r["final"][k] for k in ("reward", "reward_terms", "diverged", "metrics", "times")},
-                             "test": r["test"]})
+            work.mkdir(parents=True, exist_ok=True)
 
-    metric = teacher.get("metric", "fid")
-    rows, winners = summarise(runs, budgets, methods, metric)
-    table = Table(title=f"Quality at equal G budget: test split after {final_steps} final fine-tuning steps "
-                        f"(mean ± std over seeds {seeds}; winner = lowest mean test {metric})")
-    for col in ("budget", "method", f"test {metric}", "L_kde", "L1", "final reward", "G MACs frac", "GMACs",
-                "GMACs (pub.)", "params (M)", "CPU ms", "search best reward"):
+            def make_cfg(more: Sequence[str], sets: list[str] = sets) -> RunConfig:
+                return load_cfg(args.config, args.overrides, [*sets, *more])
+
+            final_seeds = [1000 * seed + i for i in range(final_n)]
+            held = None
+            for method in methods:
+                print(f"[quality] budget {budget:g} seed {seed}: {method}", flush=True)
+                finalist = find_finalist(method, make_cfg, budget, work, args.tp_steps)
+                if held is None:
+                    held = HeldoutEvaluator(make_cfg([]), args.work / f"budget_{budget:g}" / "heldout_cache")
+                    if not teacher:
+                        teacher = held.teacher().to_dict()
+                results = final_results(make_cfg([]), held, method, finalist, final_seeds, work)
+                runs.append({"budget": budget, "seed": seed, "method": method, "final_seeds": final_seeds,
+                             "finalist": finalist, "heldout": results})
+
+    summary: list[dict[str, Any]] = []
+    comparisons: dict[str, Any] = {}
+    for budget in budgets:
+        per_seed: dict[int, dict[str, float]] = {}
+        for r in runs:
+            if r["budget"] != budget:
+                continue
+            vals = [h[PRIMARY_METRIC] for h in r["heldout"] if h.get(PRIMARY_METRIC) is not None]
+            if vals:
+                per_seed.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
+        for method in methods:
+            mine = [r for r in runs if r["budget"] == budget and r["method"] == method]
+            row: dict[str, Any] = {"budget": budget, "method": method, "seeds": [r["seed"] for r in mine]}
+            for metric in (*HELDOUT_METRICS, "g_macs_fraction", "d_macs_fraction", "g_macs", "g_params"):
+                per = [statistics.fmean([h[metric] for h in r["heldout"] if h.get(metric) is not None])
+                       for r in mine if any(h.get(metric) is not None for h in r["heldout"])]
+                row[metric] = [statistics.fmean(per), statistics.stdev(per) if len(per) > 1 else 0.0] if per else [None, None]
+            noise = [statistics.stdev([h[PRIMARY_METRIC] for h in r["heldout"]]) for r in mine
+                     if len(r["heldout"]) > 1 and all(h.get(PRIMARY_METRIC) is not None for h in r["heldout"])]
+            row["final_seed_std"] = statistics.fmean(noise) if noise else None
+            row["vs_uniform"] = paired(per_seed, method, "uniform") if method != "uniform" else None
+            row["vs_random"] = paired(per_seed, method, "random") if method != "random" else None
+            summary.append(row)
+        comparisons[str(budget)] = {"per_seed": per_seed,
+                                    "curves": str(plot_curves(budget, [m for m in methods if m in AGENT_SEARCHES or m in LOCAL_SEARCHES],
+                                                              seeds, RESULTS_DIR / f"quality_curves_{budget:g}.png"))}
+
+    table = Table(title=f"Quality at equal G MACs: test split after {base.finetune.final_steps} final fine-tuning steps "
+                        f"x {final_n} seeds (mean ± std over search seeds {seeds}); paired test-L1 improvement "
+                        "(positive = better) with bootstrap 95% CI and seeds won")
+    for col in ("budget", "method", "test L1", "PSNR", "SSIM", "fd_eval", "G MACs", "D MACs", "vs uniform", "vs random"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    table.add_row("teacher", "-", fmt(teacher.get(metric)), fmt(teacher.get("l_kde")), fmt(teacher.get("l1")), "-", "1",
-                  fmt(teacher.get("macs", 0) / 1e9), fmt(teacher.get("macs_published", 0) / 1e9),
-                  fmt(teacher.get("params", 0) / 1e6), fmt(teacher.get("latency_cpu_ms")), "-")
-    for row in rows:
-        win = winners.get(str(row["budget"]), {}).get("method") == row["method"]
-        g = lambda key, scale=1.0: fmt_pm(*(v / scale if v is not None else None for v in row[key]))  # noqa: E731
-        table.add_row(fmt(row["budget"], 3), ("★ " if win else "") + row["method"] + (f" ({row['diverged']} div.)" if row["diverged"] else ""),
-                      g(metric), g("l_kde"), g("l1"), g("final_reward"), g("macs_fraction"), g("macs", 1e9),
-                      g("macs_published", 1e9), g("params", 1e6), g("latency_cpu_ms"), g("search_best_reward"),
-                      style="bold" if win else None)
+    table.add_row("teacher", "-", fmt(teacher.get("l1")), fmt(teacher.get("psnr")), fmt(teacher.get("ssim")),
+                  fmt(teacher.get("fd_eval")), "1", "1", "-", "-")
+
+    def cmp(c: dict[str, Any] | None) -> str:
+        if not c:
+            return "-"
+        return f"{c['mean']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] {c['wins']}/{c['n']}"
+
+    for row in summary:
+        table.add_row(fmt(row["budget"], 3), row["method"], fmt_pm(*row["l1"]), fmt_pm(*row["psnr"]), fmt_pm(*row["ssim"]),
+                      fmt_pm(*row["fd_eval"]), fmt_pm(*row["g_macs_fraction"]), fmt_pm(*row["d_macs_fraction"]),
+                      cmp(row["vs_uniform"]), cmp(row["vs_random"]))
     print_table(table)
     write_results(args.out, {
-        "benchmark": "quality",
-        "config": args.config,
-        "overrides": args.overrides,
+        "benchmark": "quality", "config": args.config, "overrides": args.overrides,
         "args": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "out")},
-        "budgets": budgets, "seeds": seeds, "methods": methods, "final_steps": final_steps,
-        "fd_metric": metric,
-        "machine": machine_info(),
-        "description": __doc__,
-        "teacher": teacher,
-        "summary": rows,
-        "winners": winners,
-        "runs": runs,
+        "budgets": budgets, "seeds": seeds, "methods": methods, "final_seeds_per_search_seed": final_n,
+        "search_rounds": base.search.rounds, "reeval": {"top_k": base.search.reeval_top_k, "seeds": base.search.reeval_seeds},
+        "final_steps": base.finetune.final_steps, "primary_metric": PRIMARY_METRIC, "machine": machine_info(),
+        "description": __doc__, "teacher": teacher, "summary": summary, "comparisons": comparisons, "runs": runs,
         "wall_s": time.time() - t_start,
     })
     print(f"wrote {args.out}")

@@ -57,7 +57,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     print(
         f"teacher in {cfg.teacher.checkpoint_dir}: {report['epochs_done']}/{report['epochs_total']} epochs, "
         f"{report['seconds']:.0f} s; test L1 {report['test_l1']:.4f} "
-        f"(mean-image baseline {report['mean_image_l1']:.4f})"
+        f"(mean-image baseline {report['mean_image_l1']:.4f}"
+        + (f", the input itself {report['input_l1']:.4f})" if report.get("input_l1") is not None else ")")
     )
     return 0
 
@@ -88,7 +89,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_dir = args.out or cfg.output.run_dir
     summary = run_search(cfg, Path(run_dir), address=args.address, resume=args.resume is not None,
                          progress=not args.no_progress)
-    print(f"search finished: {summary['rounds']} rounds, best reward {summary['best_reward']:.4f}, run dir {run_dir}")
+    reeval = summary.get("best_reeval") or {}
+    where = "uniform" if summary["best_round"] == -1 else f"round {summary['best_round']} slot {summary['best_slot']}"
+    again = f", re-evaluated {reeval['reward']:.4f} (uniform {reeval['uniform_reward']:.4f})" if reeval else ""
+    print(f"search finished: {summary['rounds']} rounds ({summary['evaluations']} evaluations), best: {where}, "
+          f"search reward {summary['best_reward']:.4f}{again}; run dir {run_dir}")
     return 0
 
 
@@ -118,22 +123,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     best = report["best"] or {}
-    console.print(f"{report['run_dir']}: {report['rounds']} rounds, best round {best.get('round')} "
-                  f"reward {best.get('reward')}")
+    reeval = best.get("reeval") or {}
+    again = f", re-evaluated {reeval['reward']:.4f} with fresh seeds" if reeval else ""
+    console.print(f"{report['run_dir']}: {report['rounds']} evaluations, best round {best.get('round')} "
+                  f"slot {best.get('slot', 0)}: search reward {best.get('reward')}{again}")
     for agent in report["agents"]:
         if agent["checkpoint_round"] is None:
             console.print(f"{agent['role']}: no checkpoint yet")
             continue
         table = Table(title=f"{agent['role']} agent ({agent['algo']}, checkpoint after round "
-                            f"{agent['checkpoint_round']}), peer block of the best pair")
-        for col in ("#", "group", "channels", "policy ratio", "spread", agent["value_kind"], "best ratio",
-                    "best channels"):
+                            f"{agent['checkpoint_round']}), peer block of the best pair; deterministic "
+                            f"proposal uses {agent['executed_macs_fraction']:.3f} of the teacher's MACs")
+        for col in ("#", "group", "channels", "action", "asks", "keeps (channels)", "spread",
+                    agent["value_kind"], "best ratio", "best channels"):
             table.add_column(col, justify="left" if col == "group" else "right")
         for g in agent["groups"]:
             best_ratio = "-" if g["best_ratio"] is None else f"{g['best_ratio']:.3f}"
-            table.add_row(str(g["index"]), g["name"], str(g["channels"]),
-                          f"{g['policy_ratio']:.3f} ({g['policy_channels']})", f"{g['spread']:.3f}",
-                          f"{g['value']:.3f}", best_ratio, str(g["best_channels"]))
+            table.add_row(str(g["index"]), g["name"], str(g["channels"]), f"{g['action']:+.2f}",
+                          f"{g['requested_ratio']:.3f}", f"{g['policy_ratio']:.3f} ({g['policy_channels']})",
+                          f"{g['spread']:.3f}", f"{g['value']:.3f}", best_ratio, str(g["best_channels"]))
         console.print(table)
     console.print("plots: " + ", ".join(report["plots"]))
     return 0
@@ -198,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("demo", parents=[common], help="build a paired demo dataset from photographs that ship with "
                         "scikit-image (and scikit-learn)")
     d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--task", choices=["colourise", "restore", "edges"], default="colourise")
+    d.add_argument("--task", choices=["restore", "colourise", "edges"], default="restore")
     d.add_argument("--size", type=int, default=128)
     d.add_argument("--crops-per-image", type=int, default=24)
     d.add_argument("--seed", type=int, default=0)

@@ -4,12 +4,15 @@
 channels kept per group, MACs in both conventions, params and the MACs fraction of the teacher;
 plus every metric and the reward of the best pair, the teacher checkpoints' SHA-256, the package
 versions, the measured CPU latency of teacher and pruned G, and a schema version.
-``OUT/generator.pt`` / ``OUT/discriminator.pt`` are the fine-tuned state dicts that were scored;
-:func:`collabprune.models.load_subnet` rebuilds them in plain PyTorch.
+``OUT/generator.pt`` / ``OUT/discriminator.pt`` are the fine-tuned state dicts: after the held-out
+summary (:func:`collabprune.summary.summarise_run`) the best pair's final fine-tuning
+(``finetune.final_steps``, first final seed, ``RUN_DIR/final``) with its held-out metrics, else the
+weights the search scored; :func:`collabprune.models.load_subnet` rebuilds them in plain PyTorch.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from collabprune.pruning.spec import SubnetSpec
 from collabprune.runs import RunDir, candidate_dir, package_versions, resume_config
 from collabprune.teacher import D_FILE, G_FILE, load_teacher
 
-EXPORT_SCHEMA_VERSION = 1
+EXPORT_SCHEMA_VERSION = 2
 
 
 def _network_entry(spec: SubnetSpec, net: torch.nn.Module, shape: tuple[int, ...], teacher_macs: int) -> dict[str, Any]:
@@ -58,10 +61,24 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
     best = run.read_best()
     if best is None:
         raise RunDirError(f"{run_dir}: no best pair yet (no search round has finished)")
-    folder = candidate_dir(run_dir, best["round"])
-    if not all((folder / f).is_file() for f in [*NETWORK_FILES.values(), *SPEC_FILES.values()]):
+    from collabprune.summary import FINAL_DIR, HELDOUT_DIR
+
+    files = [*NETWORK_FILES.values(), *SPEC_FILES.values()]
+    final, summary_path = run_dir / FINAL_DIR, run_dir / HELDOUT_DIR / "summary.json"
+    heldout = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if heldout is not None and (heldout.get("best_round"), heldout.get("best_slot", 0)) != (best["round"], best.get("slot", 0)):
+        heldout = None  # a summary of an earlier best
+    if heldout is not None and all((final / f).is_file() for f in files):
+        folder, weights = final, f"final fine-tuning ({cfg.finetune.final_steps} steps, seed {cfg.finetune.seed})"
+    else:
+        folder, weights = candidate_dir(run_dir, best["round"], best.get("slot", 0)), \
+            f"search fine-tuning ({cfg.finetune.steps} steps)"
+    if not all((folder / f).is_file() for f in files):
         raise RunDirError(f"{folder}: the weights of the best pair (round {best['round']}) are missing")
     info = _describe(cfg, folder, best)
+    info["weights"] = weights
+    if heldout is not None:
+        info["heldout"] = {k: heldout[k] for k in ("teacher", "uniform", "best", "verdict")}
     out.mkdir(parents=True, exist_ok=True)
     for weights in NETWORK_FILES.values():
         with atomic_path(out / weights) as tmp:
@@ -79,9 +96,9 @@ def _describe(cfg: RunConfig, folder: Path, best: dict[str, Any]) -> dict[str, A
     """The ``subnet.json`` content for the candidate saved in ``folder``."""
     specs = {role: SubnetSpec.from_json((folder / spec).read_text()) for role, spec in SPEC_FILES.items()}
     teacher_g, teacher_d = load_teacher(cfg, inplace=False)
-    size = cfg.data.crop_size
-    shapes = {"generator": (1, cfg.data.input_nc, size, size),
-              "discriminator": (1, cfg.data.input_nc + cfg.data.output_nc, size, size)}
+    from collabprune.pruning.roles import roles
+
+    shapes = {r.name: r.input_shape for r in roles(cfg)}
     nets = {}
     for role, weights in NETWORK_FILES.items():
         net = build_from_spec(specs[role])
@@ -98,8 +115,10 @@ def _describe(cfg: RunConfig, folder: Path, best: dict[str, Any]) -> dict[str, A
     return {
         "schema_version": EXPORT_SCHEMA_VERSION,
         "round": best["round"],
+        "slot": best.get("slot", 0),
         "kind": best.get("kind"),
         "reward": best.get("reward"),
+        "reeval": best.get("reeval"),
         "reward_terms": best.get("reward_terms"),
         "metrics": best["metrics"],
         "generator": _network_entry(specs["generator"], nets["generator"], shapes["generator"],

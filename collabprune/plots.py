@@ -20,9 +20,10 @@ def _finite(x: Any) -> float:
 
 def plot_search(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],
                 uniform: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``reward.png`` (reward per round and best so far) and ``macs.png`` (G and D MACs fraction).
+    """Write ``reward.png`` (every candidate's reward by round, the round mean, the best so far) and
+    ``macs.png`` (G and D MACs fraction of every candidate).
 
-    :param records: search-round records of the evaluation log, in round order.
+    :param records: search records of the evaluation log, in (round, slot) order.
     :param out_dir: folder for the PNG files (created).
     :param uniform: the uniform candidate's record, drawn as a reference line when given.
     :returns: the written files.
@@ -35,19 +36,24 @@ def plot_search(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[st
     out = Path(out_dir)
     rounds = [r["round"] for r in records]
     rewards = [_finite(r.get("reward")) for r in records]
+    by_round: dict[int, list[float]] = {}
+    for k, v in zip(rounds, rewards):
+        if math.isfinite(v):
+            by_round.setdefault(k, []).append(v)
+    order = sorted(by_round)
     best, run = [], -math.inf
     start = _finite(uniform.get("reward")) if uniform else math.nan
     if math.isfinite(start):
         run = start
-    for v in rewards:
-        if math.isfinite(v):
-            run = max(run, v)
-        best.append(run if math.isfinite(run) else math.nan)
+    for k in order:
+        run = max(run, max(by_round[k]))
+        best.append(run)
 
     written: list[Path] = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(rounds, rewards, "o-", ms=3, lw=1, label="reward of the round")
-    ax.plot(rounds, best, "-", lw=2, label="best so far")
+    ax.plot(rounds, rewards, "o", ms=3, alpha=0.5, label="candidate")
+    ax.plot(order, [sum(by_round[k]) / len(by_round[k]) for k in order], "-", lw=1, label="round mean")
+    ax.plot(order, best, "-", lw=2, label="best so far (search reward)")
     if math.isfinite(start):
         ax.axhline(start, color="gray", ls="--", lw=1, label="uniform")
     ax.set_xlabel("round")
@@ -60,7 +66,7 @@ def plot_search(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[st
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in (("g_macs_fraction", "G"), ("d_macs_fraction", "D")):
         ys = [_finite(r.get("metrics", {}).get(key)) for r in records]
-        ax.plot(rounds, ys, "o-", ms=3, lw=1, label=f"{label} MACs / teacher")
+        ax.plot(rounds, ys, "o", ms=3, label=f"{label} MACs / teacher")
     ax.set_xlabel("round")
     ax.set_ylabel("MACs fraction")
     ax.set_ylim(bottom=0)
@@ -93,7 +99,7 @@ def plot_ratio_heatmap(records: Sequence[dict[str, Any]], role: str, group_names
     import matplotlib.pyplot as plt
     import numpy as np
 
-    key = f"{role[0]}_ratios"
+    key = f"{role[0]}_ratios"  # g_ratios / d_ratios; one column per evaluated candidate
     grid = np.full((len(group_names), max(1, len(records))), np.nan)
     for j, record in enumerate(records):
         ratios = record.get(key) or []
@@ -103,9 +109,48 @@ def plot_ratio_heatmap(records: Sequence[dict[str, Any]], role: str, group_names
                       extent=(-0.5, grid.shape[1] - 0.5, len(group_names) - 0.5, -0.5))
     ax.set_yticks(range(len(group_names)))
     ax.set_yticklabels([f"{i}: {n if len(n) <= 28 else '...' + n[-25:]}" for i, n in enumerate(group_names)], fontsize=7)
-    ax.set_xlabel("round")
+    ax.set_xlabel("evaluation (round x slot)")
     ax.set_title(f"{role} keep ratio per prunable group")
     fig.colorbar(image, ax=ax, label="keep ratio")
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out
+
+
+def plot_sample_grid(columns: Sequence[tuple[str, Any]], path: str | os.PathLike[str], rows: int = 6) -> Path:
+    """Write a grid of images: one column per named image set, one row per test image.
+
+    :param columns: ``(title, images)`` pairs; ``images`` is a tensor (N, C, H, W) in [-1, 1] (C = 1
+        or 3), the same N images in the same order in every column (e.g. input, teacher, uniform,
+        best found, ground truth).
+    :param path: the PNG file (written atomically).
+    :param rows: images shown (spread evenly over N).
+    :returns: ``path``.
+    :raises ValueError: no columns, or columns of different lengths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    if not columns:
+        raise ValueError("plot_sample_grid: no columns")
+    n = len(columns[0][1])
+    if any(len(images) != n for _, images in columns):
+        raise ValueError("plot_sample_grid: every column needs the same images")
+    rows = min(rows, n)
+    picks = [i * n // rows for i in range(rows)]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows), squeeze=False)
+    for j, (title, images) in enumerate(columns):
+        for i, k in enumerate(picks):
+            img = ((images[k].detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+            ax = axes[i][j]
+            ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=9)
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)

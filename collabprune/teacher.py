@@ -132,23 +132,28 @@ def load_teacher(cfg: RunConfig, inplace: bool = False) -> tuple[nn.Module, nn.M
 
 @torch.no_grad()
 def test_l1_report(net_g: nn.Module, cfg: RunConfig, device: torch.device) -> dict[str, float]:
-    """Test-split L1 of the generator to the ground truth vs the mean-training-image baseline.
+    """Test-split L1 of the generator to the ground truth vs two trivial baselines.
 
     :returns: ``test_l1`` (mean absolute error in [-1, 1] units), ``mean_image_l1`` (the same for
-        predicting the training set's mean target image), ``test_images``.
+        predicting the training set's mean target image), ``input_l1`` (for passing the input through
+        unchanged, when input and target have the same channels; else ``None``), ``test_images``.
     """
     train = make_dataset(cfg.data, "train", train=False)
     test = make_dataset(cfg.data, "test", train=False)
     mean_b = torch.stack([train[i]["B"] for i in range(len(train))]).mean(0)
     was_training = net_g.training
     net_g.eval()
-    l1, base = 0.0, 0.0
+    l1, base, passthrough = 0.0, 0.0, 0.0
+    same_space = cfg.data.input_nc == cfg.data.output_nc
     for item in DataLoader(test, batch_size=8):
         fake = net_g(item["A"].to(device)).cpu()
         l1 += (fake - item["B"]).abs().mean(dim=(1, 2, 3)).sum().item()
         base += (mean_b - item["B"]).abs().mean(dim=(1, 2, 3)).sum().item()
+        if same_space:
+            passthrough += (item["A"] - item["B"]).abs().mean(dim=(1, 2, 3)).sum().item()
     net_g.train(was_training)
-    return {"test_l1": l1 / len(test), "mean_image_l1": base / len(test), "test_images": len(test)}
+    return {"test_l1": l1 / len(test), "mean_image_l1": base / len(test),
+            "input_l1": passthrough / len(test) if same_space else None, "test_images": len(test)}
 
 
 @torch.no_grad()

@@ -204,15 +204,15 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_demo_dataset_build(tmp_path: Path) -> None:
     out1, out2 = tmp_path / "one" / "demo", tmp_path / "two" / "demo"
-    counts = build_demo_dataset(out1, size=64, crops_per_image=4, seed=3)
+    counts = build_demo_dataset(out1, size=64, crops_per_image=4, seed=3, task="colourise")
     n_photos = len([p for p in source_paths() if p.is_file()])
     assert n_photos == 10  # 8 scikit-image photographs + scikit-learn's china and flower
     assert counts == {"train": 4 * n_photos, "val": 2 * n_photos, "test": 2 * n_photos}  # val/test: half each
-    assert build_demo_dataset(out2, size=64, crops_per_image=4, seed=3) == counts
+    assert build_demo_dataset(out2, size=64, crops_per_image=4, seed=3, task="colourise") == counts
     assert _files(out1) == _files(out2)  # deterministic: same bytes
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["demo"]  # no temp folder left
-    assert demo_is_built(out1, 64, 4, 3) and not demo_is_built(out1, 64, 3, 3)
-    assert not demo_is_built(out1, 64, 4, 3, task="restore")
+    assert demo_is_built(out1, 64, 4, 3, "colourise") and not demo_is_built(out1, 64, 3, 3, "colourise")
+    assert not demo_is_built(out1, 64, 4, 3)  # the default task is restore
 
     meta = json.loads((out1 / META_NAME).read_text())
     boxes = meta["boxes"]  # [photo, x0, y0, x1, y1] of every crop, pixels of its source photo
@@ -242,13 +242,13 @@ def test_demo_dataset_build(tmp_path: Path) -> None:
 
     # reuse without rebuilding; rebuild with other parameters replaces it
     mtime = (out1 / META_NAME).stat().st_mtime_ns
-    assert build_demo_dataset(out1, size=64, crops_per_image=4, seed=3) == counts
+    assert build_demo_dataset(out1, size=64, crops_per_image=4, seed=3, task="colourise") == counts
     assert (out1 / META_NAME).stat().st_mtime_ns == mtime
-    assert build_demo_dataset(out1, size=64, crops_per_image=8, seed=3)["val"] == 4 * n_photos
+    assert build_demo_dataset(out1, size=64, crops_per_image=8, seed=3, task="colourise")["val"] == 4 * n_photos
     assert len(list((out1 / "val").glob("*.png"))) == 4 * n_photos
 
 
-@pytest.mark.parametrize("task", ["restore", "edges"])
+@pytest.mark.parametrize("task", ["restore", "edges"])  # colourise: test_demo_dataset_build
 def test_demo_other_tasks(tmp_path: Path, task: str) -> None:
     counts = build_demo_dataset(tmp_path / task, size=64, crops_per_image=1, seed=0, task=task)
     cfg = DataConfig(root=tmp_path / task, load_size=64, crop_size=64)

@@ -5,8 +5,9 @@ scikit-image, plus scikit-learn's two sample images when scikit-learn is install
 ever downloaded) gives random square crops, resized to ``size``. For each crop B is the photo crop and
 A is made from it by the task (:data:`TASKS`):
 
-- ``colourise`` (the default): A is the crop's luminance (ITU-R 601 grey, 3 equal channels);
-- ``restore``: A is the crop blurred (Gaussian, sigma 2 px at 128 px) plus Gaussian noise (sd 12/255);
+- ``restore`` (the default): A is the crop blurred (Gaussian, sigma 1.5 px at 128 px) plus Gaussian
+  noise (sd 20/255), B the clean crop;
+- ``colourise``: A is the crop's luminance (ITU-R 601 grey, 3 equal channels);
 - ``edges``: A is the crop's Canny edge map (black edges on white).
 
 The pair is written as one aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset`
@@ -30,6 +31,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -52,11 +54,11 @@ SOURCES: tuple[str, ...] = (
 #: scikit-learn's sample photographs (``sklearn/datasets/images``), used when scikit-learn is installed.
 SKLEARN_SOURCES: tuple[str, ...] = ("china.jpg", "flower.jpg")
 
-#: The paired tasks the builder knows; ``colourise`` is the demo's.
-TASKS: tuple[str, ...] = ("colourise", "restore", "edges")
+#: The paired tasks the builder knows; ``restore`` is the demo's.
+TASKS: tuple[str, ...] = ("restore", "colourise", "edges")
 #: ``restore``: Gaussian blur sigma (pixels at a 128-pixel crop) and noise sd (in [0, 1] units).
-RESTORE_BLUR_SIGMA = 2.0
-RESTORE_NOISE_SD = 12.0 / 255.0
+RESTORE_BLUR_SIGMA = 1.5
+RESTORE_NOISE_SD = 20.0 / 255.0
 
 #: The photograph is cut into a GRID x GRID grid of blocks; the blocks (row, column) of each split.
 GRID = 3
@@ -190,9 +192,12 @@ def _crops(photo: Image.Image, name: str, split: str, n: int, size: int, seed: i
     return out
 
 
-def _params(size: int, crops_per_image: int, seed: int, task: str) -> dict[str, int | str]:
-    return {"format": _FORMAT, "size": int(size), "crops_per_image": int(crops_per_image), "seed": int(seed),
-            "task": task}
+def _params(size: int, crops_per_image: int, seed: int, task: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"format": _FORMAT, "size": int(size), "crops_per_image": int(crops_per_image),
+                              "seed": int(seed), "task": task}
+    if task == "restore":
+        params["restore"] = {"blur_sigma": RESTORE_BLUR_SIGMA, "noise_sd": RESTORE_NOISE_SD}
+    return params
 
 
 def _read_meta(out: Path) -> dict | None:
@@ -203,7 +208,7 @@ def _read_meta(out: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "colourise") -> bool:
+def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "restore") -> bool:
     """Whether ``out`` holds a complete demo dataset built with these parameters.
 
     :param out: the dataset root.
@@ -266,7 +271,7 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> 
 
 
 def build_demo_dataset(
-    out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "colourise"
+    out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "restore"
 ) -> dict[str, int]:
     """Build the demo dataset of ``task`` under ``out/{train,val,test}`` (or reuse a built one).
 

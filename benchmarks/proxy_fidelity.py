@@ -1,0 +1,268 @@
+"""Reward fidelity (DESIGN.md §4.2): does the in-search reward rank candidates like the held-out result?
+
+A fixed panel of generator candidates at one budget (D at the uniform D candidate) is scored twice:
+
+- by the in-search reward (``CandidateEvaluator``: prune, adaptive BN, ``finetune.steps`` of
+  fine-tuning, reward-split metrics against the seed-averaged uniform baseline), once per search seed
+  (``--seeds``, default 0,1: each seed is a search's common seed with its own uniform baseline);
+- by the held-out protocol of §4.1 (``HeldoutEvaluator``: ``finetune.final_steps`` of fine-tuning,
+  test-split metrics), once per final seed (``--final-seeds``, default 0,1).
+
+Panel (``panel()``, all projected onto the budget with ``ChannelSpace.project``): the uniform
+candidate; 4 small perturbations of it (log2 multipliers ~ N(0, 0.25^2)); outer-heavy and
+inner-heavy allocations (keep ratio ∝ (max channels / channels)^±p, p = 0.5 and 1); "inner cut" (the
+widest groups at 0.35 of the uniform ratio); encoder-heavy and decoder-heavy (x1.5 on one half);
+6 random ones (log2 multipliers uniform in [-1.5, 1.5]): 18 candidates.
+
+It prints, per budget: Spearman(proxy, held-out primary metric) for the seed-0 proxy and for the
+proxy averaged over seeds, the proxy's test-retest Spearman (seed 0 vs seed 1), the winner's drop
+(the proxy's best candidate under one seed, re-scored under the other), the held-out noise floor
+(mean std over final seeds) and which candidates beat uniform on the held-out metric by more than
+twice the pooled standard error. Targets: Spearman >= 0.7, test-retest >= 0.8. The held-out results
+are cached under ``--work`` (they do not depend on the reward settings), so a reward lever is
+re-measured at the cost of the proxy alone.
+
+    python -m benchmarks.proxy_fidelity [CONFIG] [--set k=v] [--budgets 0.25,0.1] [--seeds 0,1]
+                                        [--final-seeds 0,1] [--tag NAME]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/proxy_fidelity.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks._shared import script_mode_path_fix
+
+    script_mode_path_fix()
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np
+from rich.table import Table
+from scipy.stats import spearmanr
+
+from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
+from collabprune.config import RunConfig
+from collabprune.evaluation import CandidateEvaluator
+from collabprune.heldout import PRIMARY_METRIC, HeldoutEvaluator, higher_is_better
+from collabprune.io import atomic_write_json
+from collabprune.pruning.space import ChannelSpace
+
+#: Config sections/fields that change the in-search proxy but not the held-out protocol.
+PROXY_ONLY = {"search": None, "agents": None, "output": None,
+              "finetune": ("steps",), "reward": ("w_fid", "w_kde", "w_bal", "c_max", "penalty", "uniform_seeds",
+                                                 "balance_window", "fid")}
+
+
+def parse_args() -> Any:
+    parser = base_parser("proxy_fidelity", __doc__.split("\n")[0])
+    parser.add_argument("--budgets", default=None, help="generator MACs budgets (default: the config's)")
+    parser.add_argument("--seeds", default="0,1", help="search seeds of the in-search reward (default 0,1)")
+    parser.add_argument("--final-seeds", default="0,1", help="final fine-tuning seeds of the held-out protocol")
+    parser.add_argument("--tag", default="", help="name of this proxy setting in the JSON (e.g. the lever tried)")
+    parser.add_argument("--work", type=Path, default=RESULTS_DIR / "proxy_fidelity_work", help="cache folder")
+    return parser.parse_args()
+
+
+def panel(space: ChannelSpace, budget: float, seed: int = 0) -> dict[str, list[float]]:
+    """The fixed panel of generator candidates at ``budget`` (see the module docstring).
+
+    :param space: the generator's channel space.
+    :param budget: MACs budget, fraction of the teacher's.
+    :param seed: seed of the perturbed and random members.
+    :returns: name -> projected keep ratios (insertion order = panel order; ``uniform`` first).
+    """
+    rng = np.random.default_rng([seed, 917])
+    u = space.uniform_ratio(budget)
+    ch = np.array([g.channels for g in space.groups], dtype=float)
+    n = space.num_groups
+    raw: dict[str, np.ndarray] = {"uniform": np.full(n, u)}
+    for i in range(4):
+        raw[f"perturbed_{i}"] = u * 2.0 ** rng.normal(0.0, 0.25, n)
+    for p in (0.5, 1.0):
+        raw[f"outer_heavy_{p:g}"] = u * (ch.max() / ch) ** p
+        raw[f"inner_heavy_{p:g}"] = u * (ch / ch.max()) ** p
+    cut = np.full(n, u)
+    cut[ch == ch.max()] = 0.35 * u
+    raw["inner_cut"] = cut
+    half = n // 2
+    enc, dec = np.full(n, u), np.full(n, u)
+    enc[:half] *= 1.5
+    dec[n - half:] *= 1.5
+    raw["encoder_heavy"], raw["decoder_heavy"] = enc, dec
+    for i in range(6):
+        raw[f"random_{i}"] = u * 2.0 ** rng.uniform(-1.5, 1.5, n)
+    return {name: space.project(list(np.maximum(r, 1e-6)), budget) for name, r in raw.items()}
+
+
+def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int) -> str:
+    """Cache key of one held-out evaluation: the config minus proxy-only fields, the ratios, the seed."""
+    data = cfg.to_dict()
+    for section, names in PROXY_ONLY.items():
+        if names is None:
+            data.pop(section, None)
+        else:
+            for name in names:
+                data.get(section, {}).pop(name, None)
+    blob = json.dumps({"cfg": data, "g": [round(x, 6) for x in g], "d": [round(x, 6) for x in d], "seed": seed},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return None
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return float(rho) if math.isfinite(rho) else None
+
+
+def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: list[int]) -> dict[str, Any]:
+    """Score the panel at one budget by the proxy (per seed) and the held-out protocol (per final seed)."""
+    cfg = load_cfg(base_args.config, base_args.overrides, [f"pruning.budget.generator={budget}"])
+    work = base_args.work / f"budget_{budget:g}"
+    heldout_dir = work / "heldout"
+    heldout_dir.mkdir(parents=True, exist_ok=True)
+    cand = CandidateEvaluator(cfg, work / "evaluator")
+    names_ratios = panel(cand.g_space, budget)
+    _, ud = cand.uniform_ratios()
+    held = HeldoutEvaluator(cfg, work, candidates=cand)
+    teacher = held.teacher().to_dict()
+
+    heldout: dict[str, list[dict[str, Any]]] = {}
+    for name, g in names_ratios.items():
+        heldout[name] = []
+        for s in final_seeds:
+            path = heldout_dir / f"{heldout_key(cfg, g, ud, s)}.json"
+            if path.is_file():
+                result = json.loads(path.read_text())
+            else:
+                t0 = time.time()
+                result = held.evaluate(g, ud, s).to_dict()
+                atomic_write_json(path, result)
+                print(f"  [heldout] {budget:g} {name} seed {s}: {PRIMARY_METRIC} {result[PRIMARY_METRIC]} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+            heldout[name].append(result)
+
+    proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in names_ratios}
+    uniform_times = []
+    for s in seeds:
+        t0 = time.time()
+        base = cand.evaluate_uniform(s)
+        uniform_times.append(time.time() - t0)
+        for name, g in names_ratios.items():
+            t0 = time.time()
+            r = base if name == "uniform" else cand.evaluate(g, ud, s, baseline=base["metrics"])
+            proxy[name].append({"seed": s, "reward": r["reward"], "terms": r["reward_terms"], "metrics": r["metrics"],
+                                "seconds": time.time() - t0 if name != "uniform" else uniform_times[-1]})
+        print(f"  [proxy] {budget:g} seed {s} done", flush=True)
+
+    names = list(names_ratios)
+    sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
+
+    def held_mean(name: str, metric: str = PRIMARY_METRIC) -> float | None:
+        vals = [r[metric] for r in heldout[name] if r.get(metric) is not None]
+        return statistics.fmean(vals) if vals else None
+
+    def held_std(name: str) -> float:
+        vals = [r[PRIMARY_METRIC] for r in heldout[name] if r.get(PRIMARY_METRIC) is not None]
+        return statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    goodness = [None if held_mean(n) is None else sign * held_mean(n) for n in names]  # higher = better
+    per_seed = [[p["reward"] for p in proxy[n]] for n in names]
+    proxy0 = [v[0] for v in per_seed]
+    proxy_mean = [statistics.fmean(v) for v in per_seed]
+    retest = _spearman([v[0] for v in per_seed], [v[1] for v in per_seed]) if len(seeds) > 1 else None
+    drops = []
+    for a in range(len(seeds)):
+        for b in range(len(seeds)):
+            if a != b:
+                best = max(range(len(names)), key=lambda i: per_seed[i][a])
+                drops.append(per_seed[best][a] - per_seed[best][b])
+    rewards = [r for v in per_seed for r in v]
+    noise = statistics.fmean([held_std(n) for n in names]) if len(final_seeds) > 1 else None
+    u_mean = held_mean("uniform")
+    beats = []
+    for n in names:
+        m = held_mean(n)
+        if n == "uniform" or m is None or u_mean is None or noise is None:
+            continue
+        se = math.sqrt(2.0 * noise ** 2 / len(final_seeds)) if noise else 0.0
+        diff = sign * (m - u_mean)
+        if diff > 2 * se:
+            beats.append({"name": n, "improvement": diff, "se": se})
+    rows = []
+    for i, n in enumerate(names):
+        rows.append({"name": n, "g_ratios": names_ratios[n],
+                     "g_macs_fraction": heldout[n][0]["g_macs_fraction"],
+                     "heldout": {m: held_mean(n, m) for m in ("l1", "psnr", "ssim", "fd_eval", "fid")},
+                     "heldout_std": held_std(n), "proxy": per_seed[i],
+                     "proxy_terms": [p["terms"] for p in proxy[n]],
+                     "proxy_metrics": [p["metrics"] for p in proxy[n]],
+                     "proxy_seconds": [p["seconds"] for p in proxy[n]]})
+    return {
+        "budget": budget, "teacher": teacher, "rows": rows,
+        "spearman_seed0": _spearman(proxy0, goodness),
+        "spearman_mean": _spearman(proxy_mean, goodness),
+        "test_retest": retest,
+        "winner_drop": statistics.fmean(drops) if drops else None,
+        "proxy_spread": statistics.pstdev(rewards) if len(rewards) > 1 else None,
+        "heldout_noise_std": noise,
+        "beat_uniform": beats,
+        "proxy_seconds_per_candidate": statistics.fmean([s for r in rows for s in r["proxy_seconds"]]),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.time()
+    base = load_cfg(args.config, args.overrides)
+    budgets = parse_list(args.budgets) if args.budgets else [base.pruning.budget.generator]
+    seeds = parse_list(args.seeds, int)
+    final_seeds = parse_list(args.final_seeds, int)
+    results = [run_budget(args, b, seeds, final_seeds) for b in budgets]
+
+    summary = Table(title=f"Reward fidelity (proxy: finetune.steps={base.finetune.steps}; held-out: "
+                          f"final_steps={base.finetune.final_steps}, test {PRIMARY_METRIC}) {args.tag}")
+    for col in ("budget", "Spearman seed 0 (>= 0.7)", "Spearman mean", "test-retest (>= 0.8)", "winner drop",
+                "proxy spread", f"held-out noise (std {PRIMARY_METRIC})", "beat uniform", "s / candidate"):
+        summary.add_column(col, justify="right")
+    for r in results:
+        summary.add_row(fmt(r["budget"], 3), fmt(r["spearman_seed0"], 3), fmt(r["spearman_mean"], 3),
+                        fmt(r["test_retest"], 3), fmt(r["winner_drop"], 3), fmt(r["proxy_spread"], 3),
+                        fmt(r["heldout_noise_std"], 3), ", ".join(b["name"] for b in r["beat_uniform"]) or "none",
+                        fmt(r["proxy_seconds_per_candidate"], 3))
+    print_table(summary)
+    for r in results:
+        t = r["teacher"]
+        table = Table(title=f"Panel at {r['budget']:g} of G MACs (teacher: L1 {fmt(t['l1'])}, PSNR {fmt(t['psnr'])}, "
+                            f"SSIM {fmt(t['ssim'])}, fd_eval {fmt(t['fd_eval'])})")
+        for col in ("candidate", "G MACs frac", "test L1", "± (seeds)", "PSNR", "SSIM", "fd_eval", "proxy per seed"):
+            table.add_column(col, justify="left" if col == "candidate" else "right")
+        for row in sorted(r["rows"], key=lambda x: x["heldout"][PRIMARY_METRIC] or 0.0):
+            h = row["heldout"]
+            table.add_row(row["name"], fmt(row["g_macs_fraction"], 4), fmt(h["l1"]), fmt(row["heldout_std"], 2),
+                          fmt(h["psnr"]), fmt(h["ssim"]), fmt(h["fd_eval"]), " ".join(fmt(p, 4) for p in row["proxy"]))
+        print_table(table)
+    out = args.out
+    if args.tag:
+        out = out.with_name(f"{out.stem}_{args.tag}{out.suffix}")
+    write_results(out, {"benchmark": "proxy_fidelity", "tag": args.tag, "config": args.config,
+                        "overrides": args.overrides, "seeds": seeds, "final_seeds": final_seeds,
+                        "finetune_steps": base.finetune.steps, "final_steps": base.finetune.final_steps,
+                        "primary_metric": PRIMARY_METRIC, "machine": machine_info(), "description": __doc__,
+                        "results": results, "wall_s": time.time() - t0})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The held-out summary of a finished run: teacher, uniform and best found (DESIGN.md §4.1, §6).
+
+The uniform candidate and the run's best pair (``best.json``, after the top-k re-evaluation) each get
+the final fine-tuning (``finetune.final_steps``) under ``finetune.final_seeds`` seeds and are measured
+on the test split (:class:`~collabprune.heldout.HeldoutEvaluator`); the teacher is measured as it
+is. Per seed, the best pair is compared with the uniform candidate fine-tuned under the same seed
+(a paired difference); the spread of those differences is the noise floor the summary states. The
+results are cached in ``RUN_DIR/heldout/`` (one JSON per candidate and seed), and the fine-tuned best
+pair of the first seed is saved in ``RUN_DIR/final/`` (what ``export`` ships). A PNG shows input,
+teacher, uniform, best found and ground truth for a few test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from collabprune.config import RunConfig
+from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, HeldoutResult, higher_is_better
+from collabprune.io import atomic_write_json
+from collabprune.runs import UNIFORM_ROUND, RunDir
+
+HELDOUT_DIR = "heldout"
+FINAL_DIR = "final"
+FINAL_UNIFORM_DIR = "final_uniform"
+SAMPLES_FILE = "samples.png"
+
+
+@dataclass
+class Verdict:
+    """Best found against uniform on the primary held-out metric.
+
+    :param metric: the metric (:data:`~collabprune.heldout.PRIMARY_METRIC`).
+    :param improvement: mean over seeds of the paired improvement (positive = best found is better),
+        in the metric's units.
+    :param noise: standard deviation of the paired per-seed differences (0 with one seed).
+    :param seeds: the final fine-tuning seeds.
+    :param best_is_uniform: the search found nothing better than uniform (its best is uniform itself).
+    """
+
+    metric: str
+    improvement: float
+    noise: float
+    seeds: list[int]
+    best_is_uniform: bool
+
+    @property
+    def beats_uniform(self) -> bool:
+        """Better than uniform by more than twice the standard error of the paired difference."""
+        if self.best_is_uniform:
+            return False
+        se = self.noise / math.sqrt(len(self.seeds)) if len(self.seeds) > 1 else 0.0
+        return self.improvement > 2 * se and self.improvement > 0
+
+    def sentence(self) -> str:
+        """One line a person can judge."""
+        if self.best_is_uniform:
+            return ("The search found nothing better than the uniform candidate: after the top-k re-evaluation "
+                    "with fresh seeds, uniform kept the best reward. Shown: uniform twice.")
+        times = self.improvement / self.noise if self.noise > 0 else math.inf
+        better = "better" if self.improvement > 0 else "worse"
+        core = (f"best found is {abs(self.improvement):.4f} test {self.metric} {better} than uniform (mean of paired "
+                f"differences over final seeds {self.seeds}; their std {self.noise:.4f}, so {times:.1f}x the noise)")
+        return core + (": it beats uniform." if self.beats_uniform else ": within the noise, no difference.")
+
+
+@dataclass
+class RunSummary:
+    """The held-out numbers of a run.
+
+    :param teacher: the teacher's held-out metrics.
+    :param uniform: the uniform candidate's, one per final seed.
+    :param best: the best pair's, one per final seed (the uniform's when the best is uniform).
+    :param best_record: ``best.json``.
+    :param verdict: best found against uniform.
+    :param samples: the sample grid PNG.
+    """
+
+    teacher: HeldoutResult
+    uniform: list[HeldoutResult]
+    best: list[HeldoutResult]
+    best_record: dict[str, Any]
+    verdict: Verdict
+    samples: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def mean(self, rows: list[HeldoutResult], metric: str) -> float | None:
+        vals = [r.metric(metric) for r in rows if r.metric(metric) is not None]
+        return statistics.fmean(vals) if vals else None  # type: ignore[arg-type]
+
+    def std(self, rows: list[HeldoutResult], metric: str) -> float | None:
+        vals = [r.metric(metric) for r in rows if r.metric(metric) is not None]
+        return statistics.stdev(vals) if len(vals) > 1 else None  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (what ``RUN_DIR/heldout/summary.json`` holds)."""
+        return {
+            "teacher": self.teacher.to_dict(),
+            "uniform": [r.to_dict() for r in self.uniform],
+            "best": [r.to_dict() for r in self.best],
+            "best_round": self.best_record.get("round"),
+            "best_slot": self.best_record.get("slot", 0),
+            "verdict": {"metric": self.verdict.metric, "improvement": self.verdict.improvement,
+                        "noise": self.verdict.noise, "seeds": self.verdict.seeds,
+                        "best_is_uniform": self.verdict.best_is_uniform,
+                        "beats_uniform": self.verdict.beats_uniform, "sentence": self.verdict.sentence()},
+            "samples": str(self.samples) if self.samples else None,
+        }
+
+
+def final_seeds(cfg: RunConfig) -> list[int]:
+    """The final fine-tuning seeds: ``finetune.seed, finetune.seed + 1, ...`` (``finetune.final_seeds`` of them)."""
+    return [cfg.finetune.seed + i for i in range(cfg.finetune.final_seeds)]
+
+
+def _cached(held: HeldoutEvaluator, folder: Path, name: str, g: list[float], d: list[float], seed: int,
+            save_dir: Path | None) -> HeldoutResult:
+    path = folder / f"{name}_seed{seed}.json"
+    key = {"g_ratios": g, "d_ratios": d, "seed": seed, "final_steps": held.cfg.finetune.final_steps}
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("key") == key and (save_dir is None or (save_dir / "generator.pt").is_file()):
+            return HeldoutResult.from_dict(data["result"])
+    result = held.evaluate(g, d, seed, save_dir=save_dir)
+    atomic_write_json(path, {"key": key, "result": result.to_dict()})
+    return result
+
+
+def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> RunSummary:
+    """Held-out metrics of teacher, uniform and best found of a finished run (cached; see module docstring).
+
+    :param cfg: the run's config.
+    :param run_dir: the run directory (with ``best.json``).
+    :param samples: also write the sample grid ``RUN_DIR/heldout/samples.png``.
+    :raises RunDirError: not a run directory, or no best pair yet.
+    """
+    from collabprune.errors import RunDirError
+
+    run_dir = Path(run_dir)
+    run = RunDir.read(run_dir)
+    best = run.read_best()
+    uniform = run.get(UNIFORM_ROUND)
+    if best is None or uniform is None:
+        raise RunDirError(f"{run_dir}: no best pair yet (the search has not evaluated the uniform candidate)")
+    folder = run_dir / HELDOUT_DIR
+    held = HeldoutEvaluator(cfg, folder / "cache")
+    seeds = final_seeds(cfg)
+    best_is_uniform = best["round"] == UNIFORM_ROUND
+    teacher = held.teacher()
+    u_rows = [_cached(held, folder, "uniform", uniform["g_ratios"], uniform["d_ratios"], s,
+                      run_dir / FINAL_UNIFORM_DIR if i == 0 else None) for i, s in enumerate(seeds)]
+    if best_is_uniform:
+        import shutil
+
+        shutil.rmtree(run_dir / FINAL_DIR, ignore_errors=True)
+        shutil.copytree(run_dir / FINAL_UNIFORM_DIR, run_dir / FINAL_DIR)
+    b_rows = u_rows if best_is_uniform else [
+        _cached(held, folder, "best", best["g_ratios"], best["d_ratios"], s, run_dir / FINAL_DIR if i == 0 else None)
+        for i, s in enumerate(seeds)]
+    sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
+    diffs = [sign * (b.metric(PRIMARY_METRIC) - u.metric(PRIMARY_METRIC))  # type: ignore[operator]
+             for b, u in zip(b_rows, u_rows) if b.metric(PRIMARY_METRIC) is not None and u.metric(PRIMARY_METRIC) is not None]
+    verdict = Verdict(PRIMARY_METRIC, statistics.fmean(diffs) if diffs else math.nan,
+                      statistics.stdev(diffs) if len(diffs) > 1 else 0.0, seeds, best_is_uniform)
+    out = RunSummary(teacher, u_rows, b_rows, best, verdict)
+    if samples:
+        out.samples = write_samples(held, run_dir, folder / SAMPLES_FILE, best_is_uniform)
+    atomic_write_json(folder / "summary.json", out.to_dict())
+    return out
+
+
+def write_samples(held: HeldoutEvaluator, run_dir: Path, path: Path, best_is_uniform: bool) -> Path | None:
+    """The sample grid: input | teacher | uniform | best found | ground truth (test split; the students
+    after their final fine-tuning under the first final seed)."""
+    from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
+    from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
+    from collabprune.plots import plot_sample_grid
+    from collabprune.pruning.spec import SubnetSpec
+
+    def load(folder: Path) -> Any:
+        spec = SubnetSpec.from_json((folder / SPEC_FILES["generator"]).read_text())
+        weights = folder / NETWORK_FILES["generator"]
+        return load_state_dict_strict(build_from_spec(spec), read_state_dict(weights), str(weights))
+
+    final, final_u = run_dir / FINAL_DIR, run_dir / FINAL_UNIFORM_DIR
+    if not (final / NETWORK_FILES["generator"]).is_file() or not (final_u / NETWORK_FILES["generator"]).is_file():
+        return None
+    columns = [("input", held.test_a), ("teacher", held.outputs(held.candidates.teacher_g)),
+               ("uniform", held.outputs(load(final_u)))]
+    if not best_is_uniform:
+        columns.append(("best found", held.outputs(load(final))))
+    columns.append(("ground truth", held.test_b))
+    return plot_sample_grid(columns, path)
+
+
+__all__ = ["FINAL_DIR", "HELDOUT_DIR", "HELDOUT_METRICS", "RunSummary", "Verdict", "final_seeds", "summarise_run"]
