@@ -75,33 +75,35 @@ def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, Role
     best_ratios = (best or {}).get(f"{own}_ratios") or [None] * space.n_groups
     env = ChannelPruningEnv(space, peer_len, submit=None)
     obs, _ = env.reset(options={"peer": peer} if peer is not None else None)
-    actions, spreads = [], []
-    for _ in space.groups:
+    observations, actions, spreads = [], [], []
+    info: dict[str, Any] = {}
+    for _ in range(space.n_decisions):
         action, _ = model.predict(obs, deterministic=True)
         samples = [model.predict(obs, deterministic=False)[0] for _ in range(SPREAD_SAMPLES)]
         spreads.append(float(np.std([space.action_to_ratio(float(np.ravel(a)[0])) for a in samples])))
         actions.append(float(np.ravel(action)[0]))
-        obs_t = obs
-        obs, _, done, _, info = env.step(np.asarray(action, dtype=np.float32))
-        out.setdefault("_obs", []).append(obs_t)
+        observations.append(obs)
+        obs, _, _, _, info = env.step(np.asarray(action, dtype=np.float32))
     executed = env.executed_actions()
+    decision_of = {g: k for k, groups in enumerate(space.decisions) for g in groups}
     value_kind = "Q"
     for t, group in enumerate(space.groups):
-        value_kind, value = _value(model, out["_obs"][t], np.array([executed[t]], dtype=np.float32))
+        k = decision_of[t]
+        value_kind, value = _value(model, observations[k], np.array([executed[k]], dtype=np.float32))
         out["groups"].append({
             "index": t,
             "name": group.name,
             "channels": group.channels,
-            "action": actions[t],
+            "decision": k,
+            "action": actions[k],
             "requested_ratio": info["requested"][t],
             "policy_ratio": info["ratios"][t],
             "policy_channels": kept_channels(group.channels, info["ratios"][t], cfg.pruning),
-            "spread": spreads[t],
+            "spread": spreads[k],
             "value": value,
             "best_ratio": best_ratios[t],
             "best_channels": best_channels[t],
         })
-    out.pop("_obs")
     out.update(checkpoint_round=rounds_done, value_kind=value_kind, executed_macs_fraction=info["macs_fraction"])
     return out
 

@@ -181,7 +181,7 @@ class AgentCore:
 
     def _build_or_load(self) -> BaseAlgorithm:
         algo = ALGORITHMS[self.cfg.agents.algo]
-        n = self.space.n_groups
+        n = self.space.n_decisions  # steps per episode
         latest = self.rundir.latest_checkpoint(self.role)
         if latest is None:
             start = 0
@@ -284,7 +284,7 @@ class AgentCore:
         if remaining > 0:
             self._last_reply = time.time()
             self.model.learn(
-                total_timesteps=remaining * self.space.n_groups * self.slots,
+                total_timesteps=remaining * self.space.n_decisions * self.slots,
                 callback=SearchCallback(self),
                 log_interval=None,
                 reset_num_timesteps=False,

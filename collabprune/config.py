@@ -200,6 +200,8 @@ class SearchConfig(_Section):
     action_log2_range: float = Field(
         1.5, gt=0, description="an action of +-1 multiplies the uniform keep ratio by 2**(+-k) (DESIGN.md §5)"
     )
+    tie_levels: bool = Field(False, description="the generator agent decides one keep ratio per mirrored level "
+                             "(an encoder group and the decoder group of the same feature-map size)")
     reeval_top_k: int = Field(3, ge=0, description="best candidates re-evaluated with fresh seeds before one is "
                               "called best (uniform is always re-evaluated with them)")
     reeval_seeds: int = Field(2, ge=1, description="fresh seeds of the top-k re-evaluation")

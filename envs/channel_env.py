@@ -1,7 +1,8 @@
 """``ChannelPruningEnv``: one role's channel-pruning episode (DESIGN.md §5).
 
 One episode = one candidate of one search round = one pass over the role's prunable groups in network
-order. At step ``t`` the action (Box(-1, 1, (1,))) is a log2 multiplier on the role's uniform keep
+order (or over its mirrored levels, an encoder group and its decoder group decided together, with
+``search.tie_levels``). At step ``t`` the action (Box(-1, 1, (1,))) is a log2 multiplier on the role's uniform keep
 ratio (:meth:`RoleSpace.action_to_ratio`): the zero action asks for the uniform ratio. After the last
 group the requested ratios are projected onto the MACs budget (:meth:`RoleSpace.project`); the
 projected (executed) ratios are the proposal. Rewards are 0 before the last step; the last step's
@@ -169,7 +170,7 @@ class ChannelPruningEnv(gym.Env):
         super().__init__()
         self.space = space
         self.role = space.name
-        self.n = space.n_groups
+        self.n = space.n_decisions
         self.peer_len = int(peer_len if peer_len is not None else self.n)
         if self.peer_len < 1:
             raise ValueError("peer_len must be >= 1")
@@ -208,7 +209,8 @@ class ChannelPruningEnv(gym.Env):
     # -------------------------------------------------------------------------- observation
     def _static_features(self) -> np.ndarray:
         """Per-group features that do not depend on the episode: (n, 8) float32 in [0, 1]."""
-        g = self.space.groups
+        first = [self.space.groups[d[0]] for d in self.space.decisions]
+        g = first
 
         def norm(values: Sequence[float]) -> np.ndarray:
             arr = np.asarray(values, dtype=np.float64)
@@ -224,7 +226,7 @@ class ChannelPruningEnv(gym.Env):
             norm([x.kernel for x in g]),
             norm([x.stride for x in g]),
             norm(hw),
-            [x.macs_share for x in g],
+            [sum(self.space.groups[i].macs_share for i in d) for d in self.space.decisions],
         ]
         return np.clip(np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), 0.0, 1.0).astype(np.float32)
 
@@ -236,13 +238,13 @@ class ChannelPruningEnv(gym.Env):
             group = self._static[t]
         else:
             group[0] = 1.0
-        decided = self.executed if t >= self.n and self.executed else self._requested
+        fraction = s.macs_fraction(self.executed) if t >= self.n and self.executed else s.partial_fraction(self._requested)
         dynamic = np.array(
             [
                 float(np.mean(self._actions)) if self._actions else 0.0,
                 self._actions[-1] if self._actions else 0.0,
-                s.partial_fraction(decided) / s.budget - 1.0,
-                float(sum(gr.macs_share for gr in s.groups[t:])),
+                fraction / s.budget - 1.0,
+                float(sum(s.groups[i].macs_share for d in s.decisions[t:] for i in d)),
                 s.budget,
                 s.uniform,
             ],
@@ -261,8 +263,9 @@ class ChannelPruningEnv(gym.Env):
             observations of a replayed round are built from them, as in the original round.
         """
         for rnd, ratios in logged.items():
-            if len(ratios) != self.n:
-                raise ValueError(f"logged round {rnd} has {len(ratios)} {self.role} ratios, expected {self.n}")
+            if len(ratios) != self.space.n_groups:
+                raise ValueError(f"logged round {rnd} has {len(ratios)} {self.role} ratios, "
+                                 f"expected {self.space.n_groups}")
         self._replay = {int(k): [float(r) for r in v] for k, v in logged.items()}
         self._replay_requested = {int(k): [float(r) for r in v] for k, v in (requested or {}).items()
                                   if v is not None and len(v) == self.n}
@@ -274,13 +277,15 @@ class ChannelPruningEnv(gym.Env):
 
     def executed_actions(self) -> list[float]:
         """The actions of the finished episode as executed: each projected (or logged) ratio mapped
-        back to [-1, 1] (:meth:`RoleSpace.ratio_to_action`). Learners store these.
+        back to [-1, 1] (:meth:`RoleSpace.ratio_to_action`), averaged over a decision's tied groups.
+        Learners store these.
 
         :raises RuntimeError: the episode is not finished.
         """
-        if len(self.executed) != self.n:
+        if len(self.executed) != self.space.n_groups:
             raise RuntimeError("executed_actions: the episode is not finished")
-        return [self.space.ratio_to_action(r) for r in self.executed]
+        per_group = [self.space.ratio_to_action(r) for r in self.executed]
+        return [float(np.mean([per_group[i] for i in d])) for d in self.space.decisions]
 
     # -------------------------------------------------------------------------- gym API
     def reset(
@@ -320,9 +325,10 @@ class ChannelPruningEnv(gym.Env):
         if t + 1 < self.n:
             return self._obs(), 0.0, False, False, {}
         replay = self.replaying
-        self.executed = list(self._replay[self.round]) if replay else self.space.project(self._requested)
+        self.executed = list(self._replay[self.round]) if replay else self.space.project(self.space.expand(self._requested))
         frac = self.space.macs_fraction(self.executed)
-        info: dict[str, Any] = {"round": self.round, "ratios": list(self.executed), "requested": list(self._requested),
+        info: dict[str, Any] = {"round": self.round, "ratios": list(self.executed),
+                                "requested": self.space.expand(self._requested),
                                 "actions": list(self._actions), "macs_fraction": frac, "replay": replay}
         reward = 0.0
         if self.submit is not None:
@@ -338,7 +344,8 @@ class ChannelPruningEnv(gym.Env):
 
         Called by the env itself (standalone) or by the vectorised env that delivered the reward.
         """
-        self.last_result = {"round": self.round, "ratios": list(self.executed), "requested": list(self._requested),
+        self.last_result = {"round": self.round, "ratios": list(self.executed),
+                            "requested": self.space.expand(self._requested) if self._requested else [],
                             "macs_fraction": self.space.macs_fraction(self.executed) if self.executed else 0.0,
                             "reward": float(reward), "peer": peer.to_dict(), "replay": self.replaying}
         self.peer = peer

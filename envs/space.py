@@ -56,13 +56,16 @@ class RoleSpace:
     role: Role
     channels: ChannelSpace
     log2_range: float = 1.5
+    tie_levels: bool = False
     uniform: float = field(init=False)
+    decisions: tuple[tuple[int, ...], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.channels.check_budget(self.budget)
         self.uniform = float(self.channels.uniform_ratio(self.budget))
         self.teacher_macs = float(self.channels.teacher_macs)
         self._uniform_candidate = self.channels.project([self.uniform] * self.n_groups, self.budget)
+        self.decisions = mirrored_levels(self.groups) if self.tie_levels else tuple((i,) for i in range(self.n_groups))
 
     @classmethod
     def from_config(cls, role: str, cfg: RunConfig) -> "RoleSpace":
@@ -74,7 +77,8 @@ class RoleSpace:
         model, shape = role_model_and_input(role, cfg)
         r = Role.of(role, cfg)
         channels = ChannelSpace.of(r.short, model, shape, cfg.pruning)
-        return cls(role=r, channels=channels, log2_range=cfg.search.action_log2_range)
+        return cls(role=r, channels=channels, log2_range=cfg.search.action_log2_range,
+                   tie_levels=cfg.search.tie_levels and r.leads)
 
     # ---------------------------------------------------------------------------- properties
     @property
@@ -96,6 +100,21 @@ class RoleSpace:
     def n_groups(self) -> int:
         """Number of prunable groups (= steps per episode)."""
         return self.channels.num_groups
+
+    @property
+    def n_decisions(self) -> int:
+        """Actions per episode: one per group, or one per mirrored level with ``search.tie_levels``."""
+        return len(self.decisions)
+
+    def expand(self, values: Sequence[float]) -> list[float]:
+        """Per-decision values -> per-group values (each group gets its decision's value)."""
+        if len(values) != self.n_decisions:
+            raise ValueError(f"{self.name}: expected {self.n_decisions} decisions, got {len(values)}")
+        out = [0.0] * self.n_groups
+        for value, groups in zip(values, self.decisions):
+            for g in groups:
+                out[g] = float(value)
+        return out
 
     @property
     def r_min(self) -> float:
@@ -134,13 +153,34 @@ class RoleSpace:
         return self.channels.macs_fraction(ratios)
 
     def partial_fraction(self, decided: Sequence[float]) -> float:
-        """MACs fraction with ``decided`` ratios for the first groups and the uniform ratio for the rest."""
-        rest = [self.uniform] * (self.n_groups - len(decided))
-        return self.macs_fraction(list(decided) + rest)
+        """MACs fraction with ``decided`` ratios for the first decisions and the uniform ratio for the rest."""
+        rest = [self.uniform] * (self.n_decisions - len(decided))
+        return self.macs_fraction(self.expand(list(decided) + rest))
 
     def fits(self, ratios: Sequence[float]) -> bool:
         """Whether a full ratio vector is within the MACs budget."""
         return self.channels.macs_of_kept(self.kept(ratios)) <= self.budget * self.teacher_macs * (1 + 1e-12)
+
+
+def mirrored_levels(groups: Sequence[PrunableGroup]) -> tuple[tuple[int, ...], ...]:
+    """Decisions that tie each up-sampling (ConvTranspose2d) group to the not yet tied convolution group
+    of the same feature-map size before it: a U-Net's encoder and decoder levels, a ResNet's
+    down- and up-sampling convolutions. Other groups stay alone; decisions follow their first group.
+    """
+    tied: dict[int, int] = {}
+    for g in groups:
+        if g.kind != "deconv":
+            continue
+        for h in reversed(groups[: g.index]):
+            if h.kind != "deconv" and h.feature_hw == g.feature_hw and h.index not in tied and h.index not in tied.values():
+                tied[h.index] = g.index
+                break
+    out = []
+    for g in groups:
+        if g.index in tied.values():
+            continue
+        out.append((g.index, tied[g.index]) if g.index in tied else (g.index,))
+    return tuple(out)
 
 
 def peer_length(spaces: Sequence[RoleSpace]) -> int:

@@ -226,3 +226,31 @@ def test_submit_callback_gets_round_ratios_and_fraction() -> None:
     assert calls[0][1] == env.space.uniform_candidate()
     obs, _ = env.reset()
     assert obs[N_GROUP_FEATURES : N_GROUP_FEATURES + 4] == pytest.approx([0.3] * 4)
+
+
+def test_tied_levels_decide_mirrored_groups_together() -> None:
+    """search.tie_levels: one decision per U-Net level (encoder group + decoder group of the same
+    feature-map size); ResNet: its down- and up-sampling convolutions; the projection still applies."""
+    for net_g, expected in (("unet_128", ((0, 12), (1, 11), (2, 10), (3, 9), (4, 8), (5, 7), (6,))),
+                            ("resnet_6blocks", ((0, 10), (1, 9), (2,), (3,), (4,), (5,), (6,), (7,), (8,)))):
+        cfg = tiny_cfg(net_g)
+        cfg.search.tie_levels = True
+        s = RoleSpace.from_config("generator", cfg)
+        assert s.decisions == expected
+        for a, b in (d for d in s.decisions if len(d) == 2):
+            assert s.groups[a].feature_hw == s.groups[b].feature_hw and s.groups[b].kind == "deconv"
+        env = ChannelPruningEnv(s, peer_len=s.n_groups)
+        assert env.n == len(expected)
+        info, _ = _episode(env, lambda rng: np.zeros(1, dtype=np.float32), np.random.default_rng(0))
+        assert info["ratios"] == s.uniform_candidate()
+        rng = np.random.default_rng(1)
+        info, _ = _episode(env, POLICIES["random"], rng)
+        for d, a in zip(s.decisions, info["actions"]):
+            assert len({info["requested"][i] for i in d}) == 1  # tied groups ask for the same ratio
+            assert info["requested"][d[0]] == pytest.approx(s.action_to_ratio(a))
+        assert 0.98 * s.budget <= info["macs_fraction"] <= s.budget + 1e-12
+        assert len(env.executed_actions()) == len(expected)
+    # the discriminator is never tied (it has no mirrored levels)
+    cfg = tiny_cfg("unet_128")
+    cfg.search.tie_levels = True
+    assert RoleSpace.from_config("discriminator", cfg).n_decisions == 4
