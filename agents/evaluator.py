@@ -105,16 +105,15 @@ def evaluator_resources(num_wanted: int) -> tuple[int, dict[str, float]]:
 
     :param num_wanted: ``search.num_evaluators``.
     :returns: (count, options): with GPUs, one GPU and one CPU each, at most one per GPU; without,
-        one CPU each, leaving the CPUs the two agents reserve; at least one.
+        one CPU each, up to the cluster's CPUs (the agents reserve none: they are idle while the
+        evaluators work); at least one.
     """
-    from agents.pruning_agent import AGENT_NUM_CPUS
-
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     cpus = float(res.get("CPU", 1))
     if gpus >= 1:
         return max(1, min(num_wanted, gpus)), {"num_cpus": EVALUATOR_NUM_CPUS, "num_gpus": 1}
-    room = int((cpus - 2 * AGENT_NUM_CPUS) // EVALUATOR_NUM_CPUS)
+    room = int(cpus // EVALUATOR_NUM_CPUS)
     return max(1, min(num_wanted, room)), {"num_cpus": EVALUATOR_NUM_CPUS}
 
 

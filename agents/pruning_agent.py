@@ -6,9 +6,10 @@ the Coordinator together and blocks (with a timeout) for the N team rewards, the
 for the remaining rounds (``reset_num_timesteps=False`` so a resumed learner neither resets its
 counters nor replays warm-up). Algorithms: TD3 (default), DDPG, SAC (:mod:`agents.learners`), PPO.
 
-Resources (2-core machines, DESIGN.md §5 pitfalls): each agent reserves ``AGENT_NUM_CPUS = 0.5`` and
-uses one torch thread; the Coordinator reserves none. The agents are idle (blocked on the Coordinator)
-while the evaluators work, and the evaluators are idle while the agents train.
+Resources (2-core machines, DESIGN.md §5 pitfalls): an agent reserves no logical CPU
+(``AGENT_NUM_CPUS = 0``) and uses one torch thread; neither does the Coordinator. The agents are idle
+(blocked on the Coordinator) while the evaluators work, and the evaluators are idle while the agents
+train, so the evaluators may take every core (one evaluator per core without GPUs).
 
 Checkpoints (``checkpoints/<role>/round_XXXXXX/``: ``model.zip``, ``replay_buffer.pkl``,
 ``agent.json``) are written every ``search.checkpoint_every`` rounds, between rounds (at the start of a
@@ -43,8 +44,8 @@ from collabprune.pruning.roles import ROLE_NAMES
 from envs.channel_env import ChannelPruningEnv, PeerInfo
 from envs.space import RoleSpace, peer_length
 
-#: CPUs reserved by each agent actor (two agents + one 1-CPU evaluator = 2 CPUs).
-AGENT_NUM_CPUS = 0.5
+#: Logical CPUs reserved by each agent actor: none (idle while the evaluators work; one torch thread).
+AGENT_NUM_CPUS = 0.0
 
 MODEL_FILE = "model.zip"
 BUFFER_FILE = "replay_buffer.pkl"

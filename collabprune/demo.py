@@ -25,7 +25,7 @@ from collabprune.data.demo import build_demo_dataset
 from collabprune.export import export_best
 from collabprune.heldout import HeldoutResult
 from collabprune.metrics.latency import measure_latency
-from collabprune.models import load_subnet
+from collabprune.models import load_candidate
 from collabprune.runs import META_FILE
 from collabprune.summary import RunSummary, summarise_run
 from collabprune.teacher import load_teacher, read_report, teacher_files_exist, train_teacher
@@ -121,8 +121,8 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     latency = {"teacher": _cpu_latency_ms(teacher_g, cfg)}
     from collabprune.summary import FINAL_DIR, FINAL_UNIFORM_DIR
 
-    latency["uniform"] = _cpu_latency_ms(load_subnet(run_dir / FINAL_UNIFORM_DIR)[0], cfg)
-    latency["best found"] = _cpu_latency_ms(load_subnet(run_dir / FINAL_DIR)[0], cfg)
+    latency["uniform"] = _cpu_latency_ms(load_candidate(run_dir / FINAL_UNIFORM_DIR)[0], cfg)
+    latency["best found"] = _cpu_latency_ms(load_candidate(run_dir / FINAL_DIR)[0], cfg)
     best = summary.best_record
     where = "uniform" if summary.verdict.best_is_uniform else f"round {best['round']} slot {best.get('slot', 0)}"
     console.print(summary_table(summary, latency, title=f"demo: teacher vs uniform vs best found ({where}) at "

@@ -24,7 +24,7 @@ from collabprune.errors import RunDirError
 from collabprune.io import atomic_path, atomic_write_json, file_sha256
 from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
-from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
+from collabprune.models import load_candidate
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES, SUBNET_FILE, load_subnet
 from collabprune.pruning.spec import SubnetSpec
 from collabprune.runs import RunDir, candidate_dir, package_versions, resume_config
@@ -99,10 +99,7 @@ def _describe(cfg: RunConfig, folder: Path, best: dict[str, Any]) -> dict[str, A
     from collabprune.pruning.roles import roles
 
     shapes = {r.name: r.input_shape for r in roles(cfg)}
-    nets = {}
-    for role, weights in NETWORK_FILES.items():
-        net = build_from_spec(specs[role])
-        nets[role] = load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights)).eval()
+    nets = dict(zip(NETWORK_FILES, load_candidate(folder)))
     ckpt = cfg.teacher.checkpoint_dir
     teacher_lat = measure_latency(teacher_g, shapes["generator"], "cpu")
     student_lat = measure_latency(nets["generator"], shapes["generator"], "cpu")

@@ -176,23 +176,17 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
 def write_samples(held: HeldoutEvaluator, run_dir: Path, path: Path, best_is_uniform: bool) -> Path | None:
     """The sample grid: input | teacher | uniform | best found | ground truth (test split; the students
     after their final fine-tuning under the first final seed)."""
-    from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
-    from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
+    from collabprune.models import load_candidate
+    from collabprune.models.subnet import NETWORK_FILES
     from collabprune.plots import plot_sample_grid
-    from collabprune.pruning.spec import SubnetSpec
-
-    def load(folder: Path) -> Any:
-        spec = SubnetSpec.from_json((folder / SPEC_FILES["generator"]).read_text())
-        weights = folder / NETWORK_FILES["generator"]
-        return load_state_dict_strict(build_from_spec(spec), read_state_dict(weights), str(weights))
 
     final, final_u = run_dir / FINAL_DIR, run_dir / FINAL_UNIFORM_DIR
     if not (final / NETWORK_FILES["generator"]).is_file() or not (final_u / NETWORK_FILES["generator"]).is_file():
         return None
     columns = [("input", held.test_a), ("teacher", held.outputs(held.candidates.teacher_g)),
-               ("uniform", held.outputs(load(final_u)))]
+               ("uniform", held.outputs(load_candidate(final_u)[0]))]
     if not best_is_uniform:
-        columns.append(("best found", held.outputs(load(final))))
+        columns.append(("best found", held.outputs(load_candidate(final)[0])))
     columns.append(("ground truth", held.test_b))
     return plot_sample_grid(columns, path)
 

@@ -24,10 +24,10 @@ import torch
 
 from collabprune.config import load_config, save_config
 from collabprune.data.demo import build_demo_dataset
-from collabprune.models import build_discriminator, build_from_spec, build_generator, load_subnet
+from collabprune.models import build_discriminator, build_generator, load_candidate, load_subnet
 from collabprune.pruning.space import ChannelSpace
-from collabprune.pruning.spec import SubnetSpec
 from collabprune.runs import candidate_dir
+from collabprune.summary import FINAL_DIR, FINAL_UNIFORM_DIR, HELDOUT_DIR, summarise_run
 from ray_head import RayHead
 
 ROUNDS = 5
@@ -165,13 +165,23 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, t
     assert info["schema_version"] == 2 and info["latency"]["cpu"]["pruned_g_ms"] > 0
     assert info["weights"].startswith("search fine-tuning") and info["reeval"] == best["reeval"]
     g, d = load_subnet(out)
-    folder = candidate_dir(run_dir, best["round"])
-    searched = build_from_spec(SubnetSpec.from_json((folder / "generator_spec.json").read_text()))
-    searched.load_state_dict(torch.load(folder / "generator.pt", weights_only=True))
+    searched, _ = load_candidate(candidate_dir(run_dir, best["round"]))
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(g(x), searched.eval()(x))
+        assert torch.equal(g(x), searched(x))
         assert d(torch.cat([x, g(x)], 1)).shape[1] == 1
+
+    # the demo's held-out summary of the finished run: uniform and best get the same final fine-tuning
+    # under each final seed, are measured on the test split, and the first seed's pairs are kept
+    held = summarise_run(load_config(tiny_setup, ["finetune.final_steps=2"]), run_dir)
+    assert len(held.uniform) == len(held.best) == 2 and held.teacher.steps == 0
+    assert held.verdict.best_is_uniform == (best["round"] == -1)
+    assert held.samples is not None and held.samples.stat().st_size > 1000
+    assert json.loads((run_dir / HELDOUT_DIR / "summary.json").read_text())
+    for folder in (FINAL_UNIFORM_DIR, FINAL_DIR):
+        final_g, _ = load_candidate(run_dir / folder)
+        with torch.no_grad():
+            assert final_g(x).shape == x.shape
 
     # inspect the finished run: a table per agent and the three kinds of PNG
     plots = tmp_path / "plots"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from collabprune.config import RunConfig
-from collabprune.models.subnet import build_from_spec, inherit_from_teacher, load_subnet
+from collabprune.models.subnet import build_from_spec, inherit_from_teacher, load_candidate, load_subnet
 from collabprune.models.loading import load_discriminator, load_generator, load_state_dict_strict, read_state_dict
 from collabprune.models.networks import (
     GENERATORS,
@@ -68,6 +68,7 @@ __all__ = [
     "build_discriminator",
     "build_from_spec",
     "inherit_from_teacher",
+    "load_candidate",
     "load_subnet",
     "build_generator",
     "define_D",

@@ -186,3 +186,33 @@ def load_subnet(folder: str | Path) -> tuple[nn.Module, nn.Module]:
         load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights))
         nets.append(net.eval())
     return nets[0], nets[1]
+
+
+def load_candidate(folder: str | Path) -> tuple[nn.Module, nn.Module]:
+    """Rebuild a pruned pair saved by the evaluator or the final fine-tuning (a candidate folder).
+
+    A candidate folder holds the :data:`SPEC_FILES` (one :class:`SubnetSpec` JSON per network) beside
+    the :data:`NETWORK_FILES` state dicts; an export (:func:`load_subnet`) keeps the specs in
+    ``subnet.json`` instead.
+
+    :param folder: e.g. ``RUN_DIR/candidates/r00012_s0``, ``RUN_DIR/final``, ``RUN_DIR/final_uniform``.
+    :returns: ``(generator, discriminator)`` in eval mode on the CPU; the generator maps
+        (B, input_nc, H, W) -> (B, output_nc, H, W) in [-1, 1].
+    :raises CheckpointError: a missing or unreadable spec or weight file, or weights that do not fit the spec.
+    """
+    from collabprune.models.loading import load_state_dict_strict, read_state_dict
+
+    folder = Path(folder)
+    nets = []
+    for role, weights in NETWORK_FILES.items():
+        spec_path = folder / SPEC_FILES[role]
+        if not spec_path.is_file():
+            raise CheckpointError(f"{spec_path}: not found (is {folder} a saved candidate?)")
+        try:
+            spec = SubnetSpec.from_json(spec_path.read_text())
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{spec_path}: not a sub-network spec ({err})") from None
+        net = build_from_spec(spec)
+        load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights))
+        nets.append(net.eval())
+    return nets[0], nets[1]
