@@ -38,7 +38,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agents.coordinator import Coordinator, Deadlines
-from agents.evaluator import EvaluatorFactory, make_evaluators
+from agents.evaluator import EvaluatorFactory, make_evaluators, usable_cpus
 from agents.pruning_agent import PruningAgent
 from collabprune.config import RunConfig
 from collabprune.errors import CollabPruneError
@@ -60,7 +60,7 @@ def _connect(address: str | None, progress: bool) -> bool:
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # embedded: no dashboard, the node advertised as 127.0.0.1 (Ray still opens its internal
         # GCS/raylet ports on all interfaces; it has no switch to bind them to loopback)
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+        ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False,
                  log_to_driver=not progress, _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address, log_to_driver=not progress)

@@ -146,5 +146,16 @@ def evaluator_threads(count: int, options: dict[str, float]) -> int:
     """
     if options.get("num_gpus"):
         return 1
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, count))
+    return max(1, usable_cpus() // max(1, count))
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset``, cgroup cpusets), not the machine's.
+
+    An embedded Ray instance offers this many CPUs and its evaluators split them; more torch threads
+    than usable cores oversubscribe them, and OpenMP's waiting threads then slow training many-fold.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return os.cpu_count() or 1
