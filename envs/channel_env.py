@@ -209,8 +209,7 @@ class ChannelPruningEnv(gym.Env):
     # -------------------------------------------------------------------------- observation
     def _static_features(self) -> np.ndarray:
         """Per-group features that do not depend on the episode: (n, 8) float32 in [0, 1]."""
-        first = [self.space.groups[d[0]] for d in self.space.decisions]
-        g = first
+        g = [self.space.groups[d[0]] for d in self.space.decisions]  # a decision's first group
 
         def norm(values: Sequence[float]) -> np.ndarray:
             arr = np.asarray(values, dtype=np.float64)

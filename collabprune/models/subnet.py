@@ -171,21 +171,17 @@ def load_subnet(folder: str | Path) -> tuple[nn.Module, nn.Module]:
     """
     import json
 
-    from collabprune.models.loading import load_state_dict_strict, read_state_dict
-
     folder = Path(folder)
     meta_path = folder / SUBNET_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not found (is {folder} a collabprune export?)")
     meta = json.loads(meta_path.read_text())
-    nets = []
-    for role, weights in NETWORK_FILES.items():
+    specs = {}
+    for role in NETWORK_FILES:
         if role not in meta or "spec" not in meta[role]:
             raise CheckpointError(f"{meta_path}: no '{role}.spec' entry")
-        net = build_from_spec(SubnetSpec.from_dict(meta[role]["spec"]))
-        load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights))
-        nets.append(net.eval())
-    return nets[0], nets[1]
+        specs[role] = SubnetSpec.from_dict(meta[role]["spec"])
+    return _load_pair(folder, specs)
 
 
 def load_candidate(folder: str | Path) -> tuple[nn.Module, nn.Module]:
@@ -200,19 +196,27 @@ def load_candidate(folder: str | Path) -> tuple[nn.Module, nn.Module]:
         (B, input_nc, H, W) -> (B, output_nc, H, W) in [-1, 1].
     :raises CheckpointError: a missing or unreadable spec or weight file, or weights that do not fit the spec.
     """
-    from collabprune.models.loading import load_state_dict_strict, read_state_dict
-
     folder = Path(folder)
-    nets = []
-    for role, weights in NETWORK_FILES.items():
-        spec_path = folder / SPEC_FILES[role]
+    specs = {}
+    for role, name in SPEC_FILES.items():
+        spec_path = folder / name
         if not spec_path.is_file():
             raise CheckpointError(f"{spec_path}: not found (is {folder} a saved candidate?)")
         try:
-            spec = SubnetSpec.from_json(spec_path.read_text())
+            specs[role] = SubnetSpec.from_json(spec_path.read_text())
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{spec_path}: not a sub-network spec ({err})") from None
-        net = build_from_spec(spec)
+    return _load_pair(folder, specs)
+
+
+def _load_pair(folder: Path, specs: dict[str, SubnetSpec]) -> tuple[nn.Module, nn.Module]:
+    """Build each network of ``specs`` and load its :data:`NETWORK_FILES` state dict from ``folder``
+    (strict); ``(generator, discriminator)`` in eval mode."""
+    from collabprune.models.loading import load_state_dict_strict, read_state_dict
+
+    nets = []
+    for role, weights in NETWORK_FILES.items():
+        net = build_from_spec(specs[role])
         load_state_dict_strict(net, read_state_dict(folder / weights), str(folder / weights))
         nets.append(net.eval())
     return nets[0], nets[1]
