@@ -216,12 +216,14 @@ class AgentsConfig(_Section):
     algo: Literal["td3", "ddpg", "sac", "ppo"] = "ddpg"
     warmup_episodes: int = Field(8, ge=0, description="rounds whose actions are drawn near the uniform candidate")
     warmup_sigma: float = Field(0.4, ge=0, description="std of the warm-up actions around the zero (uniform) action")
-    noise_sigma: float = Field(0.3, ge=0, description="TD3/DDPG exploration noise std after warm-up")
-    noise_decay: float = Field(0.95, gt=0, le=1, description="exploration noise factor per learning round")
+    noise_sigma: float = Field(0.4, ge=0, description="TD3/DDPG exploration noise std after warm-up")
+    noise_decay: float = Field(0.99, gt=0, le=1, description="exploration noise factor per learning round")
     mean_action_penalty: float = Field(10.0, ge=0, description="TD3/DDPG: weight of mean(mu(s))^2 in the actor "
                                        "loss (keeps the actor centred on the uniform candidate)")
+    self_imitation: float = Field(10.0, ge=0, description="TD3/DDPG: weight of self-imitation, the pull of the "
+                                  "actor towards actions of episodes that beat the critic's estimate (0: off)")
     sac_target_entropy: float = Field(-3.0, description="SAC's entropy target (small: little exploration)")
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     buffer_size: int = Field(20000, ge=1)
     gradient_steps: int = Field(-1, description="SB3 gradient steps per round (-1: as many as env steps)")
