@@ -188,11 +188,10 @@ class CentredActorMixin:
             self.critic.optimizer.step()  # type: ignore[attr-defined]
             if self._n_updates % self.policy_delay == 0:  # type: ignore[attr-defined]
                 mu = self.actor(data.observations)  # type: ignore[attr-defined]
-                actor_loss = -self.critic.q1_forward(data.observations, mu).mean()  # type: ignore[attr-defined]
-                actor_loss = actor_loss + self.mean_action_penalty * mu.mean() ** 2
+                q_mu = self.critic.q1_forward(data.observations, mu)  # type: ignore[attr-defined]
+                actor_loss = -q_mu.mean() + self.mean_action_penalty * mu.mean() ** 2
                 if self.self_imitation > 0:
-                    with th.no_grad():
-                        advantage = (data.rewards - self.critic.q1_forward(data.observations, mu)).clamp(min=0.0)  # type: ignore[attr-defined]
+                    advantage = (data.rewards - q_mu.detach()).clamp(min=0.0)
                     actor_loss = actor_loss + self.self_imitation * (advantage * (mu - data.actions) ** 2).mean()
                 actor_losses.append(float(actor_loss.item()))
                 self.actor.optimizer.zero_grad()  # type: ignore[attr-defined]

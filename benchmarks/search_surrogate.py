@@ -7,8 +7,11 @@ searches logged (``benchmarks/results/quality_logs/budget_<b>_*.jsonl``: the G k
 evaluated candidate, as ``log2(ratio / uniform ratio)``, -> its in-search reward). Each method then
 searches the generator's space with the surrogate as its reward: the GP mean at the executed ratios
 plus Gaussian noise of the fitted white-noise std (the reward's own evaluation noise). Every method
-gets ``--rounds`` evaluations and the top-3 re-evaluation of :mod:`collabprune.selection` (two
-fresh noisy draws each); its score is the GP mean at the candidate it selects (higher is better).
+gets ``--rounds`` evaluations, then a re-evaluation after the manner of :mod:`collabprune.selection`
+(not that module itself, which needs logged metrics): the top 3 by noisy reward are each scored by
+the mean of their search draw and two fresh noisy draws, and the best mean is selected (unlike the
+real selection, the uniform candidate is not a contender). A method's score is the GP mean at the
+candidate it selects (higher is better).
 
 Methods: ``random`` and ``tpe`` as in ``benchmarks/quality.py`` (actions in [-1, 1] per group,
 projected onto the budget), and the G agent (:class:`agents.pruning_agent.AgentCore`, the real SB3
@@ -28,6 +31,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,14 +63,10 @@ class Surrogate:
     """
 
     def __init__(self, logs: Sequence[Path], uniform: Sequence[float]) -> None:
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)  # length scales of irrelevant groups hit the bound
         x, y = [], []
         for path in logs:
             for line in path.read_text().splitlines():
@@ -81,7 +81,9 @@ class Surrogate:
         self.n = len(y)
         kernel = ConstantKernel(1.0) * RBF(np.ones(len(uniform))) + WhiteKernel(0.05)
         self.gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
-        self.gp.fit(self._features(np.asarray(x, dtype=float)), np.asarray(y, dtype=float))
+        with warnings.catch_warnings():  # length scales of groups that do not matter hit their bound
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.gp.fit(self._features(np.asarray(x, dtype=float)), np.asarray(y, dtype=float))
         self.noise_std = float(np.sqrt(self.gp.kernel_.k2.noise_level) * self.gp._y_train_std)
 
     def _features(self, ratios: np.ndarray) -> np.ndarray:
