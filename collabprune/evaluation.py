@@ -405,11 +405,12 @@ def check_ratios(where: str, ratios: Sequence[float] | None, space: ChannelSpace
     :raises ConfigError: wrong length or a ratio outside (0, 1], in one line naming the group.
     """
     from collabprune.errors import ConfigError
+    from collabprune.pruning.roles import full_name
 
     if ratios is None:
         return
     if len(ratios) != space.num_groups:
-        raise ConfigError(f"{where}: {len(ratios)} keep ratios given, the {space.role} network has "
+        raise ConfigError(f"{where}: {len(ratios)} keep ratios given, the {full_name(space.role)} network has "
                           f"{space.num_groups} prunable groups", hint="give one ratio per group, network order")
     for i, r in enumerate(ratios):
         if not (math.isfinite(r) and 0.0 < r <= 1.0):

@@ -142,3 +142,30 @@ def test_reward_is_bounded_above_the_penalty(cfg: RunConfig) -> None:
     assert perfect == 0.0
     with pytest.raises(ConfigError, match="penalty"):
         load_config(None, ["reward.penalty=-5", "reward.c_max=3"])
+
+
+@pytest.mark.parametrize("flag, text, fragment", [
+    ("--g-ratios", "1.5", "outside (0, 1]"),
+    ("--g-ratios", "0.5,0.5", "prunable groups"),
+    ("--d-ratios", "0.5,-1,0.5", "discriminator network has"),
+    ("--g-ratios", "0.5,abc", "comma-separated numbers"),
+])
+def test_evaluate_cli_bad_ratios_one_line_exit_2(cfg: RunConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 flag: str, text: str, fragment: str) -> None:
+    """A keep ratio outside (0, 1] or a vector of the wrong length: one line on stderr, exit 2, nothing run."""
+    import yaml
+
+    from collabprune.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run_dir = tmp_path / "run"
+    if flag == "--g-ratios" and "," not in text:  # right length, one ratio out of range
+        from envs.space import RoleSpace
+
+        text = ",".join([text] + ["0.5"] * (RoleSpace.from_config("generator", cfg).n_groups - 1))
+    code = main(["evaluate", str(config), flag, text, "--set", f"output.run_dir={run_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and fragment in err and flag in err and "Traceback" not in err
+    assert not run_dir.exists() or not any(run_dir.rglob("*.json"))  # nothing was evaluated

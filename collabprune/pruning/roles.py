@@ -68,3 +68,14 @@ def short_name(name: str) -> str:
     if name not in _SHORT:
         raise ValueError(f"role {name!r} is not one of {ROLE_NAMES}")
     return _SHORT[name]
+
+
+def full_name(short: str) -> str:
+    """``"generator"`` / ``"discriminator"`` for ``"g"`` / ``"d"`` (the inverse of :func:`short_name`).
+
+    :raises ValueError: unknown short name.
+    """
+    for name, s in _SHORT.items():
+        if s == short:
+            return name
+    raise ValueError(f"role short name {short!r} is not one of {tuple(_SHORT.values())}")
