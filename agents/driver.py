@@ -31,8 +31,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -48,20 +49,50 @@ from collabprune.selection import EvaluateMany, reevaluate_top
 from envs.space import ROLES, RoleSpace, peer_length
 
 
-#: Longest wait for actors to start (imports, model tracing); not counted in round timeouts.
-STARTUP_TIMEOUT_S = 600.0
+#: Ray's switch for "this machine is a cluster node" (default on Linux). Set to 0, Ray treats the
+#: machine as one local node: the node IP is 127.0.0.1, and the GCS, raylet, workers and agents listen on
+#: 127.0.0.1 only. It is the only way Ray 2.x offers to keep an embedded instance off the network
+#: (``_node_ip_address="127.0.0.1"`` alone is replaced by the machine's LAN address).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start an embedded Ray on 127.0.0.1 only (DESIGN.md §6: loopback unless told otherwise).
+
+    Ray reads :data:`LOOPBACK_ENV` into a module constant at import; the processes ``ray.init`` starts
+    (GCS, raylet, workers, agents) read it from their environment. Both are set for the start and
+    restored afterwards, so a later connection of this process to a cluster is unaffected.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
 
 
 def _connect(address: str | None, progress: bool) -> bool:
-    """Initialise Ray unless it already is; return whether this call started the connection."""
+    """Initialise Ray unless it already is; return whether this call started the connection.
+
+    With no address (argument or ``RAY_ADDRESS``) Ray starts embedded: no dashboard, every port on
+    127.0.0.1 (:func:`_loopback_only`), Ray's default token authentication; otherwise this process
+    joins the cluster at ``address`` as a driver.
+    """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        # embedded: no dashboard, the node advertised as 127.0.0.1 (Ray still opens its internal
-        # GCS/raylet ports on all interfaces; it has no switch to bind them to loopback)
-        ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False,
-                 log_to_driver=not progress, _node_ip_address="127.0.0.1")
+        with _loopback_only():
+            ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False,
+                     log_to_driver=not progress, _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address, log_to_driver=not progress)
     return True
@@ -80,12 +111,17 @@ def _unwrap(err: BaseException) -> BaseException:
     return cause
 
 
-def _get(ref: Any, timeout: float, what: str = "a Ray call") -> Any:
-    """``ray.get`` with a timeout; user errors raised remotely come back as themselves."""
+def _get(ref: Any, timeout: float, what: str = "a Ray call", limit: str = "search.round_timeout_s") -> Any:
+    """``ray.get`` with a timeout; user errors raised remotely come back as themselves.
+
+    :param what: what is waited for, for the message.
+    :param limit: the config field ``timeout`` comes from, for the message.
+    :raises TimeoutError: no answer within ``timeout`` seconds; the message names ``limit``.
+    """
     try:
         return ray.get(ref, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"{what}: no answer within {timeout:.0f} s (set by search.round_timeout_s)") from None
+        raise TimeoutError(f"{what}: no answer within {timeout:.0f} s (set by {limit})") from None
     except ray.exceptions.RayTaskError as err:
         cause = _unwrap(err)
         if isinstance(cause, (CollabPruneError, TimeoutError)):
@@ -265,7 +301,8 @@ def run_search(
             run = RunDir.create(run_dir, cfg, slots=len(evaluators))
         bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
         bar.note("starting evaluators")
-        _get([e.pid.remote() for e in evaluators], STARTUP_TIMEOUT_S, "evaluator start-up")
+        _get([e.pid.remote() for e in evaluators], cfg.search.startup_timeout_s, "evaluator start-up",
+             "search.startup_timeout_s")
         bar.note("evaluating the teacher pair and the uniform candidate")
         _baselines(cfg, run, evaluators[0])
         if run.completed_rounds() < cfg.search.rounds:

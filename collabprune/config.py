@@ -207,6 +207,8 @@ class SearchConfig(_Section):
     reeval_seeds: int = Field(2, ge=1, description="fresh seeds of the top-k re-evaluation")
     checkpoint_every: int = Field(5, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0, description="longest wait for one evaluation")
+    startup_timeout_s: float = Field(600.0, gt=0, description="longest wait for the evaluators to start "
+                                     "(process start, imports, model tracing; slow on a busy machine)")
     evaluator_max_restarts: int = Field(2, ge=0)
 
 

@@ -28,7 +28,7 @@ from collabprune.models import build_discriminator, build_generator, load_candid
 from collabprune.pruning.space import ChannelSpace
 from collabprune.runs import candidate_dir
 from collabprune.summary import FINAL_DIR, FINAL_UNIFORM_DIR, HELDOUT_DIR, summarise_run
-from ray_head import RayHead
+from ray_head import RayHead, session_pids
 
 ROUNDS = 5
 KILL_AFTER = 3  # search rounds in the log when the search is killed
@@ -76,17 +76,12 @@ def _search_lines(path: Path) -> list[str]:
     return text.split("\n")[:-1]
 
 
-def _session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "sid=,pid="], capture_output=True, text=True).stdout
-    return [int(p) for s, p in (line.split() for line in out.splitlines() if line.strip()) if int(s) == sid]
-
-
 def _kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL, by pid, every process of the search's session (the CLI process first, then its Ray
     daemons and workers, all started by this test), like a crash of the machine running the search."""
     os.kill(proc.pid, signal.SIGKILL)
     for _ in range(3):
-        for pid in _session_pids(proc.pid):
+        for pid in session_pids(proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -202,3 +197,74 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, t
     policy_ratios = [g["policy_ratio"] for g in groups]
     assert ChannelSpace.of("g", build_generator(load_config(tiny_setup), inplace=False), (1, 3, 64, 64),
                            load_config(tiny_setup).pruning).macs_fraction(policy_ratios) <= 0.3 + 1e-9
+
+
+def _listening_sockets(pids: list[int]) -> list[tuple[str, str, int]]:
+    """``(process name, address, port)`` of every listening TCP socket (IPv4 and IPv6) of ``pids``,
+    read from ``/proc`` (``ss -ltnp`` without the tool)."""
+    import ipaddress
+
+    inodes: dict[str, str] = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = name
+        except OSError:  # the process ended meanwhile
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = b"".join(bytes.fromhex(hex_ip[i:i + 8])[::-1] for i in range(0, len(hex_ip), 8))
+            found.append((inodes[fields[9]], str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+    return found
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_local_search_listens_on_loopback_only_and_survives_cpu_load(tiny_setup: Path, tmp_path: Path) -> None:
+    """``collabprune search`` with no address starts an embedded Ray (the one test that does: that start
+    is what it checks). While two CPU burners keep both cores busy, every listening socket of the search's
+    processes (driver, GCS, raylet, agents, workers) is on 127.0.0.1, and the search still finishes."""
+    run_dir = tmp_path / "run"
+    burn = "import os\nos.nice(10)\nwhile True: pass"  # busy, but below the search's daemons
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    proc = _cli(str(tiny_setup), "--out", str(run_dir), "--set", "search.rounds=2", "--set", "search.reeval_top_k=0")
+    seen: set[tuple[str, str, int]] = set()
+    try:
+        deadline = time.time() + 420
+        while proc.poll() is None and time.time() < deadline:
+            seen.update(_listening_sockets(session_pids(proc.pid)))
+            time.sleep(0.5)
+        if proc.poll() is None:
+            _kill_session(proc)
+            pytest.fail("the local search did not finish under load in 420 s")
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+        for pid in session_pids(proc.pid):  # what a failed run may leave behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out
+    names = {name for name, _, _ in seen}
+    assert {"gcs_server", "raylet"} <= names, f"too few sockets seen to judge: {sorted(seen)}"
+    assert any(n.startswith("ray::") for n in names), sorted(seen)  # the agents' and evaluators' workers
+    exposed = sorted(s for s in seen if not _is_loopback(s[1]))
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 2
