@@ -100,10 +100,10 @@ class EvaluatorCore:
 Evaluator = ray.remote(EvaluatorCore)
 
 
-def evaluator_resources(num_wanted: int) -> tuple[int, dict[str, float]]:
+def evaluator_resources(num_wanted: int | str) -> tuple[int, dict[str, float]]:
     """How many evaluators fit the connected cluster, and the Ray options of each.
 
-    :param num_wanted: ``search.num_evaluators``.
+    :param num_wanted: ``search.num_evaluators``: a count, or ``"auto"`` for as many as the cluster fits.
     :returns: (count, options): with GPUs, one GPU and one CPU each, at most one per GPU; without,
         one CPU each, up to the cluster's CPUs (the agents reserve none: they are idle while the
         evaluators work); at least one.
@@ -112,9 +112,11 @@ def evaluator_resources(num_wanted: int) -> tuple[int, dict[str, float]]:
     gpus = int(res.get("GPU", 0))
     cpus = float(res.get("CPU", 1))
     if gpus >= 1:
-        return max(1, min(num_wanted, gpus)), {"num_cpus": EVALUATOR_NUM_CPUS, "num_gpus": 1}
-    room = int(cpus // EVALUATOR_NUM_CPUS)
-    return max(1, min(num_wanted, room)), {"num_cpus": EVALUATOR_NUM_CPUS}
+        room, options = gpus, {"num_cpus": EVALUATOR_NUM_CPUS, "num_gpus": 1}
+    else:
+        room, options = int(cpus // EVALUATOR_NUM_CPUS), {"num_cpus": EVALUATOR_NUM_CPUS}
+    wanted = room if num_wanted == "auto" else int(num_wanted)
+    return max(1, min(wanted, room)), options
 
 
 def make_evaluators(

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -193,7 +193,9 @@ class SearchConfig(_Section):
         description="evaluate every candidate with the same seed (common random numbers: same fine-tuning "
         "batches, perturbations and dropout draws), so rewards differ by the candidate, not by the draw",
     )
-    num_evaluators: int = Field(1, ge=1)
+    num_evaluators: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="evaluators in the pool = candidate pairs per round: auto = one per GPU of the "
+        "cluster, or one per CPU without GPUs; a number caps it at what the cluster fits")
     agents: Literal["both", "generator"] = Field(
         "both", description="which agents search: both (collaborative), or the generator alone with the "
         "discriminator at its uniform candidate (same D budget)")
@@ -298,9 +300,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _format_error(err: ValidationError, source: str) -> str:
     """One line naming the first bad field, its value and what is allowed."""
+    def field(e: Any) -> str:  # a union field's errors end in a branch tag ("constrained-int", "literal['auto']")
+        return ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("-" in p or "[" in p)))
+
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
+    loc = field(first) or "<root>"
+    msg = ", or ".join(e["msg"] for e in err.errors() if field(e) == field(first))  # every branch of a union
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field '{loc}'"
     value = first.get("input")

@@ -56,6 +56,7 @@ UNIFORM_ROUND = -1
 OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("search", "num_evaluators"),
     ("search", "round_timeout_s"),
+    ("search", "startup_timeout_s"),
     ("search", "evaluator_max_restarts"),
 )
 

@@ -36,7 +36,8 @@ def tiny_cfg(rounds: int = 4, **agents: Any) -> RunConfig:
         "model": {"net_g": "resnet_6blocks", "ngf": 8, "ndf": 8},
         "data": {"crop_size": 64, "load_size": 64},
         "pruning": {"round_to": 2, "min_channels": 2, "budget": {"generator": 0.3, "discriminator": 0.5}},
-        "search": {"rounds": rounds, "checkpoint_every": 2, "round_timeout_s": 60, "reeval_top_k": 2},
+        "search": {"rounds": rounds, "checkpoint_every": 2, "round_timeout_s": 60, "reeval_top_k": 2,
+                   "num_evaluators": 1},
         "agents": {"warmup_episodes": 1, "batch_size": 8, "net_arch": [16, 16], **agents},
     })
 

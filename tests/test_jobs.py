@@ -117,6 +117,8 @@ def test_submit_runs_to_success(head: str, tiny_config: Path, tmp_path: Path, to
     # the run directory the job wrote, with the resolved config and a complete export
     lines = [json.loads(x) for x in (run_dir / "evaluations.jsonl").read_text().splitlines()]
     assert sorted({r["round"] for r in lines if r["round"] >= 0}) == [0, 1]
+    # search.num_evaluators: auto (the default) on the 2-CPU head: two evaluators, two pairs per round
+    assert sorted((r["round"], r["slot"]) for r in lines if r["round"] >= 0) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert (run_dir / "best.json").is_file()
     assert load_config(run_dir / "config.yaml").output.run_dir == run_dir
     onnx = importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None

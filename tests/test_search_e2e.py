@@ -48,6 +48,7 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "reward.kde.centres=2", "reward.kde.neighbours=2",
         "pruning.round_to=2", "pruning.min_channels=2", "pruning.budget.generator=0.3",
         f"search.rounds={ROUNDS}", "search.checkpoint_every=2", "search.round_timeout_s=300",
+        "search.num_evaluators=1",
         "agents.warmup_episodes=1", "agents.batch_size=8", "agents.net_arch=[16,16]",
     ])
     (root / "teacher").mkdir()

@@ -17,7 +17,7 @@ TINY_OVERRIDES = [
     "reward.fid.mode=fd_teacher_d", "reward.fid.max_images=8",
     "reward.kde.centres=2", "reward.kde.neighbours=4",
     "finetune.steps=3", "finetune.batch_size=2", "finetune.kde_every=2", "finetune.device=cpu",
-    "search.rounds=2", "search.checkpoint_every=1", "agents.warmup_episodes=1", "agents.batch_size=8",
+    "search.rounds=2", "search.num_evaluators=1", "search.checkpoint_every=1", "agents.warmup_episodes=1", "agents.batch_size=8",
 ]
 
 
