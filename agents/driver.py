@@ -312,8 +312,9 @@ def run_search(
             actors.append(coordinator)
             searching = ROLES if cfg.search.agents == "both" else ROLES[:1]
             agents = [
-                PruningAgent.options(scheduling_strategy=_here()).remote(role, cfg_data, str(run_dir), coordinator,
-                                                                         peer_len, run.slots)
+                PruningAgent.options(scheduling_strategy=_here(), max_restarts=cfg.search.agent_max_restarts,
+                                     max_task_retries=cfg.search.agent_max_restarts,
+                                     ).remote(role, cfg_data, str(run_dir), coordinator, peer_len, run.slots)
                 for role in searching
             ]
             actors += agents

@@ -312,8 +312,17 @@ class PruningAgentActor(AgentCore):
         super().__init__(role, cfg, run_dir, RayCoordinatorLink(coordinator, timeout), peer_len, slots)
 
     def run(self) -> dict[str, Any]:
-        """Ray entry point: :meth:`AgentCore.run_rounds`."""
+        """Ray entry point: :meth:`AgentCore.run_rounds`.
+
+        A restarted actor (``search.agent_max_restarts``) is built anew from its latest checkpoint and
+        Ray retries this call on it: the rounds logged since that checkpoint are replayed from the log
+        (the Coordinator answers them without evaluating), then the search goes on.
+        """
         return self.run_rounds()
+
+    def __repr__(self) -> str:
+        """``PruningAgent(generator)``: the name Ray's state API and logs show for this actor."""
+        return f"PruningAgent({self.role})"
 
 
 #: The Ray actor class (``num_cpus=AGENT_NUM_CPUS``; one torch thread).

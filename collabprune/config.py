@@ -212,6 +212,9 @@ class SearchConfig(_Section):
     startup_timeout_s: float = Field(600.0, gt=0, description="longest wait for the evaluators to start "
                                      "(process start, imports, model tracing; slow on a busy machine)")
     evaluator_max_restarts: int = Field(2, ge=0)
+    agent_max_restarts: int = Field(
+        2, ge=0, description="restarts of a dead agent actor; it resumes from its latest checkpoint and "
+        "replays the logged rounds after it")
 
 
 class AgentsConfig(_Section):

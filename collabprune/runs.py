@@ -58,6 +58,7 @@ OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("search", "round_timeout_s"),
     ("search", "startup_timeout_s"),
     ("search", "evaluator_max_restarts"),
+    ("search", "agent_max_restarts"),
 )
 
 
