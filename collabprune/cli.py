@@ -159,11 +159,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """``collabprune submit CONFIG --address http://HEAD:8265 [--storage PATH]``: a search as a Ray job."""
+    """``collabprune submit CONFIG --address http://HEAD:8265 [--storage PATH]``: a search as a Ray job;
+    ``collabprune submit --resume RUN_DIR --address ...`` continues a stopped one."""
     from collabprune import jobs
 
+    if (args.config is None) == (args.resume is None):
+        raise ConfigError("submit: give a CONFIG file or --resume RUN_DIR (one of them)")
     job = jobs.submit(args.config, address=args.address, storage=args.storage, overrides=args.overrides,
-                      job_id=args.name, ship_code=not args.no_ship_code)
+                      job_id=args.name, ship_code=not args.no_ship_code, resume=args.resume)
     print(f"submitted job {job['job_id']} to {job['address']}\nrun dir: {job['run_dir']}")
     if not args.wait:
         print(f"follow it: collabprune jobs logs {job['job_id']} --address {job['address']} --follow")
@@ -248,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     address_help = "Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or 127.0.0.1:8265)"
     p = sub.add_parser("submit", parents=[common], help="submit a search to a Ray cluster as a Ray job")
-    _add_config(p)
+    _add_config(p, required=False)
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a stopped or killed job's run directory (on the shared storage) as a new job")
     p.add_argument("--address", help=address_help)
     p.add_argument("--storage", type=Path,
                    help="shared folder the cluster writes the run directory to (STORAGE/JOB_ID)")

@@ -266,10 +266,12 @@ def submit(
     job_id: str | None = None,
     ship_code: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    resume: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
-    """Submit a search as a Ray job.
+    """Submit a search as a Ray job, or continue a stopped or killed one.
 
-    :param config: the run config YAML (``None``: the defaults); validated here first.
+    :param config: the run config YAML (``None``: the defaults); validated here first. Ignored with
+        ``resume`` (the run directory's own ``config.yaml`` is used).
     :param address: the dashboard address (see :func:`resolve_address`).
     :param storage: folder on a filesystem the cluster shares; the run directory is
         ``storage/job_id``. Default: ``COLLABPRUNE_STORAGE``, else the (absolute) parent of the
@@ -279,18 +281,28 @@ def submit(
     :param ship_code: ship :data:`PACKAGES` as ``py_modules`` (``False``: use the cluster's installed
         collabprune).
     :param timeout_s: connection timeout.
+    :param resume: a run directory on the shared storage (a job that was stopped or died): the new job
+        runs ``collabprune search --resume`` on it, which evaluates only the rounds not yet logged.
+        Default job id ``<run dir name>-resume-<YYYYmmdd-HHMMSS>``.
     :returns: ``{"job_id", "run_dir", "address"}``.
     :raises ConfigError: the config or an override is invalid.
+    :raises RunDirError: ``resume`` is not a run directory.
     :raises JobsError: the cluster cannot be reached, the token is missing/wrong, the submission fails.
     """
-    cfg = load_config(config, list(overrides))
-    if storage is None:
-        storage = os.environ.get("COLLABPRUNE_STORAGE") or _absolute(cfg.output.run_dir).parent
-    storage_path = _absolute(Path(storage))
-    job_id = job_id or default_job_id(config)
+    if resume is not None:
+        from collabprune.runs import resume_config
+
+        run_dir = _absolute(Path(resume))
+        cfg = resume_config(run_dir, list(overrides))
+        job_id = job_id or f"{run_dir.name}-resume-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        cfg = load_config(config, list(overrides))
+        if storage is None:
+            storage = os.environ.get("COLLABPRUNE_STORAGE") or _absolute(cfg.output.run_dir).parent
+        job_id = job_id or default_job_id(config)
+        run_dir = _absolute(Path(storage)) / job_id
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", job_id):
         raise JobsError(f"job id {job_id!r}: use letters, digits, '-', '_' and '.' only")
-    run_dir = storage_path / job_id
     client = connect(address, timeout_s)
     url = resolve_address(address)
     runtime_env: dict[str, Any] = {
@@ -299,14 +311,14 @@ def submit(
     }
     if ship_code:
         runtime_env["py_modules"] = _package_dirs(PACKAGES)
-    entrypoint = " ".join([
-        "python", "-m", "collabprune.cli", "--no-progress", "search", CONFIG_NAME,
-        "--out", shlex.quote(str(run_dir)),
-    ])
-    metadata = {META_RUN_DIR: str(run_dir), META_CONFIG: str(config or "<defaults>"),
-                META_ROUNDS: str(cfg.search.rounds)}
+    search = ["--resume", shlex.quote(str(run_dir)), *(f"--set {shlex.quote(o)}" for o in overrides)] \
+        if resume is not None else [CONFIG_NAME, "--out", shlex.quote(str(run_dir))]
+    entrypoint = " ".join(["python", "-m", "collabprune.cli", "--no-progress", "search", *search])
+    metadata = {META_RUN_DIR: str(run_dir), META_ROUNDS: str(cfg.search.rounds),
+                META_CONFIG: str(run_dir / "config.yaml") if resume is not None else str(config or "<defaults>")}
     with tempfile.TemporaryDirectory(prefix="collabprune_job_") as tmp:
-        save_config(job_config(cfg, run_dir), Path(tmp) / CONFIG_NAME)
+        if resume is None:
+            save_config(job_config(cfg, run_dir), Path(tmp) / CONFIG_NAME)
         runtime_env["working_dir"] = tmp
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:

@@ -132,12 +132,21 @@ def test_submit_runs_to_success(head: str, tiny_config: Path, tmp_path: Path, to
         assert (tmp_path / "export" / "generator.onnx").is_file()
 
 
-def test_stop_a_running_job(head: str, tiny_config: Path, tmp_path: Path, token_env: None,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_a_running_job_then_resume_it(head: str, tiny_config: Path, tmp_path: Path, token_env: None,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``jobs stop`` mid-search, then ``submit --resume RUN_DIR``: a new job finishes the run, and every
+    (round, slot) is logged exactly once."""
+    rounds = 3
     rc, _, err = _cli(capsys, "submit", str(tiny_config), "--address", head, "--storage", str(tmp_path),
-                      "--name", "cp-stop", "--set", "search.rounds=200")
+                      "--name", "cp-stop", "--set", f"search.rounds={rounds}")
     assert rc == 0, err
-    assert _wait_status(head, "cp-stop", {"RUNNING", "SUCCEEDED", "FAILED"}, 120) == "RUNNING"
+    run_dir = tmp_path / "cp-stop"
+    log = run_dir / "evaluations.jsonl"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not any(x.endswith("}") and json.loads(x)["round"] >= 0 for x in (log.read_text().splitlines()
+                                                                              if log.is_file() else [])):
+        assert jobs.job_status("cp-stop", head)["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline
+        time.sleep(0.5)
     rc, out, err = _cli(capsys, "jobs", "stop", "cp-stop", "--address", head)
     assert rc == 0 and "stop requested" in out, err
     assert jobs.wait_for_job("cp-stop", head, timeout_s=60, poll_s=0.5) == "STOPPED"
@@ -145,6 +154,28 @@ def test_stop_a_running_job(head: str, tiny_config: Path, tmp_path: Path, token_
     assert rc == 0 and "STOPPED" in out
     rc, out, _ = _cli(capsys, "jobs", "stop", "cp-stop", "--address", head)
     assert rc == 0 and "was not running" in out
+    before = [x for x in log.read_text().splitlines() if x.endswith("}")]
+    assert len({json.loads(x)["round"] for x in before if json.loads(x)["round"] >= 0}) < rounds
+
+    rc, out, err = _cli(capsys, "submit", "--resume", str(run_dir), "--address", head, "--name", "cp-stop-r")
+    assert rc == 0, err
+    assert f"run dir: {run_dir}" in out
+    status = jobs.wait_for_job("cp-stop-r", head, timeout_s=JOB_TIMEOUT_S, poll_s=1.0)
+    assert status == "SUCCEEDED", jobs.job_logs("cp-stop-r", head)[-3000:]
+    after = log.read_text().splitlines()
+    assert after[:len(before)] == before  # what the stopped job logged is kept as it was
+    keys = [(json.loads(x)["round"], json.loads(x).get("slot", 0)) for x in after]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice
+    assert {k for k, _ in keys if k >= 0} == set(range(rounds))
+    rc, out, _ = _cli(capsys, "jobs", "status", "cp-stop-r", "--address", head)
+    assert rc == 0 and f"rounds:   {rounds} of {rounds} search rounds evaluated" in out
+
+
+def test_submit_needs_a_config_or_a_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _cli(capsys, "submit", "--address", "http://127.0.0.1:1")
+    assert rc == 2 and "CONFIG file or --resume" in _one_line_error(err)
+    rc, _, err = _cli(capsys, "submit", "--resume", str(tmp_path), "--address", "http://127.0.0.1:1")
+    assert rc == 2 and "not a run directory" in _one_line_error(err)
 
 
 # ------------------------------------------------------------------------------ one-line errors
