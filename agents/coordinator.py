@@ -51,16 +51,25 @@ class Deadlines:
     :param peer_s: a D agent waiting for G's proposals of the round: G's episode plus, before it, the
         previous round's evaluation and G's training.
     :param reply_s: an agent waiting for its round's rewards: the peer's turn plus the evaluations.
+    :param agent_call_s: an agent's Ray call to the Coordinator (``reply_s`` plus the call itself).
+    :param stall_s: the driver giving up when no evaluation finishes (``reply_s`` plus a margin for
+        an agent restarted from its checkpoint to replay to the current round).
     """
 
     evaluation_s: float
     peer_s: float
     reply_s: float
+    agent_call_s: float
+    stall_s: float
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Deadlines":
+        """The deadlines of a run: all follow ``search.round_timeout_s`` (T): peer 2T + 600 s, reply
+        3T + 600 s, agent call reply + 60 s, stall reply + 300 s."""
         t = float(cfg.search.round_timeout_s)
-        return cls(evaluation_s=t, peer_s=2 * t + 600.0, reply_s=3 * t + 600.0)
+        reply = 3 * t + 600.0
+        return cls(evaluation_s=t, peer_s=2 * t + 600.0, reply_s=reply, agent_call_s=reply + 60.0,
+                   stall_s=reply + 300.0)
 
 
 def reward_terms(record: dict[str, Any], baseline: dict[str, Any], c_max: float) -> tuple[float, float, float]:

@@ -206,7 +206,7 @@ def _wait_agents(cfg: RunConfig, agents: list[Any], coordinator: Any, bar: _Bar)
     refs = [a.run.remote() for a in agents]
     pending = list(refs)
     deadlines = Deadlines.of(cfg)
-    stall_s = deadlines.reply_s + 300
+    stall_s = deadlines.stall_s
     poll_s = deadlines.evaluation_s  # the Coordinator is async: it answers status while rounds run
     last_done, last_change = -1, time.time()
     while pending:

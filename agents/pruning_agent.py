@@ -308,7 +308,7 @@ class PruningAgentActor(AgentCore):
                  peer_len: int | None = None, slots: int = 1) -> None:
         from agents.coordinator import Deadlines
 
-        timeout = Deadlines.of(RunConfig.model_validate(cfg)).reply_s + 60.0
+        timeout = Deadlines.of(RunConfig.model_validate(cfg)).agent_call_s
         super().__init__(role, cfg, run_dir, RayCoordinatorLink(coordinator, timeout), peer_len, slots)
 
     def run(self) -> dict[str, Any]:

@@ -39,12 +39,14 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/search_cost.py
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Ray's single-node switch, before Ray is imported: every port of the local instance on 127.0.0.1
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 from rich.table import Table
 
-from agents.driver import _connect, run_search
-from agents.evaluator import evaluator_resources
+from agents.driver import run_search
+from agents.evaluator import evaluator_resources, usable_cpus
 from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.runs import RunDir
 
@@ -111,7 +113,8 @@ def run_one(args: Any, evaluators: int, parent: Path) -> dict[str, Any]:
     cfg = load_cfg(args.config, args.overrides,
                    [f"search.rounds={args.rounds}", f"search.num_evaluators={evaluators}"])
     run_dir = parent / f"evaluators_{evaluators}"
-    started = _connect(None, progress=True)  # the embedded Ray run_search would start; kept up to query it
+    # the local Ray run_search would start (same CPUs), started here to query what it grants
+    ray.init(num_cpus=usable_cpus(), include_dashboard=False)
     try:
         granted = evaluator_resources(evaluators)[0]
         print(f"[search_cost] num_evaluators={evaluators}: {granted} granted by the cluster "
@@ -123,8 +126,7 @@ def run_one(args: Any, evaluators: int, parent: Path) -> dict[str, Any]:
             return {"evaluators_requested": evaluators, "evaluators_granted": granted, "run_dir": run_dir,
                     "error": f"{type(err).__name__}: {err}", "wall_s": time.time() - t0}
     finally:
-        if started:
-            ray.shutdown()
+        ray.shutdown()
     return {"evaluators_requested": evaluators, "evaluators_granted": granted, "run_dir": run_dir,
             **analyse(run_dir, cfg, summary)}
 
