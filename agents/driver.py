@@ -79,6 +79,22 @@ def _loopback_only() -> Iterator[None]:
             os.environ[LOOPBACK_ENV] = saved_env
 
 
+def start_local_ray(num_cpus: int | None = None, progress: bool = False) -> None:
+    """Start an embedded Ray instance on this machine, listening on 127.0.0.1 only, and connect to it.
+
+    What ``collabprune search`` without an address runs on: no dashboard, Ray's default token
+    authentication, every port on loopback (:func:`_loopback_only`).
+
+    :param num_cpus: logical CPUs it offers (default: the cores this process may use,
+        :func:`agents.evaluator.usable_cpus`); more than the machine has only for stand-in evaluators.
+    :param progress: a progress bar is shown (worker logs are then not forwarded to the driver).
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with _loopback_only():
+        ray.init(address="local", num_cpus=num_cpus or usable_cpus(), include_dashboard=False,
+                 log_to_driver=not progress, _node_ip_address="127.0.0.1")
+
+
 def _connect(address: str | None, progress: bool) -> bool:
     """Initialise Ray unless it already is; return whether this call started the connection.
 
@@ -90,9 +106,7 @@ def _connect(address: str | None, progress: bool) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        with _loopback_only():
-            ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False,
-                     log_to_driver=not progress, _node_ip_address="127.0.0.1")
+        start_local_ray(progress=progress)
     else:
         ray.init(address=address, log_to_driver=not progress)
     return True

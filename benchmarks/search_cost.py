@@ -39,14 +39,12 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/search_cost.py
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Ray's single-node switch, before Ray is imported: every port of the local instance on 127.0.0.1
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 from rich.table import Table
 
-from agents.driver import run_search
-from agents.evaluator import evaluator_resources, usable_cpus
+from agents.driver import run_search, start_local_ray
+from agents.evaluator import evaluator_resources
 from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.runs import RunDir
 
@@ -113,8 +111,7 @@ def run_one(args: Any, evaluators: int, parent: Path) -> dict[str, Any]:
     cfg = load_cfg(args.config, args.overrides,
                    [f"search.rounds={args.rounds}", f"search.num_evaluators={evaluators}"])
     run_dir = parent / f"evaluators_{evaluators}"
-    # the local Ray run_search would start (same CPUs), started here to query what it grants
-    ray.init(num_cpus=usable_cpus(), include_dashboard=False)
+    start_local_ray(progress=True)  # the local Ray run_search would start, started here to query what it grants
     try:
         granted = evaluator_resources(evaluators)[0]
         print(f"[search_cost] num_evaluators={evaluators}: {granted} granted by the cluster "

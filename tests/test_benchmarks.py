@@ -1,0 +1,26 @@
+"""Benchmark helpers that compute their tables (the benchmarks themselves run outside the suite)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.search_scale import analyse
+
+
+def _record(rnd: int, slot: int, finished_at: float, evaluation_s: float) -> dict:
+    return {"round": rnd, "slot": slot, "round_times": {"finished_at": finished_at, "evaluation_s": evaluation_s,
+                                                       "agents_s": 0.1, "coordination_s": 0.0}}
+
+
+def test_search_scale_analysis_of_a_known_log() -> None:
+    """Two evaluators, rounds ending every 2.5 s with 2 s evaluations: 0.5 s of each round is not evaluation."""
+    records = [_record(k, s, 10.0 + 2.5 * k, 2.0) for k in range(5) for s in range(2)]
+    out = analyse(records, evaluators=2)
+    assert out["rounds"] == 5 and out["slots"] == 2
+    assert out["steady_period_s"] == pytest.approx(2.5)
+    assert out["rounds_per_hour"] == pytest.approx(3600 / 2.5)
+    assert out["candidates_per_hour"] == pytest.approx(2 * 3600 / 2.5)
+    assert out["evaluator_utilisation"] == pytest.approx(2.0 / 2.5)
+    assert out["share_not_evaluation"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="at least 3"):
+        analyse(records[:4], evaluators=2)
