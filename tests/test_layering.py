@@ -50,6 +50,17 @@ def test_layering_and_no_private_imports_across_packages(package: str) -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_metrics_is_a_leaf_package() -> None:
+    """``collabprune.metrics`` (FID, MACs, latency) imports no other part of the core but its base
+    modules (config, errors, io): the per-group cost tables live in ``collabprune.pruning.costs``."""
+    base = {"collabprune.config", "collabprune.errors", "collabprune.io"}
+    bad = [f"{path.relative_to(REPO)}:{line} imports {module}"
+           for path in sorted((REPO / "collabprune" / "metrics").rglob("*.py"))
+           for line, module, _ in _imports(path)
+           if module.startswith("collabprune.") and not module.startswith("collabprune.metrics") and module not in base]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     """The parser finds both kinds of import the rules look at (so a clean result means something)."""
     src = tmp_path / "m.py"

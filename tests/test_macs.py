@@ -11,7 +11,8 @@ from torch import nn
 
 from collabprune.config import PruningConfig
 from collabprune.metrics.latency import measure_latency
-from collabprune.metrics.macs import conv_layer_costs, estimate_macs, group_macs_table, macs, macs_published, params
+from collabprune.metrics.macs import conv_layer_costs, macs, macs_published, params
+from collabprune.pruning.costs import estimate_macs, group_macs_table
 from collabprune.models import define_D, define_G, init_weights
 from collabprune.pruning.groups import discover_groups
 from collabprune.pruning.prune import kept_channels, prune_model

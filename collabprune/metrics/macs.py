@@ -11,24 +11,21 @@ not counted, as ``torch.utils.flop_counter`` does not count them):
   (ngf=64, 1x3x256x256) this gives 18.1 G against 6.05 G physical; resnet_9blocks gives 56.8 G
   (49.6 G physical).
 
-For the search loop, :func:`group_macs_table` precomputes a per-layer table once, and
-:func:`estimate_macs` turns kept-channel counts per prunable group into exact MACs in microseconds,
-without building the pruned network.
+:func:`conv_layer_costs` gives each convolution's cost per channel pair, from which
+:mod:`collabprune.pruning.costs` builds the per-group table the search uses. This package is a leaf:
+it knows nothing of prunable groups.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from collabprune.pruning.groups import PrunableGroup
 
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -51,7 +48,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def _example(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+def example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
     """A zero input of ``input_shape`` on the model's device and floating dtype."""
     p = next(iter(model.parameters()), None)
     device = p.device if p is not None else torch.device("cpu")
@@ -164,7 +161,7 @@ def macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256)) -> int
     :param input_shape: (B, C, H, W) of the input; MACs are for the whole batch.
     :return: MACs (an integer count, not giga).
     """
-    x = _example(model, input_shape)
+    x = example_input(model, input_shape)
     with eval_mode(model), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops()) // 2
@@ -181,7 +178,7 @@ def macs_published(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 25
     :param input_shape: (B, C, H, W) of the input.
     :return: MACs (integer count).
     """
-    x = _example(model, input_shape)
+    x = example_input(model, input_shape)
     adjust = [0]
 
     def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -203,125 +200,11 @@ def params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-@dataclass(frozen=True)
-class MacsTable:
-    """Precomputed per-layer table: MACs of any kept-channel assignment by two mat-vec products.
-
-    For layer ``l`` and kept counts ``k`` (one per group, network order):
-    ``in_l = in_fixed[l] + in_map[l] @ k``, ``out_l = out_fixed[l] + out_map[l] @ k`` and
-    ``MACs = sum_l unit[l] * in_l * out_l``. This is exact for groups=1 convolutions (cost is
-    bilinear in the channel counts). A layer that no group touches is stored as a constant
-    (``unit = its MACs``, ``in_fixed = out_fixed = 1``).
-
-    :param layers: layer names, forward order.
-    :param unit: (L,) int64 physical MACs per channel pair.
-    :param unit_published: (L,) int64 published-convention MACs per channel pair.
-    :param in_fixed: (L,) int64 input channels not belonging to any group.
-    :param out_fixed: (L,) int64 output channels not belonging to any group.
-    :param in_map: (L, G) int64 1 where group g feeds layer l's input.
-    :param out_map: (L, G) int64 1 where group g is layer l's output.
-    :param channels: (G,) int64 original channels per group.
-    """
-
-    layers: tuple[str, ...]
-    unit: np.ndarray
-    unit_published: np.ndarray
-    in_fixed: np.ndarray
-    out_fixed: np.ndarray
-    in_map: np.ndarray
-    out_map: np.ndarray
-    channels: np.ndarray
-
-    @property
-    def num_groups(self) -> int:
-        """G, the number of prunable groups."""
-        return int(self.channels.shape[0])
-
-
-def group_macs_table(
-    model: nn.Module,
-    groups: Sequence["PrunableGroup"],
-    input_shape: Sequence[int] = (1, 3, 256, 256),
-) -> MacsTable:
-    """Build the :class:`MacsTable` of ``model`` for its prunable groups.
-
-    :param model: the unpruned network the groups were discovered on.
-    :param groups: groups from :func:`collabprune.pruning.groups.discover_groups` (network order;
-        only ``out_layers``, ``in_layers`` and ``channels`` are read).
-    :param input_shape: (B, C, H, W); the table's MACs are for this input.
-    :raises NotImplementedError: a grouped convolution (groups > 1) belongs to a group.
-    """
-    costs = conv_layer_costs(model, _example(model, input_shape))
-    names = list(costs)
-    row = {n: i for i, n in enumerate(names)}
-    L, G = len(names), len(groups)
-    unit = np.zeros(L, dtype=np.int64)
-    unit_pub = np.zeros(L, dtype=np.int64)
-    in_fixed = np.zeros(L, dtype=np.int64)
-    out_fixed = np.zeros(L, dtype=np.int64)
-    in_map = np.zeros((L, G), dtype=np.int64)
-    out_map = np.zeros((L, G), dtype=np.int64)
-    for i, n in enumerate(names):
-        in_fixed[i] = costs[n].in_channels
-        out_fixed[i] = costs[n].out_channels
-    touched = set()
-    for g, grp in enumerate(groups):
-        for n in grp.out_layers:
-            out_map[row[n], g] += 1
-            out_fixed[row[n]] -= grp.channels
-            touched.add(n)
-        for n, _offset in grp.in_layers:
-            in_map[row[n], g] += 1
-            in_fixed[row[n]] -= grp.channels
-            touched.add(n)
-    for i, n in enumerate(names):
-        c = costs[n]
-        if n in touched:
-            if c.groups != 1:
-                raise NotImplementedError(f"grouped convolution {n!r} (groups={c.groups}) in a prunable group")
-            unit[i], unit_pub[i] = c.unit, c.unit_published
-        else:  # constant cost
-            unit[i], unit_pub[i] = c.macs, c.macs_published
-            in_fixed[i] = out_fixed[i] = 1
-    return MacsTable(
-        layers=tuple(names),
-        unit=unit,
-        unit_published=unit_pub,
-        in_fixed=in_fixed,
-        out_fixed=out_fixed,
-        in_map=in_map,
-        out_map=out_map,
-        channels=np.array([g.channels for g in groups], dtype=np.int64),
-    )
-
-
-def estimate_macs(table: MacsTable, kept: Sequence[int] | np.ndarray, published: bool = False) -> int:
-    """MACs of the sub-network that keeps ``kept[g]`` channels of group ``g`` (no network built).
-
-    Equals :func:`macs` (or :func:`macs_published`) of the pruned network exactly, for the input
-    shape the table was built with. Runs in a few microseconds.
-
-    :param table: from :func:`group_macs_table`.
-    :param kept: kept channels per group, network order, each in [1, channels].
-    :param published: use the published (ConvTranspose2d on the output grid) convention.
-    :raises ValueError: wrong length.
-    """
-    k = np.asarray(kept, dtype=np.int64)
-    if k.shape != table.channels.shape:
-        raise ValueError(f"kept has {k.size} entries, the table has {table.num_groups} groups")
-    cin = table.in_fixed + table.in_map @ k
-    cout = table.out_fixed + table.out_map @ k
-    unit = table.unit_published if published else table.unit
-    return int(np.dot(unit, cin * cout))
-
-
 __all__ = [
     "LayerCost",
-    "MacsTable",
     "conv_layer_costs",
-    "estimate_macs",
+    "example_input",
     "eval_mode",
-    "group_macs_table",
     "macs",
     "macs_published",
     "params",

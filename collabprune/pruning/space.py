@@ -15,7 +15,7 @@ from torch import nn
 
 from collabprune.config import PruningConfig
 from collabprune.errors import BudgetError
-from collabprune.metrics.macs import MacsTable, estimate_macs, group_macs_table
+from collabprune.pruning.costs import MacsTable, estimate_macs, group_macs_table
 from collabprune.pruning.groups import PrunableGroup, discover_groups
 from collabprune.pruning.prune import kept_channels
 
