@@ -38,7 +38,7 @@ from collabprune.models import discriminator_kwargs, generator_kwargs
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.objectives import balance_rho, balance_term, teacher_d_features
 from collabprune.pruning.prune import prune_model
-from collabprune.pruning.spec import SubnetSpec
+from collabprune.models.spec import SubnetSpec
 from collabprune.pruning.space import ChannelSpace
 from collabprune.finetune import (
     FeatureMap, FinetuneResult, finetune_pair, kde_loss, make_feature_map, recalibrate_batchnorm, training_batches,

@@ -1,6 +1,6 @@
 """Export of a run's best sub-network pair (DESIGN.md §6).
 
-``OUT/subnet.json`` holds, per network, the :class:`~collabprune.pruning.spec.SubnetSpec`, the
+``OUT/subnet.json`` holds, per network, the :class:`~collabprune.models.spec.SubnetSpec`, the
 channels kept per group, MACs in both conventions, params and the MACs fraction of the teacher;
 plus every metric and the reward of the best pair, the teacher checkpoints' SHA-256, the package
 versions, the measured CPU latency of teacher and pruned G, and a schema version.
@@ -26,7 +26,7 @@ from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import load_candidate
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES, SUBNET_FILE, load_subnet
-from collabprune.pruning.spec import SubnetSpec
+from collabprune.models.spec import SubnetSpec
 from collabprune.runs import RunDir, candidate_dir, package_versions, resume_config
 from collabprune.teacher import D_FILE, G_FILE, load_teacher
 

@@ -12,7 +12,7 @@ from collabprune.evaluation import CandidateEvaluator, compute_reward
 from collabprune.models import build_from_spec, load_state_dict_strict, read_state_dict
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.pruning.prune import prune_model
-from collabprune.pruning.spec import SubnetSpec
+from collabprune.models.spec import SubnetSpec
 from tiny import tiny_config
 
 

@@ -61,6 +61,15 @@ def test_metrics_is_a_leaf_package() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_models_do_not_import_pruning() -> None:
+    """One way between the two: ``collabprune.pruning`` builds on ``collabprune.models`` (networks, the
+    sub-network spec); models rebuild an exported sub-network without pruning code."""
+    bad = [f"{path.relative_to(REPO)}:{line} imports {module}"
+           for path in sorted((REPO / "collabprune" / "models").rglob("*.py"))
+           for line, module, _ in _imports(path) if module.startswith("collabprune.pruning")]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     """The parser finds both kinds of import the rules look at (so a clean result means something)."""
     src = tmp_path / "m.py"

@@ -18,7 +18,7 @@ from collabprune.models import build_generator, define_D, define_G, generator_kw
 from collabprune.models.subnet import build_from_spec, inherit_from_teacher
 from collabprune.pruning.groups import discover_groups
 from collabprune.pruning.prune import kept_channels, prune_model
-from collabprune.pruning.spec import SubnetSpec, infer_builder
+from collabprune.models.spec import SubnetSpec, infer_builder
 
 # (builder name, norm, input (B, C, H, W)); ngf/ndf = 8 keeps every test fast.
 NETS = {
@@ -284,7 +284,7 @@ def test_spec_errors() -> None:
 
 def test_subnet_module_does_not_import_torch_pruning() -> None:
     code = (
-        "import sys, collabprune.models.subnet, collabprune.pruning.spec; "
+        "import sys, collabprune.models.subnet, collabprune.models.spec; "
         "assert 'torch_pruning' not in sys.modules, 'torch_pruning imported'"
     )
     root = str(Path(__file__).resolve().parents[1])

@@ -1,4 +1,4 @@
-"""Rebuild a pruned sub-network from its :class:`~collabprune.pruning.spec.SubnetSpec` (plain PyTorch).
+"""Rebuild a pruned sub-network from its :class:`~collabprune.models.spec.SubnetSpec` (plain PyTorch).
 
 No torch-pruning and no pickles: the full network is built with our ``define_G``/``define_D``, then
 every layer the spec lists is replaced by a fresh layer of the recorded shape (same kernel, stride,
@@ -17,7 +17,7 @@ from torch import nn
 
 from collabprune.errors import CheckpointError
 from collabprune.models.networks import define_D, define_G
-from collabprune.pruning.spec import SubnetSpec
+from collabprune.models.spec import SubnetSpec
 
 
 def _build_full(spec: SubnetSpec) -> nn.Module:

@@ -21,7 +21,7 @@ from torch import nn
 from collabprune.config import PruningConfig
 from collabprune.metrics.macs import CONV_TYPES
 from collabprune.pruning.groups import NORM_TYPES, ChannelTrace, PrunableGroup, trace_groups
-from collabprune.pruning.spec import SubnetSpec, infer_builder
+from collabprune.models.spec import SubnetSpec, infer_builder
 
 
 def kept_channels(channels: int, ratio: float, cfg: PruningConfig) -> int:
@@ -171,7 +171,7 @@ def prune_model(
     :param cfg: ``round_to``, ``min_channels`` and ``importance`` are read.
     :param seed: seed of the ``random`` importance.
     :param build_kwargs: define_G/define_D keyword arguments recorded in the spec; inferred from
-        the network when ``None`` (see :func:`~collabprune.pruning.spec.infer_builder`).
+        the network when ``None`` (see :func:`~collabprune.models.spec.infer_builder`).
     :return: ``(pruned, spec)``: the pruned network (same train/eval flags and device as the
         teacher, output shape unchanged) and its :class:`SubnetSpec`.
     :raises ValueError: wrong number of ratios, a ratio outside (0, 1], or ``build_kwargs`` that
