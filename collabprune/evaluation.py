@@ -31,18 +31,17 @@ from torch import nn
 
 from collabprune.config import RunConfig
 from collabprune.data import reward_split, train_split
+from collabprune.finetune import FinetuneResult, finetune_pair, recalibrate_batchnorm, training_batches
 from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
 from collabprune.metrics.fid import FidScorer, load_inception
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import discriminator_kwargs, generator_kwargs
+from collabprune.models.spec import SubnetSpec
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.objectives import balance_rho, balance_term, teacher_d_features
+from collabprune.objectives.kde import FeatureMap, kde_loss, make_feature_map
 from collabprune.pruning.prune import prune_model
-from collabprune.models.spec import SubnetSpec
 from collabprune.pruning.space import ChannelSpace
-from collabprune.finetune import (
-    FeatureMap, FinetuneResult, finetune_pair, kde_loss, make_feature_map, recalibrate_batchnorm, training_batches,
-)
 from collabprune.runtime import resolve_device, seed_everything
 from collabprune.teacher import D_FILE, G_FILE, load_teacher
 

@@ -12,18 +12,31 @@ because the convolution of two N(., h^2 I) kernels is N(., 2 h^2 I). The bracket
 (V-statistic, i = j included) Gaussian-kernel MMD^2 with bandwidth sqrt(2) h_b. ``C_b`` under/overflows
 for d in the hundreds, so by default it is dropped: ``L_kde = mean_b MMD^2_b``, a scale-free number in
 [0, 2], 0 when S_b = T_b, differentiable in the student's features.
+
+:func:`kde_loss` applies it to a (student, teacher) generator pair: neighbourhoods of a batch of
+centres through both networks (dropout on, same draws), features by :func:`make_feature_map`.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from collabprune.config import RunConfig
+
 __all__ = [
+    "FeatureMap",
+    "dropout_on",
+    "kde_loss",
     "kde_objective",
+    "make_feature_map",
+    "neighbourhood_outputs",
     "make_neighbourhoods",
     "median_bandwidth",
     "pixel_features",
@@ -177,3 +190,84 @@ def teacher_d_features(
     for layer in list(seq)[:-1]:
         x = layer(x)
     return x.mean(dim=(2, 3))
+
+
+# ------------------------------------------------ L_kde of a (student, teacher) generator pair
+FeatureMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def dropout_on(net: nn.Module) -> Iterator[nn.Module]:
+    """Run ``net`` with its Dropout layers active and everything else (BatchNorm) as it is.
+
+    pix2pix keeps dropout on at test time (DESIGN.md §4: part of the neighbourhood's randomness).
+    """
+    drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    flags = [m.training for m in drops]
+    for m in drops:
+        m.train(True)
+    try:
+        yield net
+    finally:
+        for m, flag in zip(drops, flags):
+            m.train(flag)
+
+
+def neighbourhood_outputs(net: nn.Module, x_nb: torch.Tensor, seed: int) -> torch.Tensor:
+    """G outputs on a neighbourhood batch with dropout on, under a fixed RNG seed.
+
+    The same ``seed`` for teacher and student gives the same dropout draws where the shapes agree,
+    so a student identical to the teacher has L_kde exactly 0.
+
+    :param x_nb: perturbed inputs (B*K, C, H, W) from :func:`make_neighbourhoods`.
+    :returns: (B*K, C_out, H, W).
+    """
+    devices = [x_nb.device] if x_nb.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with dropout_on(net):
+            return net(x_nb)
+
+
+def make_feature_map(cfg: "RunConfig", teacher_d: nn.Module, inception: nn.Module | None = None) -> FeatureMap:
+    """phi(inputs, outputs) -> (N, d) features of ``reward.kde.features`` (DESIGN.md §4).
+
+    ``teacher_d``: the frozen teacher D's penultimate features of cat(input, output), spatially
+    averaged; ``pixels``: 16x16 average-pooled pixels; ``inception``: the FID Inception's pool
+    features (``inception`` must be given). Differentiable w.r.t. ``outputs``.
+
+    :raises ValueError: ``inception`` features without an Inception network.
+    """
+    kind = cfg.reward.kde.features
+    if kind == "teacher_d":
+        return lambda inputs, outputs: teacher_d_features(teacher_d, inputs, outputs)
+    if kind == "pixels":
+        return lambda inputs, outputs: pixel_features(outputs)
+    if inception is None:
+        raise ValueError("reward.kde.features=inception needs the FID Inception network")
+    return lambda inputs, outputs: inception(outputs)
+
+
+def kde_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    phi: FeatureMap,
+    centres: torch.Tensor,
+    cfg: "RunConfig",
+    seed: int,
+) -> torch.Tensor:
+    """L_kde of DESIGN.md §4 for a batch of centre inputs (differentiable w.r.t. the student).
+
+    :param centres: inputs x_b (B, C, H, W) in [-1, 1].
+    :param seed: seeds the perturbations and the dropout draws (same for teacher and student).
+    :returns: scalar tensor in [0, 2].
+    """
+    kc = cfg.reward.kde
+    gen = torch.Generator(device=centres.device).manual_seed(seed)
+    x_nb = make_neighbourhoods(centres, kc.neighbours, kc.noise_std, kc.jitter, gen)
+    with torch.no_grad():
+        t_out = neighbourhood_outputs(teacher, x_nb, seed)
+        t_feats = phi(x_nb, t_out)
+    s_feats = phi(x_nb, neighbourhood_outputs(student, x_nb, seed))
+    b = centres.shape[0]
+    return kde_objective(t_feats.reshape(b, kc.neighbours, -1), s_feats.reshape(b, kc.neighbours, -1))
