@@ -1,6 +1,6 @@
 """FID cost: our Frechet distance vs pytorch-fid's, and a cached vs uncached real-statistics pass.
 
-Part 1 -- the distance itself. :func:`collabprune.metrics.fid.frechet_distance` (pivoted Cholesky
+Part 1 -- the distance itself. :func:`collabprune.metrics.frechet.frechet_distance` (pivoted Cholesky
 factor + one symmetric eigenvalue problem) against ``pytorch_fid.fid_score.calculate_frechet_distance``
 (``scipy.linalg.sqrtm`` of the non-symmetric product) on the SAME statistics: value, relative
 difference and time. Features are synthetic but shaped like Inception pool3 features: ``dims``
@@ -41,7 +41,9 @@ from rich.table import Table
 
 from benchmarks._shared import base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.config import FidConfig
-from collabprune.metrics.fid import FidScorer, feature_stats, frechet_distance, make_random_inception_weights
+from benchmarks.random_inception import make_random_inception_weights
+from collabprune.metrics.fid import FidScorer
+from collabprune.metrics.frechet import feature_stats, frechet_distance
 
 
 def parse_args() -> Any:
@@ -182,7 +184,7 @@ def main() -> None:
         "machine": machine_info(),
         "notes": [
             "part 1 features: Gaussian, eigenvalues i^-1.2 (real) / i^-1.1 (fake) in one random orthogonal "
-            "basis, mean 0.3 (+0.02 fake); covariances from collabprune.metrics.fid.feature_stats",
+            "basis, mean 0.3 (+0.02 fake); covariances from collabprune.metrics.frechet.feature_stats",
             "part 2 uses FidScorer(mode=fid) with synthetic smooth images; a random-weight Inception gives "
             "real timings but meaningless values",
         ],

@@ -33,7 +33,8 @@ from collabprune.config import RunConfig
 from collabprune.data import reward_split, train_split
 from collabprune.finetune import FinetuneResult, finetune_pair, recalibrate_batchnorm, training_batches
 from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
-from collabprune.metrics.fid import FidScorer, load_inception
+from collabprune.metrics.fid import FidScorer
+from collabprune.metrics.inception import load_inception
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import discriminator_kwargs, generator_kwargs
 from collabprune.models.spec import SubnetSpec

@@ -15,18 +15,16 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from collabprune.config import FidConfig
 from collabprune.errors import FidWeightsError
-from collabprune.metrics import fid as fidmod
-from collabprune.metrics.fid import (
+from benchmarks.random_inception import make_random_inception_weights
+from collabprune.metrics import inception as fidmod
+from collabprune.metrics.fid import FidScorer, real_stats
+from collabprune.metrics.frechet import feature_stats, frechet_distance
+from collabprune.metrics.inception import (
     FID_WEIGHTS_ENV,
     FID_WEIGHTS_FILENAME,
-    FidScorer,
-    feature_stats,
-    frechet_distance,
     hub_cache_weights_path,
     inception_features,
     load_inception,
-    make_random_inception_weights,
-    real_stats,
     resolve_inception_weights,
 )
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from collabprune.io import atomic_torch_save
-from collabprune.metrics.fid import feature_stats, frechet_distance
+from collabprune.metrics.frechet import feature_stats, frechet_distance
 
 __all__ = ["EVAL_NET_VERSION", "EvalFeatureNet", "fd_eval", "load_or_train_eval_net", "train_eval_net"]
 
