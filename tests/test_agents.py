@@ -125,16 +125,18 @@ def test_episode_reward_is_credited_to_every_step(tmp_path: Path) -> None:
     assert abs(float(served.mean())) < 1e-5 and float(served.std()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_learns_a_known_best_allocation(tmp_path: Path) -> None:
-    """On a synthetic reward whose best allocation is known (no fine-tuning): the distance, in log2
-    keep ratio, to an allocation that keeps the high-resolution groups wide. After 80 rounds the
-    deterministic policy's proposal is much closer to it than the uniform candidate is, and the last
-    rounds score better than the first ones by more than the reward's noise."""
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learns_a_known_best_allocation(tmp_path: Path, seed: int) -> None:
+    """On a synthetic reward whose best allocation is known (no fine-tuning): minus the distance, in
+    log2 keep ratio, to an allocation that keeps the high-resolution groups wide, plus noise. Within 80
+    rounds, at two search seeds: the best proposal found (what a search returns) is less than half as
+    far from it as the uniform candidate, the last rounds score better than the first ones by more than
+    the reward's noise, and the deterministic policy has moved towards it."""
     cfg = RunConfig.model_validate({
         "model": {"net_g": "unet_128", "ngf": 16, "ndf": 16},
         "data": {"crop_size": 128, "load_size": 128},
         "pruning": {"round_to": 4, "min_channels": 4, "r_min": 0.1, "budget": {"generator": 0.25}},
-        "search": {"rounds": 80, "checkpoint_every": 1000},
+        "search": {"rounds": 80, "checkpoint_every": 1000, "seed": seed},
     })
     space = RoleSpace.from_config("generator", cfg)
     ch = np.array([g.channels for g in space.groups], dtype=float)
@@ -143,7 +145,7 @@ def test_learns_a_known_best_allocation(tmp_path: Path) -> None:
     def distance(ratios: list[float]) -> float:
         return float(np.mean(np.abs(np.log2(np.asarray(ratios) / target))))
 
-    noise = np.random.default_rng(0)
+    noise = np.random.default_rng(seed)
     RunDir.create(tmp_path, cfg)
     link = LocalLink(lambda r: -distance(r) + float(noise.normal(0.0, 0.05)))
     agent = AgentCore("generator", cfg.to_dict(), str(tmp_path), link)
@@ -153,9 +155,10 @@ def test_learns_a_known_best_allocation(tmp_path: Path) -> None:
         action, _ = agent.model.predict(obs[None], deterministic=True)
         obs, _, _, _, info = agent.env.step(action[0])
     uniform = distance(space.uniform_candidate())
-    assert distance(info["ratios"]) < 0.6 * uniform
     true = [-distance(rec["ratios"]) for _, rec in sorted(link.logged.items())]
+    assert -max(true) < 0.5 * uniform
     assert np.mean(true[-20:]) > np.mean(true[:10]) + 3 * 0.05 / np.sqrt(10)
+    assert distance(info["ratios"]) < 0.9 * uniform
 
 
 def test_self_imitation_pulls_the_actor_to_the_best_episodes(tmp_path: Path) -> None:
