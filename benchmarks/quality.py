@@ -99,6 +99,8 @@ def parse_args() -> Any:
     parser.add_argument("--tp-steps", type=int, default=200, help="torch-pruning iterative steps of global_l1")
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "quality_work", help="cache of runs and finalists")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, seed 0, first budget, 1 final seed")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="tabulate only the (method, seed) runs whose finalist is cached; search nothing")
     return parser.parse_args()
 
 
@@ -388,6 +390,9 @@ def main() -> None:
             final_seeds = [1000 * seed + i for i in range(final_n)]
             held = None
             for method in methods:
+                if args.cached_only and not (work / f"finalist_{method}.json").is_file():
+                    print(f"[quality] budget {budget:g} seed {seed}: {method} not cached, left out", flush=True)
+                    continue
                 print(f"[quality] budget {budget:g} seed {seed}: {method}", flush=True)
                 finalist = find_finalist(method, make_cfg, budget, work, args.tp_steps)
                 if held is None:
