@@ -35,7 +35,7 @@ from typing import Any
 import ray
 
 from collabprune.config import RunConfig
-from collabprune.errors import RunDirError
+from collabprune.errors import RunDirError, SpaceMismatchError
 from collabprune.evaluation import reward_ratios
 from collabprune.pruning.roles import ROLE_NAMES, Role
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
@@ -258,8 +258,15 @@ class CoordinatorCore:
         :returns: per slot ``{"reward", "diverged", "peer": PeerInfo.to_dict() for the next round}``.
         :raises TimeoutError: the peer or an evaluation took longer than allowed.
         :raises ValueError: wrong role or number of proposals.
+        :raises SpaceMismatchError: a proposal was made in a channel space other than this run's.
         """
         _check_role(role)
+        expected = self.blocks.spaces[role].channels.digest
+        for slot, p in enumerate(proposals):
+            if p.get("space_digest") != expected:
+                raise SpaceMismatchError(
+                    f"round {round_index} slot {slot}: the {role} agent's channel space {p.get('space_digest')} is not "
+                    f"the Coordinator's {expected}", hint="run one collabprune version on every node of the cluster")
         if len(proposals) != self.slots:
             raise ValueError(f"{role}: {len(proposals)} proposals for a round of {self.slots} slot(s)")
         logged = self.run.round_records(round_index)

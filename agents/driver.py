@@ -42,7 +42,7 @@ from agents.coordinator import Coordinator, Deadlines
 from agents.evaluator import EvaluatorFactory, make_evaluators, usable_cpus
 from agents.pruning_agent import PruningAgent
 from collabprune.config import RunConfig
-from collabprune.errors import CollabPruneError
+from collabprune.errors import CollabPruneError, SpaceMismatchError
 from collabprune.io import atomic_write_json
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
 from collabprune.selection import EvaluateMany, reevaluate_top
@@ -123,6 +123,19 @@ def _unwrap(err: BaseException) -> BaseException:
     while isinstance(cause, ray.exceptions.RayTaskError) and getattr(cause, "cause", None) is not None:
         cause = cause.cause
     return cause
+
+
+def _check_spaces(spaces: list[RoleSpace], evaluators: list[dict[str, str]]) -> None:
+    """Every evaluator prunes in the channel spaces the agents propose in (same digests).
+
+    :raises SpaceMismatchError: an evaluator's space of a role differs from the driver's.
+    """
+    for i, digests in enumerate(evaluators):
+        for space in spaces:
+            if digests.get(space.name) != space.channels.digest:
+                raise SpaceMismatchError(
+                    f"evaluator {i}: its {space.name} channel space {digests.get(space.name)} is not the search's "
+                    f"{space.channels.digest}", hint="run one collabprune version on every node of the cluster")
 
 
 def _get(ref: Any, timeout: float, what: str = "a Ray call", limit: str = "search.round_timeout_s") -> Any:
@@ -317,6 +330,8 @@ def run_search(
         bar.note("starting evaluators")
         _get([e.pid.remote() for e in evaluators], cfg.search.startup_timeout_s, "evaluator start-up",
              "search.startup_timeout_s")
+        _check_spaces(spaces, _get([e.space_digests.remote() for e in evaluators], cfg.search.round_timeout_s,
+                                   "the evaluators' channel spaces"))
         bar.note("evaluating the teacher pair and the uniform candidate")
         _baselines(cfg, run, evaluators[0])
         if run.completed_rounds() < cfg.search.rounds:

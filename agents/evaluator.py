@@ -91,6 +91,10 @@ class EvaluatorCore:
         g, d = self._impl.uniform_ratios()
         return list(g), list(d)
 
+    def space_digests(self) -> dict[str, str]:
+        """``{role name: ChannelSpace.digest}`` of the spaces this evaluator prunes in."""
+        return dict(self._impl.space_digests())
+
     def pid(self) -> int:
         """The actor's process id (tests kill it to check restarts)."""
         return os.getpid()

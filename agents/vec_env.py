@@ -82,8 +82,9 @@ class RoundVecEnv(DummyVecEnv):
             if not self.buf_dones.all():
                 raise RuntimeError("envs of one role must end their episodes together (same groups)")
             round_index = self.round
+            digest = self.pruning_envs[0].space.channels.digest
             proposals = [{"ratios": info["ratios"], "requested": info["requested"], "actions": info["actions"],
-                          "macs_fraction": info["macs_fraction"]} for info in infos]
+                          "macs_fraction": info["macs_fraction"], "space_digest": digest} for info in infos]
             replies = self.link.submit(round_index, proposals)
             self.last_executed = np.array([env.executed_actions() for env in self.pruning_envs], dtype=np.float32)
             for i, (env, (reward, peer)) in enumerate(zip(self.pruning_envs, replies)):

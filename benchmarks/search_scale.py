@@ -71,6 +71,9 @@ class SleepEvaluator:
         self.g_space = RoleSpace.from_config("generator", cfg)
         self.d_space = RoleSpace.from_config("discriminator", cfg)
 
+    def space_digests(self) -> dict[str, str]:
+        return {"generator": self.g_space.channels.digest, "discriminator": self.d_space.channels.digest}
+
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         return self.g_space.uniform_candidate(), self.d_space.uniform_candidate()
 

@@ -52,5 +52,10 @@ class JobsError(CollabPruneError):
     """A Ray Jobs request failed: unreachable dashboard, missing or wrong token, unknown job."""
 
 
+class SpaceMismatchError(CollabPruneError):
+    """Two processes of a search built different channel spaces for one role (their digests differ):
+    a keep-ratio vector would mean different channels to them (e.g. nodes with different versions)."""
+
+
 class OnnxExportError(CollabPruneError):
     """The ONNX export cannot run (missing extra) or its output does not match PyTorch."""

@@ -179,6 +179,11 @@ class CandidateEvaluator:
 
     # ------------------------------------------------------------------ candidates
 
+    def space_digests(self) -> dict[str, str]:
+        """``{"generator": digest, "discriminator": digest}`` of the spaces candidates are pruned in
+        (:attr:`collabprune.pruning.space.ChannelSpace.digest`)."""
+        return {"generator": self.g_space.digest, "discriminator": self.d_space.digest}
+
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         """The uniform candidate of each role at its budget (:meth:`ChannelSpace.uniform_candidate`:
         one keep ratio for every group, projected so that it uses the budget like every candidate)."""

@@ -33,6 +33,9 @@ class FakeEvaluator:
         self.die_once = Path(die_once) if die_once else None
         self.spaces = {r: RoleSpace.from_config(r, cfg) for r in ("generator", "discriminator")}
 
+    def space_digests(self) -> dict[str, str]:
+        return {r: s.channels.digest for r, s in self.spaces.items()}
+
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         return self.spaces["generator"].uniform_candidate(), self.spaces["discriminator"].uniform_candidate()
 

@@ -347,3 +347,25 @@ def test_agent_actor_killed_resumes_from_its_checkpoint_and_replays_exactly(ray_
     assert g["start_round"] in (2, 4) and g["rounds"] == 6  # the restarted actor began at a checkpoint
     replayed = [h["round"] for h in g["history"] if h["replayed"]]
     assert replayed and replayed == list(range(g["start_round"], g["start_round"] + len(replayed)))
+
+
+def test_coordinator_refuses_a_proposal_from_another_channel_space(tmp_path: Path) -> None:
+    """A proposal is checked against the Coordinator's channel space (its digest) before anything is
+    evaluated or logged."""
+    import asyncio
+
+    from agents.coordinator import CoordinatorCore
+    from collabprune.errors import SpaceMismatchError
+
+    cfg = tiny_cfg(rounds=1)
+    fake = fake_evaluator.FakeEvaluator(cfg, tmp_path)
+    run = RunDir.create(tmp_path, cfg)
+    run.append({**fake.evaluate_teacher(), "round": -2, "seed": 0})
+    run.append({**fake.evaluate_uniform(1), "round": -1, "seed": 1})
+    core = CoordinatorCore(cfg.to_dict(), str(tmp_path), evaluators=[])
+    g, _ = fake.uniform_ratios()
+    proposal = {"ratios": g, "requested": g, "actions": [0.0] * len(g), "macs_fraction": 0.3,
+                "space_digest": "0123456789abcdef"}
+    with pytest.raises(SpaceMismatchError, match="round 0 slot 0: the generator agent's channel space"):
+        asyncio.run(core.submit("generator", 0, [proposal]))
+    assert [r["round"] for r in RunDir(tmp_path, run.digest).search_records()] == []

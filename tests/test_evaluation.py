@@ -169,3 +169,21 @@ def test_evaluate_cli_bad_ratios_one_line_exit_2(cfg: RunConfig, tmp_path: Path,
     assert code == 2, err
     assert err.count("\n") == 1 and fragment in err and flag in err and "Traceback" not in err
     assert not run_dir.exists() or not any(run_dir.rglob("*.json"))  # nothing was evaluated
+
+
+def test_evaluator_and_agents_agree_on_the_channel_spaces(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
+    """The evaluator traces the loaded teacher, the agents' envs and the Coordinator a config-built
+    network: the same spaces, the same digests; the search refuses an evaluator whose space differs."""
+    from agents.driver import _check_spaces
+    from collabprune.errors import SpaceMismatchError
+    from envs.space import RoleSpace
+
+    spaces = [RoleSpace.from_config(r, cfg) for r in ("generator", "discriminator")]
+    digests = evaluator.space_digests()
+    assert digests == {s.name: s.channels.digest for s in spaces}
+    _check_spaces(spaces, [digests, dict(digests)])
+    other = RoleSpace.from_config("generator", cfg.model_copy(update={"pruning": cfg.pruning.model_copy(
+        update={"round_to": cfg.pruning.round_to * 2})}))
+    assert other.channels.digest != digests["generator"]
+    with pytest.raises(SpaceMismatchError, match="evaluator 1: its generator channel space"):
+        _check_spaces(spaces, [digests, dict(digests, generator=other.channels.digest)])

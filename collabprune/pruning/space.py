@@ -6,8 +6,11 @@ vector maps to the same kept channels and MACs everywhere (DESIGN.md §3).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -56,6 +59,22 @@ class ChannelSpace:
     def num_groups(self) -> int:
         """Number of prunable groups."""
         return len(self.groups)
+
+    @cached_property
+    def digest(self) -> str:
+        """16 hex characters identifying this space: role, input shape, every group (name, channels,
+        layers), the MACs table and the pruning config. Two processes that built the space of the
+        same network (the agents' envs, the Coordinator, the evaluators) agree on it exactly when a
+        keep-ratio vector means the same channels and MACs to both."""
+        data = {
+            "role": self.role, "input_shape": list(self.input_shape), "teacher_macs": int(self.teacher_macs),
+            "groups": [[g.name, int(g.channels), list(g.out_layers), [list(x) for x in g.in_layers]]
+                       for g in self.groups],
+            "table": {k: getattr(self.table, k).tolist() for k in ("unit", "unit_published", "in_fixed", "out_fixed",
+                                                                 "in_map", "out_map", "channels")},
+            "layers": list(self.table.layers), "cfg": self.cfg.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def kept(self, ratios: Sequence[float]) -> list[int]:
         """Kept channels per group for keep ``ratios`` (rounded as :func:`kept_channels`)."""
