@@ -168,7 +168,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="search rounds per run")
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "search_scale_runs",
                         help="parent folder of the run directories (a fresh sub-folder per invocation)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 and 2 evaluators, 4 rounds, 0.5 s")
     args = parser.parse_args()
+    if args.quick:
+        args.evaluators, args.rounds, args.sleep_s = "1,2", 4, 0.5
     parent = args.work / time.strftime("%Y%m%d-%H%M%S")
     runs = []
     for n in parse_list(args.evaluators, int):
