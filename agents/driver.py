@@ -337,13 +337,17 @@ def run_search(
         if run.completed_rounds() < cfg.search.rounds:
             bar.note("starting agents")
             cfg_data = cfg.to_dict()
-            coordinator = Coordinator.options(scheduling_strategy=_here()).remote(cfg_data, str(run_dir), evaluators)
+            # named, so that an agent (also a restarted one) finds it without holding a handle argument
+            name = f"collabprune-coordinator-{run.digest}-{os.getpid()}-{time.time_ns()}"
+            namespace = ray.get_runtime_context().namespace
+            coordinator = Coordinator.options(scheduling_strategy=_here(), name=name, namespace=namespace
+                                              ).remote(cfg_data, str(run_dir), evaluators)
             actors.append(coordinator)
             searching = ROLES if cfg.search.agents == "both" else ROLES[:1]
             agents = [
                 PruningAgent.options(scheduling_strategy=_here(), max_restarts=cfg.search.agent_max_restarts,
                                      max_task_retries=cfg.search.agent_max_restarts,
-                                     ).remote(role, cfg_data, str(run_dir), coordinator, peer_len, run.slots)
+                                     ).remote(role, cfg_data, str(run_dir), (name, namespace), peer_len, run.slots)
                 for role in searching
             ]
             actors += agents

@@ -302,14 +302,21 @@ class AgentCore:
 
 
 class PruningAgentActor(AgentCore):
-    """Ray actor body: builds its :class:`RayCoordinatorLink` from a Coordinator handle."""
+    """Ray actor body: finds the run's Coordinator by name and builds its :class:`RayCoordinatorLink`.
 
-    def __init__(self, role: str, cfg: dict[str, Any], run_dir: str, coordinator: Any,
+    :param coordinator: ``(name, namespace)`` of the Coordinator actor. The agent looks it up itself
+        (also after a restart, ``search.agent_max_restarts``) rather than receiving a handle: Ray holds a
+        handle argument by reference and cannot promise it to a restarted actor.
+    """
+
+    def __init__(self, role: str, cfg: dict[str, Any], run_dir: str, coordinator: tuple[str, str],
                  peer_len: int | None = None, slots: int = 1) -> None:
         from agents.coordinator import Deadlines
 
+        name, namespace = coordinator
         timeout = Deadlines.of(RunConfig.model_validate(cfg)).agent_call_s
-        super().__init__(role, cfg, run_dir, RayCoordinatorLink(coordinator, timeout), peer_len, slots)
+        link = RayCoordinatorLink(ray.get_actor(name, namespace=namespace), timeout)
+        super().__init__(role, cfg, run_dir, link, peer_len, slots)
 
     def run(self) -> dict[str, Any]:
         """Ray entry point: :meth:`AgentCore.run_rounds`.
