@@ -72,53 +72,69 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return rc, out, err
 
 
-def _wait_status(url: str, job_id: str, wanted: set[str], timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = jobs.job_status(job_id, url)["status"]
-        if status in wanted or time.monotonic() > deadline:
-            return status
-        time.sleep(0.5)
-
-
 # ----------------------------------------------------------------------------------- real jobs
-def test_submit_runs_to_success(head: str, tiny_config: Path, tmp_path: Path, token_env: None,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_stop_resume_to_success(head: str, tiny_config: Path, tmp_path: Path, token_env: None,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A job's whole life: ``submit``, ``jobs stop`` mid-search, ``submit --resume RUN_DIR`` (a new job
+    finishes the run, every (round, slot) logged exactly once), then ``jobs status/logs/list`` and an
+    export of the run directory the jobs wrote."""
+    rounds = 3
     storage = tmp_path / "storage"
     t0 = time.monotonic()
     rc, out, err = _cli(capsys, "submit", str(tiny_config), "--address", head, "--storage", str(storage),
-                        "--name", "cp-ok")
+                        "--name", "cp-ok", "--set", f"search.rounds={rounds}")
     assert rc == 0, err
     run_dir = storage / "cp-ok"
     assert f"run dir: {run_dir}" in out
+    log = run_dir / "evaluations.jsonl"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not any(x.endswith("}") and json.loads(x)["round"] >= 0 for x in (log.read_text().splitlines()
+                                                                              if log.is_file() else [])):
+        assert jobs.job_status("cp-ok", head)["status"] in ("PENDING", "RUNNING"), jobs.job_logs("cp-ok", head)[-3000:]
+        assert time.monotonic() < deadline, "the job logged no search round in time"
+        time.sleep(0.5)
+    rc, out, err = _cli(capsys, "jobs", "stop", "cp-ok", "--address", head)
+    assert rc == 0 and "stop requested" in out, err
+    assert jobs.wait_for_job("cp-ok", head, timeout_s=60, poll_s=0.5) == "STOPPED"
+    rc, out, _ = _cli(capsys, "jobs", "status", "cp-ok", "--address", head)
+    assert rc == 0 and "STOPPED" in out
+    rc, out, _ = _cli(capsys, "jobs", "stop", "cp-ok", "--address", head)
+    assert rc == 0 and "was not running" in out
+    before = [x for x in log.read_text().splitlines() if x.endswith("}")]
+    assert len({json.loads(x)["round"] for x in before if json.loads(x)["round"] >= 0}) < rounds
 
-    status = jobs.wait_for_job("cp-ok", head, timeout_s=JOB_TIMEOUT_S, poll_s=1.0)
+    rc, out, err = _cli(capsys, "submit", "--resume", str(run_dir), "--address", head, "--name", "cp-ok-r")
+    assert rc == 0, err
+    assert f"run dir: {run_dir}" in out
+    status = jobs.wait_for_job("cp-ok-r", head, timeout_s=JOB_TIMEOUT_S, poll_s=1.0)
     elapsed = time.monotonic() - t0
-    logs = jobs.job_logs("cp-ok", head)
-    assert status == "SUCCEEDED", logs[-3000:]
+    assert status == "SUCCEEDED", jobs.job_logs("cp-ok-r", head)[-3000:]
     with capsys.disabled():
-        print(f"\nsubmit -> SUCCEEDED: {elapsed:.1f} s")
+        print(f"\nsubmit, stop, resume -> SUCCEEDED: {elapsed:.1f} s")
+    after = log.read_text().splitlines()
+    assert after[:len(before)] == before  # what the stopped job logged is kept as it was
+    lines = [json.loads(x) for x in after]
+    keys = [(r["round"], r["slot"]) for r in lines]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice
+    # search.num_evaluators: auto (the default) on the 2-CPU head: two evaluators, two pairs per round
+    assert sorted(k for k in keys if k[0] >= 0) == [(k, s) for k in range(rounds) for s in (0, 1)]
 
-    rc, out, err = _cli(capsys, "jobs", "status", "cp-ok", "--address", head)
+    rc, out, err = _cli(capsys, "jobs", "status", "cp-ok-r", "--address", head)
     assert rc == 0, err
     assert "SUCCEEDED" in out
     assert f"run dir:  {run_dir}\n" in out
-    assert "rounds:   2 of 2 search rounds evaluated" in out
+    assert f"rounds:   {rounds} of {rounds} search rounds evaluated" in out
     assert "best:     reward -" in out or "best:     reward " in out
 
-    rc, out, err = _cli(capsys, "jobs", "logs", "cp-ok", "--address", head)
-    assert rc == 0 and "search finished: 2 rounds" in out
-    rc, followed, err = _cli(capsys, "jobs", "logs", "cp-ok", "--address", head, "--follow")
+    rc, out, err = _cli(capsys, "jobs", "logs", "cp-ok-r", "--address", head)
+    assert rc == 0 and f"search finished: {rounds} rounds" in out
+    rc, followed, err = _cli(capsys, "jobs", "logs", "cp-ok-r", "--address", head, "--follow")
     assert rc == 0 and followed == out  # an ended job: --follow prints everything and returns
 
     rc, out, err = _cli(capsys, "jobs", "list", "--address", head)
-    assert rc == 0 and "cp-ok" in out and str(run_dir) in out
+    assert rc == 0 and "cp-ok" in out and "cp-ok-r" in out and str(run_dir) in out
 
-    # the run directory the job wrote, with the resolved config and a complete export
-    lines = [json.loads(x) for x in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-    assert sorted({r["round"] for r in lines if r["round"] >= 0}) == [0, 1]
-    # search.num_evaluators: auto (the default) on the 2-CPU head: two evaluators, two pairs per round
-    assert sorted((r["round"], r["slot"]) for r in lines if r["round"] >= 0) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # the run directory the jobs wrote, with the resolved config and a complete export
     assert (run_dir / "best.json").is_file()
     assert load_config(run_dir / "config.yaml").output.run_dir == run_dir
     onnx = importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
@@ -130,45 +146,6 @@ def test_submit_runs_to_success(head: str, tiny_config: Path, tmp_path: Path, to
     if onnx:  # the ONNX export of a searched (resnet_6blocks, instance norm) generator
         assert subnet["onnx"]["max_abs_diff"] < 1e-4
         assert (tmp_path / "export" / "generator.onnx").is_file()
-
-
-def test_stop_a_running_job_then_resume_it(head: str, tiny_config: Path, tmp_path: Path, token_env: None,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """``jobs stop`` mid-search, then ``submit --resume RUN_DIR``: a new job finishes the run, and every
-    (round, slot) is logged exactly once."""
-    rounds = 3
-    rc, _, err = _cli(capsys, "submit", str(tiny_config), "--address", head, "--storage", str(tmp_path),
-                      "--name", "cp-stop", "--set", f"search.rounds={rounds}")
-    assert rc == 0, err
-    run_dir = tmp_path / "cp-stop"
-    log = run_dir / "evaluations.jsonl"
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not any(x.endswith("}") and json.loads(x)["round"] >= 0 for x in (log.read_text().splitlines()
-                                                                              if log.is_file() else [])):
-        assert jobs.job_status("cp-stop", head)["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline
-        time.sleep(0.5)
-    rc, out, err = _cli(capsys, "jobs", "stop", "cp-stop", "--address", head)
-    assert rc == 0 and "stop requested" in out, err
-    assert jobs.wait_for_job("cp-stop", head, timeout_s=60, poll_s=0.5) == "STOPPED"
-    rc, out, _ = _cli(capsys, "jobs", "status", "cp-stop", "--address", head)
-    assert rc == 0 and "STOPPED" in out
-    rc, out, _ = _cli(capsys, "jobs", "stop", "cp-stop", "--address", head)
-    assert rc == 0 and "was not running" in out
-    before = [x for x in log.read_text().splitlines() if x.endswith("}")]
-    assert len({json.loads(x)["round"] for x in before if json.loads(x)["round"] >= 0}) < rounds
-
-    rc, out, err = _cli(capsys, "submit", "--resume", str(run_dir), "--address", head, "--name", "cp-stop-r")
-    assert rc == 0, err
-    assert f"run dir: {run_dir}" in out
-    status = jobs.wait_for_job("cp-stop-r", head, timeout_s=JOB_TIMEOUT_S, poll_s=1.0)
-    assert status == "SUCCEEDED", jobs.job_logs("cp-stop-r", head)[-3000:]
-    after = log.read_text().splitlines()
-    assert after[:len(before)] == before  # what the stopped job logged is kept as it was
-    keys = [(json.loads(x)["round"], json.loads(x).get("slot", 0)) for x in after]
-    assert len(keys) == len(set(keys))  # nothing evaluated twice
-    assert {k for k, _ in keys if k >= 0} == set(range(rounds))
-    rc, out, _ = _cli(capsys, "jobs", "status", "cp-stop-r", "--address", head)
-    assert rc == 0 and f"rounds:   {rounds} of {rounds} search rounds evaluated" in out
 
 
 def test_submit_needs_a_config_or_a_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
