@@ -328,10 +328,9 @@ def run_search(
             run = RunDir.create(run_dir, cfg, slots=len(evaluators))
         bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
         bar.note("starting evaluators")
-        _get([e.pid.remote() for e in evaluators], cfg.search.startup_timeout_s, "evaluator start-up",
-             "search.startup_timeout_s")
-        _check_spaces(spaces, _get([e.space_digests.remote() for e in evaluators], cfg.search.round_timeout_s,
-                                   "the evaluators' channel spaces"))
+        # the first answer of each evaluator waits out its start-up and says which spaces it prunes in
+        _check_spaces(spaces, _get([e.space_digests.remote() for e in evaluators], cfg.search.startup_timeout_s,
+                                   "evaluator start-up", "search.startup_timeout_s"))
         bar.note("evaluating the teacher pair and the uniform candidate")
         _baselines(cfg, run, evaluators[0])
         if run.completed_rounds() < cfg.search.rounds:

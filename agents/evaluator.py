@@ -95,10 +95,6 @@ class EvaluatorCore:
         """``{role name: ChannelSpace.digest}`` of the spaces this evaluator prunes in."""
         return dict(self._impl.space_digests())
 
-    def pid(self) -> int:
-        """The actor's process id (tests kill it to check restarts)."""
-        return os.getpid()
-
 
 #: The Ray actor class; resources are set per instance by :func:`make_evaluators`.
 Evaluator = ray.remote(EvaluatorCore)
