@@ -290,7 +290,7 @@ def submit(
     :raises JobsError: the cluster cannot be reached, the token is missing/wrong, the submission fails.
     """
     if resume is not None:
-        from collabprune.runs import resume_config
+        from collabprune.runs import CONFIG_FILE, resume_config
 
         run_dir = _absolute(Path(resume))
         cfg = resume_config(run_dir, list(overrides))
@@ -315,7 +315,7 @@ def submit(
         if resume is not None else [CONFIG_NAME, "--out", shlex.quote(str(run_dir))]
     entrypoint = " ".join(["python", "-m", "collabprune.cli", "--no-progress", "search", *search])
     metadata = {META_RUN_DIR: str(run_dir), META_ROUNDS: str(cfg.search.rounds),
-                META_CONFIG: str(run_dir / "config.yaml") if resume is not None else str(config or "<defaults>")}
+                META_CONFIG: str(run_dir / CONFIG_FILE) if resume is not None else str(config or "<defaults>")}
     with tempfile.TemporaryDirectory(prefix="collabprune_job_") as tmp:
         if resume is None:
             save_config(job_config(cfg, run_dir), Path(tmp) / CONFIG_NAME)
