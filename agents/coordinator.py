@@ -14,6 +14,10 @@ One round, top to bottom (N = slots = candidates per round; G leads, D follows):
 4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced) and
    ``best.json`` is updated BEFORE any agent sees a reward.
 5. Both ``submit`` calls return the N team rewards and the peer blocks of round k+1.
+6. Each agent stores round k's transitions and learns: by default SB3 takes its gradient steps now,
+   before the agent's episodes of round k+1 (they sit between two rounds' evaluations); with
+   ``agents.learn_during_evaluation`` the agent takes them right after its ``submit`` of round k+1,
+   while that round is evaluated (:mod:`agents.learners`).
 
 A round already in the log (a resumed run replaying it) is answered from the log, evaluation by
 evaluation, without re-evaluating: the answer is a pure function of the logged records, so a replaying

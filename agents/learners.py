@@ -29,6 +29,15 @@ He et al. 2018, "AMC: AutoML for Model Compression", §3.4 and its released agen
 A round of a search is one episode of every env of the learner's VecEnv (n_envs = candidates per
 round): rollouts are ``n_groups`` steps (``train_freq=(n_groups, "step")``), after which SB3 trains
 ``n_groups * n_envs`` gradient steps (``gradient_steps=-1``).
+
+**Learning during evaluation** (``agents.learn_during_evaluation``, off-policy learners): SB3's own
+train step after a rollout is switched off (``gradient_steps=0``) and the agent calls
+:meth:`EpisodeCreditMixin.train_round` instead right after it has handed round ``r``'s proposals to the
+Coordinator, while they are evaluated: the gradient steps on rounds ``0..r-1`` then overlap the
+evaluations, and round ``r``'s proposals come from a policy that has not yet learned from round
+``r-1`` (one round of lag, as in asynchronous actor-learner setups). The same number of gradient steps
+is taken after the same rounds, one round later; after the last round the agent takes the pending
+ones, so the final policy has learned from every round.
 """
 
 from __future__ import annotations
@@ -128,6 +137,31 @@ class EpisodeCreditMixin:
             replay_buffer.add(obs, next_obs, action, np.asarray(reward, dtype=np.float32),
                               np.ones_like(dones, dtype=np.float32), [{} for _ in infos])
         self._pending = []
+
+    def round_gradient_steps(self, rounds_stored: int, n_envs: int) -> int:
+        """Gradient steps :meth:`train_round` takes once ``rounds_stored`` rounds are in the buffer.
+
+        The schedule of SB3's own loop: none while ``rounds_stored <= agents.warmup_episodes``
+        (``num_timesteps <= learning_starts``), then ``agents.gradient_steps``, or one per stored
+        transition of a round (``episode_steps * n_envs``) when that is -1.
+        """
+        cfg = self.agents_cfg
+        assert cfg is not None, "make_learner sets agents_cfg"
+        if rounds_stored <= cfg.warmup_episodes:
+            return 0
+        return cfg.gradient_steps if cfg.gradient_steps >= 0 else self.episode_steps * n_envs
+
+    def train_round(self, rounds_stored: int, n_envs: int) -> int:
+        """Train on the buffer as SB3's loop would after ``rounds_stored`` rounds (module docstring).
+
+        :param rounds_stored: rounds whose transitions are in the replay buffer.
+        :param n_envs: envs of the learner's VecEnv.
+        :returns: gradient steps taken.
+        """
+        steps = self.round_gradient_steps(rounds_stored, n_envs)
+        if steps > 0:
+            self.train(gradient_steps=steps, batch_size=self.batch_size)  # type: ignore[attr-defined]
+        return steps
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + ["executed_actions", "agents_cfg", "_pending"]  # type: ignore[misc]
@@ -232,7 +266,8 @@ def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> 
     configured (-1: as many as env steps collected); SAC gets ``target_entropy =
     agents.sac_target_entropy``. PPO: gamma = gae_lambda = 1 (every step's return is the episode's
     reward), a rollout of ``rollout_episodes`` episodes, minibatch the largest divisor of the
-    rollout at most ``batch_size``.
+    rollout at most ``batch_size``. With ``agents.learn_during_evaluation`` SB3's own train step is off
+    (``gradient_steps=0``): the agent calls :meth:`EpisodeCreditMixin.train_round`.
 
     :param agents: the agents section of the config.
     :param n_groups: steps per episode.
@@ -259,7 +294,8 @@ def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> 
             batch_size=agents.batch_size,
             learning_starts=agents.warmup_episodes * n_groups * n_envs,
             train_freq=(n_groups, "step"),
-            gradient_steps=agents.gradient_steps,
+            # learning during evaluation: the agent calls train_round itself (module docstring)
+            gradient_steps=0 if agents.learn_during_evaluation else agents.gradient_steps,
             replay_buffer_class=NormalisedReplayBuffer,
         )
         if agents.algo == "sac":

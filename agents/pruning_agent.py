@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import ray
@@ -55,8 +55,11 @@ STATE_FILE = "agent.json"
 class CoordinatorLink(Protocol):
     """What an agent needs from the Coordinator (a Ray handle wrapper, or a local double)."""
 
-    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]],
-               agent_s: float) -> list[dict[str, Any]]: ...
+    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]], agent_s: float,
+               while_waiting: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        """Hand in a round's proposals; the replies. ``while_waiting`` runs after the proposals are
+        handed in and before the replies are awaited (the agent's learning during evaluation)."""
+        ...
 
     def peers(self, role: str, round_index: int) -> list[dict[str, Any]]: ...
 
@@ -81,9 +84,11 @@ class RayCoordinatorLink:
             raise TimeoutError(f"coordinator did not answer {what} within {self.timeout_s:.0f} s "
                                "(search.round_timeout_s sets it)") from None
 
-    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]],
-               agent_s: float) -> list[dict[str, Any]]:
+    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]], agent_s: float,
+               while_waiting: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         ref = self.handle.submit.remote(role, round_index, proposals, agent_s)
+        if while_waiting is not None:
+            while_waiting()
         return self._get(ref, f"round {round_index} of the {role}")
 
     def peers(self, role: str, round_index: int) -> list[dict[str, Any]]:
@@ -166,7 +171,7 @@ class AgentCore:
         self.vec_env = RoundVecEnv(self.envs, _RoleRound(self), self.rounds)
         self.on_policy = self.cfg.agents.algo == "ppo"
         self.history: list[dict[str, Any]] = []
-        self.times = {"agent_s": 0.0, "wait_s": 0.0}
+        self.times = {"agent_s": 0.0, "wait_s": 0.0, "learn_s": 0.0}
         self._last_reply = time.time()
         self._last_saved = -1
         self.model = self._build_or_load()
@@ -214,10 +219,12 @@ class AgentCore:
         t0 = time.time()
         agent_s = t0 - self._last_reply
         seen = [env.peer for env in self.envs]
-        replies = self.link.submit(self.role, round_index, proposals, agent_s)
+        learn = (lambda: self.learn_while_waiting(round_index)) if self.learns_during_evaluation else None
+        learned_before = self.times["learn_s"]
+        replies = self.link.submit(self.role, round_index, proposals, agent_s, while_waiting=learn)
         self._last_reply = time.time()
         self.times["agent_s"] += agent_s
-        self.times["wait_s"] += self._last_reply - t0
+        self.times["wait_s"] += self._last_reply - t0 - (self.times["learn_s"] - learned_before)
         out = []
         for slot, (proposal, reply) in enumerate(zip(proposals, replies)):
             self.history.append({
@@ -233,6 +240,23 @@ class AgentCore:
             })
             out.append((float(reply["reward"]), PeerInfo.from_dict(reply["peer"])))
         return out
+
+    @property
+    def learns_during_evaluation(self) -> bool:
+        """Whether this agent trains while its round is evaluated (``agents.learn_during_evaluation``)."""
+        return self.cfg.agents.learn_during_evaluation and isinstance(self.model, EpisodeCreditMixin)
+
+    def learn_while_waiting(self, round_index: int) -> None:
+        """Round ``round_index`` is being evaluated: train on rounds ``0..round_index-1`` meanwhile.
+
+        The random streams were seeded for this round at the rollout's start (:class:`SearchCallback`),
+        so a replayed round trains exactly as the original did. Time spent here is the agent's
+        ``learn_s``, not ``agent_s`` (which is on the round's critical path).
+        """
+        t0 = time.time()
+        assert isinstance(self.model, EpisodeCreditMixin)
+        self.model.train_round(round_index, self.slots)
+        self.times["learn_s"] += time.time() - t0
 
     def record_round(self, logger: Logger) -> None:
         """Write the finished round's numbers to TensorBoard (called by the SB3 callback)."""
@@ -290,6 +314,9 @@ class AgentCore:
                 log_interval=None,
                 reset_num_timesteps=False,
             )
+            if self.learns_during_evaluation:  # the last round's gradient steps are still pending
+                self.model.set_random_seed(self._seed(self.vec_env.round))
+                self.learn_while_waiting(self.vec_env.round)
         if self.vec_env.round != self._last_saved:
             self.save_checkpoint()
         return {

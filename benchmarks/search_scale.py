@@ -14,10 +14,17 @@ excluded: it includes the agents' start-up):
 - share of a round that is not evaluation: 1 - (the round's longest evaluation) / (time between the ends
   of consecutive rounds): the agents' episodes and learning, coordination, logging, checkpoints.
 
+Each pool size runs under both learning schedules of the agents (``--learning``): ``sequential`` (SB3's
+own: the agents learn from round r, then propose round r+1, so their gradient steps sit between two
+rounds' evaluations) and ``during-evaluation`` (``agents.learn_during_evaluation``: the gradient steps
+overlap the next round's evaluation; see :mod:`agents.learners`). The agents warm up for one round only
+(``agents.warmup_episodes=1``), so the steady rounds learn.
+
 Targets (issue: "the search scales out"): candidates/hour at 8 evaluators >= 7.2x that at 1; the share not
-evaluation <= 5%.
+evaluation <= 5%; judged per learning schedule.
 
     python -m benchmarks.search_scale [CONFIG] [--set k=v] [--evaluators 1,2,4,8] [--sleep-s 2] [--rounds 12]
+        [--learning sequential,during-evaluation]
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from collabprune.runs import RunDir
 
 TARGET_SPEEDUP_8 = 7.2
 TARGET_NOT_EVALUATION = 0.05
+#: ``--learning`` name -> ``agents.learn_during_evaluation``
+LEARNING = {"sequential": False, "during-evaluation": True}
 
 
 class SleepEvaluator:
@@ -161,39 +170,9 @@ def run_one(cfg: RunConfig, evaluators: int, sleep_s: float, run_dir: Path) -> d
     return {"evaluators": evaluators, "wall_s": wall, "run_dir": run_dir, **analyse(records, evaluators)}
 
 
-def main() -> None:
-    parser = base_parser("search_scale", __doc__.split("\n")[0])
-    parser.add_argument("--evaluators", default="1,2,4,8", help="pool sizes to run")
-    parser.add_argument("--sleep-s", type=float, default=2.0, help="seconds of each stand-in evaluation")
-    parser.add_argument("--rounds", type=int, default=12, help="search rounds per run")
-    parser.add_argument("--work", type=Path, default=RESULTS_DIR / "search_scale_runs",
-                        help="parent folder of the run directories (a fresh sub-folder per invocation)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 and 2 evaluators, 4 rounds, 0.5 s")
-    args = parser.parse_args()
-    if args.quick:
-        args.evaluators, args.rounds, args.sleep_s = "1,2", 4, 0.5
-    parent = args.work / time.strftime("%Y%m%d-%H%M%S")
-    runs = []
-    for n in parse_list(args.evaluators, int):
-        cfg = load_cfg(args.config, args.overrides, [f"search.rounds={args.rounds}", f"search.num_evaluators={n}",
-                                                    "search.reeval_top_k=0"])
-        print(f"[search_scale] {n} evaluator(s): {args.rounds} rounds of {n} pair(s), {args.sleep_s:g} s each")
-        runs.append(run_one(cfg, n, args.sleep_s, parent / f"evaluators_{n}"))
-    base = runs[0]["candidates_per_hour"]
-    for r in runs:
-        r["speedup"] = r["candidates_per_hour"] / base
-
-    table = Table(title=f"Search loop with a {args.sleep_s:g} s evaluation stand-in (steady rounds)")
-    for col in ("evaluators", "pairs/round", "s/round", "rounds/h", "candidates/h", "speed-up",
-                "utilisation", "not evaluation", "agents s"):
-        table.add_column(col, justify="right")
-    for r in runs:
-        table.add_row(str(r["evaluators"]), str(r["slots"]), fmt(r["steady_period_s"], 3), fmt(r["rounds_per_hour"], 4),
-                      fmt(r["candidates_per_hour"], 4), f"{r['speedup']:.2f}x", f"{100 * r['evaluator_utilisation']:.1f}%",
-                      f"{100 * r['share_not_evaluation']:.1f}% ({r['not_evaluation_s']:.2f} s)", fmt(r["mean_agents_s"], 3))
-    print_table(table)
+def _targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     at8 = next((r for r in runs if r["evaluators"] == 8), None)
-    targets = {
+    targets: dict[str, Any] = {
         "speedup_8_vs_1": None if at8 is None else at8["speedup"],
         "speedup_8_vs_1_target": TARGET_SPEEDUP_8,
         "max_share_not_evaluation": max(r["share_not_evaluation"] for r in runs),
@@ -201,9 +180,58 @@ def main() -> None:
     }
     targets["met"] = bool(at8 is not None and at8["speedup"] >= TARGET_SPEEDUP_8
                           and targets["max_share_not_evaluation"] <= TARGET_NOT_EVALUATION)
-    print(f"targets: 8 vs 1 evaluators {fmt(targets['speedup_8_vs_1'], 3)}x (>= {TARGET_SPEEDUP_8}), "
-          f"share not evaluation at most {100 * targets['max_share_not_evaluation']:.1f}% (<= 5%): "
-          f"{'met' if targets['met'] else 'NOT met'}")
+    return targets
+
+
+def main() -> None:
+    parser = base_parser("search_scale", __doc__.split("\n")[0])
+    parser.add_argument("--evaluators", default="1,2,4,8", help="pool sizes to run")
+    parser.add_argument("--sleep-s", type=float, default=2.0, help="seconds of each stand-in evaluation")
+    parser.add_argument("--rounds", type=int, default=12, help="search rounds per run")
+    parser.add_argument("--learning", default=",".join(LEARNING),
+                        help=f"the agents' learning schedules to run, comma-separated: {', '.join(LEARNING)}")
+    parser.add_argument("--work", type=Path, default=RESULTS_DIR / "search_scale_runs",
+                        help="parent folder of the run directories (a fresh sub-folder per invocation)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 and 2 evaluators, 4 rounds, 0.5 s")
+    args = parser.parse_args()
+    if args.quick:
+        args.evaluators, args.rounds, args.sleep_s = "1,2", 4, 0.5
+    schedules = parse_list(args.learning, str)
+    unknown = [m for m in schedules if m not in LEARNING]
+    if unknown:
+        parser.error(f"--learning: unknown schedule(s) {', '.join(unknown)}; choose from {', '.join(LEARNING)}")
+    parent = args.work / time.strftime("%Y%m%d-%H%M%S")
+    runs: list[dict[str, Any]] = []
+    targets: dict[str, Any] = {}
+    for schedule in schedules:
+        mode_runs = []
+        for n in parse_list(args.evaluators, int):
+            cfg = load_cfg(args.config, args.overrides, [
+                f"search.rounds={args.rounds}", f"search.num_evaluators={n}", "search.reeval_top_k=0",
+                "agents.warmup_episodes=1", f"agents.learn_during_evaluation={str(LEARNING[schedule]).lower()}"])
+            print(f"[search_scale] learning {schedule}, {n} evaluator(s): {args.rounds} rounds of {n} pair(s), "
+                  f"{args.sleep_s:g} s each")
+            mode_runs.append({"learning": schedule, **run_one(cfg, n, args.sleep_s, parent / schedule / f"evaluators_{n}")})
+        base = mode_runs[0]["candidates_per_hour"]
+        for r in mode_runs:
+            r["speedup"] = r["candidates_per_hour"] / base
+        targets[schedule] = _targets(mode_runs)
+        runs += mode_runs
+
+    table = Table(title=f"Search loop with a {args.sleep_s:g} s evaluation stand-in (steady rounds)")
+    for col in ("learning", "evaluators", "pairs/round", "s/round", "rounds/h", "candidates/h", "speed-up",
+                "utilisation", "not evaluation", "agents s"):
+        table.add_column(col, justify="right")
+    for r in runs:
+        table.add_row(r["learning"], str(r["evaluators"]), str(r["slots"]), fmt(r["steady_period_s"], 3),
+                      fmt(r["rounds_per_hour"], 4), fmt(r["candidates_per_hour"], 4), f"{r['speedup']:.2f}x",
+                      f"{100 * r['evaluator_utilisation']:.1f}%",
+                      f"{100 * r['share_not_evaluation']:.1f}% ({r['not_evaluation_s']:.2f} s)", fmt(r["mean_agents_s"], 3))
+    print_table(table)
+    for schedule, t in targets.items():
+        print(f"targets, learning {schedule}: 8 vs 1 evaluators {fmt(t['speedup_8_vs_1'], 3)}x (>= {TARGET_SPEEDUP_8}), "
+              f"share not evaluation at most {100 * t['max_share_not_evaluation']:.1f}% (<= 5%): "
+              f"{'met' if t['met'] else 'NOT met'}")
     write_results(args.out, {
         "benchmark": "search_scale",
         "config": args.config,
@@ -211,7 +239,7 @@ def main() -> None:
         "args": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "out")},
         "machine": machine_info(),
         "notes": ["evaluations are a fixed sleep (a stand-in for a GPU evaluation), not a network",
-                  "steady rounds: round 0 excluded (agent start-up)"],
+                  "steady rounds: round 0 excluded (agent start-up); agents.warmup_episodes=1"],
         "targets": targets,
         "runs": runs,
     })

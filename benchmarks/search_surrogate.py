@@ -101,7 +101,10 @@ class SurrogateLink:
     def __init__(self, reward: Callable[[list[float]], float]) -> None:
         self.reward = reward
 
-    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]], agent_s: float) -> list[dict[str, Any]]:
+    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]], agent_s: float,
+               while_waiting: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        if while_waiting is not None:
+            while_waiting()
         return [{"reward": self.reward(list(p["ratios"])), "peer": PeerInfo().to_dict()} for p in proposals]
 
     def peers(self, role: str, round_index: int) -> list[dict[str, Any]]:

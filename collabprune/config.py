@@ -234,6 +234,10 @@ class AgentsConfig(_Section):
     batch_size: int = Field(64, ge=1)
     buffer_size: int = Field(20000, ge=1)
     gradient_steps: int = Field(-1, description="SB3 gradient steps per round (-1: as many as env steps)")
+    learn_during_evaluation: bool = Field(
+        False, description="TD3/DDPG/SAC: take a round's gradient steps while the next round is evaluated "
+        "(its proposals come from a policy one round behind; the agents' learning leaves the round's critical "
+        "path). Ignored by PPO")
     rollout_episodes: int = Field(4, ge=1, description="PPO: rounds per rollout")
     net_arch: list[int] = [64, 64]
     exchange: bool = Field(True, description="share observations with the peer agent (D sees G's proposal)")

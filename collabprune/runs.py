@@ -62,11 +62,19 @@ OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Fields added after run directories existed, at the value that reproduces the older behaviour: left
+#: out of the run digest at that value, so an older run directory keeps its digest and still resumes.
+LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
+    ("agents", "learn_during_evaluation", False),
+)
+
+
 def run_digest(cfg: RunConfig) -> str:
     """Digest identifying the experiment of a run (16 hex chars).
 
     It is :meth:`RunConfig.digest` of the config without the ``output`` section (a run directory
-    may be moved) and without :data:`OPERATIONAL_FIELDS`.
+    may be moved), without :data:`OPERATIONAL_FIELDS`, and without :data:`LATER_FIELDS_AT_OLD_VALUE`
+    where they hold their old value.
 
     :param cfg: the run config.
     :returns: 16 hexadecimal characters.
@@ -76,6 +84,9 @@ def run_digest(cfg: RunConfig) -> str:
     data.pop("output", None)
     for section, name in OPERATIONAL_FIELDS:
         data.get(section, {}).pop(name, None)
+    for section, name, old_value in LATER_FIELDS_AT_OLD_VALUE:
+        if data.get(section, {}).get(name) == old_value:
+            data[section].pop(name)
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

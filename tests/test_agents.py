@@ -53,8 +53,11 @@ class LocalLink:
         self.slots = slots
         self.submits: list[int] = []
 
-    def submit(self, role: str, rnd: int, proposals: list[dict[str, Any]], agent_s: float) -> list[dict[str, Any]]:
+    def submit(self, role: str, rnd: int, proposals: list[dict[str, Any]], agent_s: float,
+               while_waiting: Any = None) -> list[dict[str, Any]]:
         self.submits.append(rnd)
+        if while_waiting is not None:
+            while_waiting()
         out = []
         for slot, p in enumerate(proposals):
             if (rnd, slot) not in self.logged:
@@ -189,8 +192,41 @@ def test_self_imitation_pulls_the_actor_to_the_best_episodes(tmp_path: Path) -> 
     assert moved[10.0] > max(0.1, 2 * moved[0.0]), moved
 
 
-def test_resumed_agent_replays_logged_rounds_into_its_buffer(tmp_path: Path) -> None:
-    cfg = tiny_cfg(rounds=4)
+def test_learning_during_evaluation_takes_the_same_steps_one_round_later(tmp_path: Path) -> None:
+    """agents.learn_during_evaluation: no gradient step outside the Coordinator wait; at the submit of
+    round r the steps SB3 would have taken after round r-1; the pending ones after the last round; the
+    same total as the sequential learner."""
+    totals = {}
+    for overlap in (False, True):
+        cfg = tiny_cfg(rounds=4, algo="td3", warmup_episodes=1, learn_during_evaluation=overlap)
+        RunDir.create(tmp_path / str(overlap), cfg, slots=2)
+        steps: dict[int, int] = {}
+
+        class Recording(LocalLink):
+            def submit(self, role: str, rnd: int, proposals: list[dict[str, Any]], agent_s: float,
+                       while_waiting: Any = None) -> list[dict[str, Any]]:
+                before = agent.model._n_updates
+                assert before == sum(steps.values()) or not overlap  # nothing trained since the last wait
+                out = super().submit(role, rnd, proposals, agent_s, while_waiting)
+                steps[rnd] = agent.model._n_updates - before
+                return out
+
+        agent = AgentCore("generator", cfg.to_dict(), str(tmp_path / str(overlap)), Recording(budget_use, slots=2),
+                          peer_len=11, slots=2)
+        out = agent.run_rounds()
+        per_round = agent.space.n_groups * 2
+        if overlap:
+            assert steps == {0: 0, 1: 0, 2: per_round, 3: per_round}
+            assert out["times"]["learn_s"] > 0
+        else:
+            assert set(steps.values()) == {0} and out["times"]["learn_s"] == 0
+        totals[overlap] = agent.model._n_updates
+    assert totals[True] == totals[False] == 3 * agent.space.n_groups * 2
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "learn_during_evaluation"])
+def test_resumed_agent_replays_logged_rounds_into_its_buffer(tmp_path: Path, overlap: bool) -> None:
+    cfg = tiny_cfg(rounds=4, learn_during_evaluation=overlap)
     run = RunDir.create(tmp_path, cfg)
     link = LocalLink(budget_use)
     first = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), link, peer_len=11)
@@ -309,14 +345,16 @@ def test_slow_evaluation_times_out(ray_session: None, tmp_path: Path) -> None:
 def test_agent_actor_killed_resumes_from_its_checkpoint_and_replays_exactly(ray_session: Any, tmp_path: Path) -> None:
     """SIGKILL the generator agent's process mid-search: Ray restarts the actor, it loads its latest
     checkpoint, replays the rounds logged since, and the search goes on. Every round is logged exactly
-    once, and the log is identical to an uninterrupted run's (same proposals, same rewards)."""
+    once, and the log is identical to an uninterrupted run's (same proposals, same rewards). The agents
+    learn during evaluation (agents.learn_during_evaluation), so their gradient steps run inside the
+    Ray call that waits for the Coordinator, and the replay must reproduce them too."""
     import os
     import signal
     import threading
 
     from ray.util.state import list_actors
 
-    cfg = tiny_cfg(rounds=6)
+    cfg = tiny_cfg(rounds=6, learn_during_evaluation=True)
     reference = _run(cfg, tmp_path / "reference", sleep_s=0.3)
     assert reference["rounds"] == 6
 

@@ -11,6 +11,7 @@ from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
 from collabprune.runs import (
     EVALUATIONS_FILE,
+    OPERATIONAL_FIELDS,
     TEACHER_ROUND,
     UNIFORM_ROUND,
     RunDir,
@@ -135,6 +136,26 @@ def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:
     assert RunDir.open(tmp_path, moved).completed_rounds() == 0
     assert resume_config(tmp_path).search.rounds == 5
     assert resume_config(tmp_path, ["search.round_timeout_s=7"]).search.round_timeout_s == 7
+
+
+def test_a_field_added_later_keeps_the_digest_of_older_run_directories(tmp_path: Path) -> None:
+    """agents.learn_during_evaluation did not exist when older run directories were made: at its old
+    value (False) it is not part of the digest, so they still resume; switched on, it is an experiment
+    of its own."""
+    import hashlib
+
+    c = cfg()
+    older = c.to_dict()
+    older.pop("output")
+    older["agents"].pop("learn_during_evaluation")  # what the older code hashed
+    for section, name in OPERATIONAL_FIELDS:
+        older[section].pop(name)
+    assert run_digest(c) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:16]
+    RunDir.create(tmp_path, c).append(rec(c, TEACHER_ROUND, None))
+    overlap = cfg()
+    overlap.agents.learn_during_evaluation = True
+    with pytest.raises(RunDirError, match="digest"):
+        RunDir.open(tmp_path, overlap)
 
 
 def test_new_run_in_a_used_folder_and_missing_run(tmp_path: Path) -> None:
