@@ -30,6 +30,7 @@ deadlocks while one agent waits for the other; one that reserves a CPU starves t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from collabprune.config import RunConfig
 from collabprune.errors import RunDirError, SpaceMismatchError
 from collabprune.evaluation import reward_ratios
 from collabprune.pruning.roles import ROLE_NAMES, Role
+from collabprune.records import EvaluationRecord, Metrics, ProposalInfo, RoundTimes
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
 from envs.channel_env import PeerInfo
 from envs.space import RoleSpace
@@ -76,10 +78,10 @@ class Deadlines:
                    stall_s=reply + 300.0)
 
 
-def reward_terms(record: dict[str, Any], baseline: dict[str, Any], c_max: float) -> tuple[float, float, float]:
+def reward_terms(record: EvaluationRecord, baseline: Metrics, c_max: float) -> tuple[float, float, float]:
     """The (fid, kde, bal) terms ``clip(x_s / x_u, 0, c_max)`` of a logged candidate's reward
     (:func:`collabprune.evaluation.reward_ratios`); ``nan`` for a diverged one."""
-    r = reward_ratios(record.get("metrics", {}), baseline, c_max)
+    r = reward_ratios(record.metrics, baseline, c_max)
     return r["fid"], r["kde"], r["bal"]
 
 
@@ -100,17 +102,17 @@ class PeerBlocks:
         self.cfg = cfg
         self.run = run
         self.spaces = spaces
-        self.rho_t: float | None = teacher.get("metrics", {}).get("rho")  # the teacher's rho is rho_t
-        self.baseline: dict[str, Any] = uniform["metrics"]
+        self.rho_t: float | None = teacher.metrics.rho  # the teacher's rho is rho_t
+        self.baseline: Metrics = uniform.metrics
         self.exchange = cfg.agents.exchange
 
     def outcome(self, round_index: int, slot: int) -> tuple[tuple[float, float, float], float]:
         """(reward terms, rho_s / rho_t) of a logged evaluation; zeros when there is none."""
         record = self.run.get(round_index, slot=slot) if round_index >= 0 else None
-        if record is None or record.get("diverged"):
+        if record is None or record.diverged:
             return (0.0, 0.0, 0.0), 0.0
         terms = reward_terms(record, self.baseline, self.cfg.reward.c_max)
-        rho = record.get("metrics", {}).get("rho")
+        rho = record.metrics.rho
         ratio = rho / self.rho_t if _finite(rho) and _finite(self.rho_t) and self.rho_t else 0.0
         clean = tuple(t if math.isfinite(t) else 0.0 for t in terms)
         return clean, ratio if ratio > 0 else 0.0  # type: ignore[return-value]
@@ -194,12 +196,12 @@ class CoordinatorCore:
         if leads or not self.exchange:
             for slot in range(self.slots):
                 prev = self.run.get(round_index - 1, slot=slot) if round_index > 0 else None
-                ratios = prev.get(f"{peer_short}_ratios") if prev else None
+                ratios = (prev.ratios(peer_short) or None) if prev else None
                 out.append(self.peer_block(role, round_index, slot, ratios, same_round=False).to_dict())
             return out
         logged = self.run.round_records(round_index)
         if all(r is not None for r in logged):
-            g = [r[f"{peer_short}_ratios"] for r in logged]  # type: ignore[index]
+            g = [r.ratios(peer_short) for r in logged if r is not None]
         else:
             state = self._state(round_index)
             event = state.proposed.setdefault(Role.of(role, self.cfg).peer, asyncio.Event())
@@ -218,8 +220,9 @@ class CoordinatorCore:
         short = Role.of(role, self.cfg).short
         out: dict[int, dict[int, dict[str, Any]]] = {s: {} for s in range(self.slots)}
         for r in self.run.search_records():
-            asked = r.get("proposals", {}).get(short, {}).get("actions")
-            out[r["slot"]][r["round"]] = {"ratios": list(r[f"{short}_ratios"]), "actions": asked}
+            proposal = r.proposal(short)
+            asked = proposal.actions if proposal is not None else None
+            out[r.slot or 0][int(r.round or 0)] = {"ratios": list(r.ratios(short)), "actions": asked}
         return out
 
     async def status(self) -> dict[str, Any]:
@@ -240,15 +243,15 @@ class CoordinatorCore:
             state.done = asyncio.get_running_loop().create_future()
         return state
 
-    def _reply(self, role: str, round_index: int, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _reply(self, role: str, round_index: int, records: list[EvaluationRecord]) -> list[dict[str, Any]]:
         """Each slot's reward and the peer block of the next round, for ``role``."""
         peer_short = Role.of(Role.of(role, self.cfg).peer, self.cfg).short
         out = []
         for slot, record in enumerate(records):
-            reward = record.get("reward")
-            block = self.peer_block(role, round_index + 1, slot, record.get(f"{peer_short}_ratios"), same_round=False)
-            out.append({"reward": float(reward) if _finite(reward) else self.cfg.reward.penalty,
-                        "diverged": bool(record.get("diverged", False)), "peer": block.to_dict()})
+            reward = record.finite_reward
+            block = self.peer_block(role, round_index + 1, slot, record.ratios(peer_short) or None, same_round=False)
+            out.append({"reward": reward if reward is not None else self.cfg.reward.penalty,
+                        "diverged": record.diverged, "peer": block.to_dict()})
         return out
 
     async def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]],
@@ -306,7 +309,7 @@ class CoordinatorCore:
         finally:
             self._rounds.pop(round_index, None)
 
-    async def _evaluate_slot(self, round_index: int, slot: int, state: _Round) -> dict[str, Any]:
+    async def _evaluate_slot(self, round_index: int, slot: int, state: _Round) -> EvaluationRecord:
         logged = self.run.get(round_index, slot=slot)
         if logged is not None:  # evaluated before a kill; never repeated
             return logged
@@ -328,25 +331,25 @@ class CoordinatorCore:
         finally:
             self._free.put_nowait(handle)
         t_end = time.time()
-        record = dict(result)
-        record.update(
+        first = min(g["at"], d["at"])
+        record = dataclasses.replace(
+            result,
             round=round_index,
             slot=slot,
             seed=seed,
             g_ratios=g["ratios"],
             d_ratios=d["ratios"],
             proposals={
-                short: {"requested": p.get("requested"), "actions": p.get("actions"), "macs_fraction": p["macs_fraction"]}
+                short: ProposalInfo(requested=p.get("requested"), actions=p.get("actions"), macs_fraction=p["macs_fraction"])
                 for short, p in (("g", g), ("d", d))
             },
+            round_times=RoundTimes(
+                agents_s=max(g["agent_s"], d["agent_s"]),
+                coordination_s=(t_start - first) + (time.time() - t_end),
+                evaluation_s=t_end - t_start,
+                finished_at=time.time(),
+            ),
         )
-        first = min(g["at"], d["at"])
-        record["round_times"] = {
-            "agents_s": max(g["agent_s"], d["agent_s"]),
-            "coordination_s": (t_start - first) + (time.time() - t_end),
-            "evaluation_s": t_end - t_start,
-            "finished_at": time.time(),
-        }
         record = self.run.append(record)  # flushed + fsynced before any agent sees the reward
         self.run.update_best(record)
         self.run.prune_candidates(keep_top=self.cfg.search.reeval_top_k)
@@ -362,15 +365,15 @@ def _check_role(role: str) -> None:
         raise ValueError(f"role {role!r} is not one of {ROLE_NAMES}")
 
 
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    m = record.get("metrics", {})
+def _summary(record: EvaluationRecord) -> dict[str, Any]:
+    """The progress line of a record for the driver's status (plain data)."""
     return {
-        "round": record["round"],
-        "slot": record.get("slot", 0),
-        "reward": record.get("reward"),
-        "g_macs_fraction": m.get("g_macs_fraction"),
-        "d_macs_fraction": m.get("d_macs_fraction"),
-        "round_times": record.get("round_times", {}),
+        "round": record.round,
+        "slot": record.slot or 0,
+        "reward": record.reward,
+        "g_macs_fraction": record.metrics.g_macs_fraction,
+        "d_macs_fraction": record.metrics.d_macs_fraction,
+        "round_times": record.round_times.to_dict() if record.round_times is not None else {},
     }
 
 

@@ -28,6 +28,7 @@ never repeated; agents restart from their latest checkpoint and replay the logge
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -44,6 +45,7 @@ from agents.pruning_agent import PruningAgent
 from collabprune.config import RunConfig
 from collabprune.errors import CollabPruneError, SpaceMismatchError
 from collabprune.io import atomic_write_json
+from collabprune.records import EvaluationRecord
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
 from collabprune.selection import EvaluateMany, reevaluate_top
 from envs.space import ROLES, RoleSpace, peer_length
@@ -156,19 +158,19 @@ def _get(ref: Any, timeout: float, what: str = "a Ray call", limit: str = "searc
         raise
 
 
-def _baselines(cfg: RunConfig, run: RunDir, evaluator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _baselines(cfg: RunConfig, run: RunDir, evaluator: Any) -> tuple[EvaluationRecord, EvaluationRecord]:
     """Evaluate (or read from the log) the teacher pair and the seed-averaged uniform candidate."""
     timeout = cfg.search.round_timeout_s * max(1, cfg.reward.uniform_seeds)
     teacher = run.get(TEACHER_ROUND, round_seed(cfg, TEACHER_ROUND))
     if teacher is None:
         result = _get(evaluator.evaluate_teacher.remote(), timeout, "the teacher evaluation")
-        teacher = run.append({**result, "round": TEACHER_ROUND, "seed": round_seed(cfg, TEACHER_ROUND)})
+        teacher = run.append(dataclasses.replace(result, round=TEACHER_ROUND, seed=round_seed(cfg, TEACHER_ROUND)))
     seed = round_seed(cfg, UNIFORM_ROUND)
     uniform = run.get(UNIFORM_ROUND, seed)
     if uniform is None:
         save_dir = str(candidate_dir(run.path, UNIFORM_ROUND))
-        result = dict(_get(evaluator.evaluate_uniform.remote(seed, save_dir), timeout, "the uniform evaluation"))
-        uniform = run.append({**result, "round": UNIFORM_ROUND, "seed": seed})
+        result = _get(evaluator.evaluate_uniform.remote(seed, save_dir), timeout, "the uniform evaluation")
+        uniform = run.append(dataclasses.replace(result, round=UNIFORM_ROUND, seed=seed))
     run.update_best(uniform)
     return teacher, uniform
 
@@ -177,7 +179,7 @@ def pool_evaluate_many(cfg: RunConfig, evaluators: list[Any]) -> EvaluateMany:
     """An ``evaluate_many`` (:mod:`collabprune.selection`) over the evaluator pool: the jobs are spread
     round-robin over the actors and run concurrently."""
 
-    def run(jobs: Any) -> list[dict[str, Any]]:
+    def run(jobs: Any) -> list[EvaluationRecord]:
         refs = [evaluators[i % len(evaluators)].evaluate.remote(g, d, seed, None, None)
                 for i, (g, d, seed) in enumerate(jobs)]
         timeout = cfg.search.round_timeout_s * (1 + len(refs) // max(1, len(evaluators)))
@@ -252,10 +254,10 @@ def _wait_agents(cfg: RunConfig, agents: list[Any], coordinator: Any, bar: _Bar)
 
 def _summary(cfg: RunConfig, run: RunDir, agents: list[dict[str, Any]], wall_s: float, resumed: bool) -> dict[str, Any]:
     records = run.search_records()
-    best = run.read_best() or run.best() or {}
-    uniform = run.get(UNIFORM_ROUND) or {}
-    teacher = run.get(TEACHER_ROUND) or {}
-    per_round = [r.get("round_times", {}) for r in records]
+    best = run.read_best() or run.best() or EvaluationRecord()
+    uniform = run.get(UNIFORM_ROUND)
+    teacher = run.get(TEACHER_ROUND)
+    per_round = [r.round_times.to_dict() if r.round_times is not None else {} for r in records]
 
     def mean(key: str) -> float:
         values = [t[key] for t in per_round if key in t]
@@ -267,15 +269,15 @@ def _summary(cfg: RunConfig, run: RunDir, agents: list[dict[str, Any]], wall_s: 
         "slots": run.slots,
         "evaluations": len(records),
         "resumed": resumed,
-        "best_round": best.get("round"),
-        "best_slot": best.get("slot", 0),
-        "best_reward": best.get("reward"),
-        "best_reeval": best.get("reeval"),
-        "best_g_ratios": best.get("g_ratios"),
-        "best_d_ratios": best.get("d_ratios"),
-        "best_metrics": best.get("metrics"),
-        "uniform_reward": uniform.get("reward"),
-        "teacher_metrics": teacher.get("metrics"),
+        "best_round": best.round,
+        "best_slot": best.slot or 0,
+        "best_reward": best.reward,
+        "best_reeval": best.reeval.to_dict() if best.reeval is not None else None,
+        "best_g_ratios": best.g_ratios if best.round is not None else None,
+        "best_d_ratios": best.d_ratios if best.round is not None else None,
+        "best_metrics": best.metrics.to_dict() if best.round is not None else None,
+        "uniform_reward": uniform.reward if uniform is not None else None,
+        "teacher_metrics": teacher.metrics.to_dict() if teacher is not None else None,
         "times": {
             "wall_s": wall_s,
             "mean_agents_s": mean("agents_s"),

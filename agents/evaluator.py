@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ray
 
 from collabprune.config import RunConfig
+from collabprune.records import EvaluationRecord
 
 #: CPUs reserved by one evaluator actor.
 EVALUATOR_NUM_CPUS = 1
@@ -61,9 +62,9 @@ class EvaluatorCore:
         g_ratios: list[float],
         d_ratios: list[float],
         seed: int,
-        baseline: dict[str, Any] | None,
+        baseline: Mapping[str, Any] | None,
         save_dir: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> EvaluationRecord:
         """Fine-tune and score one pair (see ``CandidateEvaluator.evaluate``).
 
         :param g_ratios: keep ratio per generator group.
@@ -71,16 +72,17 @@ class EvaluatorCore:
         :param seed: the round's seed (``collabprune.runs.round_seed``).
         :param baseline: the uniform candidate's metrics, or ``None`` for the uniform candidate itself.
         :param save_dir: folder for the fine-tuned pair's weights and specs (``runs.candidate_dir``).
-        :returns: the JSON-able result (ratios, channels, metrics, reward, reward_terms, diverged, times).
+        :returns: the evaluation record (no round or slot yet: the Coordinator adds them), which
+            travels between actors as itself (a dataclass, pickled by Ray).
         """
         folder = Path(save_dir) if save_dir is not None else None
         return self._impl.evaluate(list(g_ratios), list(d_ratios), int(seed), baseline, folder)
 
-    def evaluate_teacher(self) -> dict[str, Any]:
+    def evaluate_teacher(self) -> EvaluationRecord:
         """Score the unpruned teacher pair (metrics incl. ``rho_t``)."""
         return self._impl.evaluate_teacher()
 
-    def evaluate_uniform(self, seed: int, save_dir: str | None = None) -> dict[str, Any]:
+    def evaluate_uniform(self, seed: int, save_dir: str | None = None) -> EvaluationRecord:
         """The reward baseline: the uniform candidate averaged over ``reward.uniform_seeds`` seeds from
         ``seed`` (see ``CandidateEvaluator.evaluate_uniform``)."""
         folder = Path(save_dir) if save_dir is not None else None

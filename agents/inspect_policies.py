@@ -68,11 +68,11 @@ def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, Role
     if best is not None and run.get(TEACHER_ROUND) is not None and run.get(UNIFORM_ROUND) is not None:
         blocks = PeerBlocks(cfg, run, spaces)
         short = Role.of(space.role.peer, cfg).short
-        nxt = max(0, best["round"]) + (0 if not space.role.leads else 1)
-        peer = blocks.block(role, nxt, best.get("slot", 0), best.get(f"{short}_ratios"), same_round=not space.role.leads)
+        nxt = max(0, int(best.round or 0)) + (0 if not space.role.leads else 1)
+        peer = blocks.block(role, nxt, best.slot or 0, best.ratios(short) or None, same_round=not space.role.leads)
     own = Role.of(role, cfg).short
-    best_channels = (best or {}).get(f"{own}_channels") or [None] * space.n_groups
-    best_ratios = (best or {}).get(f"{own}_ratios") or [None] * space.n_groups
+    best_channels = (best.channels(own) if best is not None else None) or [None] * space.n_groups
+    best_ratios = (best.ratios(own) if best is not None else None) or [None] * space.n_groups
     env = ChannelPruningEnv(space, peer_len, submit=None)
     obs, _ = env.reset(options={"peer": peer} if peer is not None else None)
     observations, actions, spreads = [], [], []
@@ -137,8 +137,10 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
     return {
         "run_dir": str(run_dir),
         "rounds": len(records),
-        "best": None if best is None else {k: best.get(k) for k in ("round", "slot", "reward", "reeval", "g_ratios",
-                                                                    "d_ratios")},
+        "best": None if best is None else {
+            "round": best.round, "slot": best.slot, "reward": best.reward,
+            "reeval": best.reeval.to_dict() if best.reeval is not None else None,
+            "g_ratios": best.g_ratios, "d_ratios": best.d_ratios},
         "agents": agents,
         "plots": [str(p) for p in plots],
     }

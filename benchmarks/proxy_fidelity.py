@@ -172,8 +172,8 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         scored: dict[str, dict[str, Any]] = {}
         for name, g in names_ratios.items():
             t0 = time.time()
-            r = base if name == "uniform" else cand.evaluate(g, ud, s, baseline=base["metrics"])
-            scored[name] = {"seed": s, "reward": r["reward"], "terms": r["reward_terms"], "metrics": r["metrics"],
+            r = base if name == "uniform" else cand.evaluate(g, ud, s, baseline=base.metrics)
+            scored[name] = {"seed": s, "reward": r.reward, "terms": dict(r.reward_terms), "metrics": r.metrics.to_dict(),
                             "seconds": time.time() - t0 if name != "uniform" else uniform_s}
             proxy[name].append(scored[name])
         atomic_write_json(path, scored)

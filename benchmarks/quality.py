@@ -44,6 +44,7 @@ the same command continues where a killed one stopped.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -75,6 +76,7 @@ from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluato
 from collabprune.io import atomic_write_json, atomic_write_text
 from collabprune.metrics.macs import conv_layer_costs, macs
 from collabprune.pruning.space import ChannelSpace
+from collabprune.records import EvaluationRecord, ProposalInfo
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
 from collabprune.selection import reevaluate_top
 
@@ -166,11 +168,12 @@ def local_search(method: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     run = RunDir.open(run_dir, cfg) if (run_dir / "run.json").is_file() else RunDir.create(run_dir, cfg)
     ev = CandidateEvaluator(cfg, run_dir)
     if run.get(TEACHER_ROUND) is None:
-        run.append({**ev.evaluate_teacher(), "round": TEACHER_ROUND, "seed": round_seed(cfg, TEACHER_ROUND)})
+        run.append(dataclasses.replace(ev.evaluate_teacher(), round=TEACHER_ROUND, seed=round_seed(cfg, TEACHER_ROUND)))
     uniform = run.get(UNIFORM_ROUND)
     if uniform is None:
-        uniform = run.append({**ev.evaluate_uniform(round_seed(cfg, UNIFORM_ROUND), candidate_dir(run_dir, UNIFORM_ROUND)),
-                              "round": UNIFORM_ROUND, "seed": round_seed(cfg, UNIFORM_ROUND)})
+        uniform = run.append(dataclasses.replace(
+            ev.evaluate_uniform(round_seed(cfg, UNIFORM_ROUND), candidate_dir(run_dir, UNIFORM_ROUND)),
+            round=UNIFORM_ROUND, seed=round_seed(cfg, UNIFORM_ROUND)))
     b = cfg.pruning.budget
     spaces = {"g": (ev.g_space, b.generator), "d": (ev.d_space, b.discriminator)}
     k_range = cfg.search.action_log2_range
@@ -191,9 +194,10 @@ def local_search(method: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         study = optuna.create_study(direction="maximize", sampler=sampler)
         dist = optuna.distributions.FloatDistribution(-1.0, 1.0)
         for record in run.search_records():  # resume: the study learns the logged trials again
-            params = dict(zip(names["g"] + names["d"], record["proposals"]["g"]["actions"] + record["proposals"]["d"]["actions"]))
+            asked = [a for role in ("g", "d") for a in (record.proposal(role) or ProposalInfo()).actions or []]
+            params = dict(zip(names["g"] + names["d"], asked))
             study.add_trial(optuna.trial.create_trial(params=params, distributions={n: dist for n in params},
-                                                      value=float(record["reward"])))
+                                                      value=float(record.reward)))  # type: ignore[arg-type]
     rng = np.random.default_rng([cfg.search.seed, 4242])
     for _ in range(run.completed_rounds()):  # resume: the same random draws as the original run
         rng.uniform(-1.0, 1.0, len(names["g"]) + len(names["d"]))
@@ -207,15 +211,20 @@ def local_search(method: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             actions = {"g": list(draw[: len(names["g"])]), "d": list(draw[len(names["g"]):])}
         g, d = to_ratios("g", actions["g"]), to_ratios("d", actions["d"])
         seed = round_seed(cfg, k)
-        result = ev.evaluate(g, d, seed, baseline=uniform["metrics"])  # finalists are fine-tuned again
-        record = run.append({**result, "round": k, "slot": 0, "seed": seed, "g_ratios": g, "d_ratios": d,
-                             "proposals": {role: {"actions": actions[role]} for role in ("g", "d")}})
+        result = ev.evaluate(g, d, seed, baseline=uniform.metrics)  # finalists are fine-tuned again
+        record = run.append(dataclasses.replace(
+            result, round=k, slot=0, seed=seed, g_ratios=g, d_ratios=d,
+            proposals={role: ProposalInfo(actions=list(actions[role])) for role in ("g", "d")}))
         run.update_best(record)
         if study is not None and trial is not None:
-            study.tell(trial, float(record["reward"]))
-    best = reevaluate_top(cfg, run, _local_evaluate_many(ev))
-    return {"g_ratios": best["g_ratios"], "d_ratios": best["d_ratios"], "best_round": best["round"],
-            "reeval": best.get("reeval")}
+            study.tell(trial, float(record.reward))  # type: ignore[arg-type]
+    return _finalist(reevaluate_top(cfg, run, _local_evaluate_many(ev)))
+
+
+def _finalist(best: EvaluationRecord) -> dict[str, Any]:
+    """The finalist entry of a search's re-evaluated best record (``finalist_<method>.json``)."""
+    return {"g_ratios": best.g_ratios, "d_ratios": best.d_ratios, "best_round": best.round,
+            "reeval": best.reeval.to_dict() if best.reeval is not None else None}
 
 
 def agent_search(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -226,8 +235,7 @@ def agent_search(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         run_search(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=False)
     best = RunDir.read(run_dir).read_best()
     assert best is not None
-    return {"g_ratios": best["g_ratios"], "d_ratios": best["d_ratios"], "best_round": best["round"],
-            "reeval": best.get("reeval")}
+    return _finalist(best)
 
 
 def export_log(run_dir: Path, out: Path) -> None:
@@ -235,14 +243,15 @@ def export_log(run_dir: Path, out: Path) -> None:
     run = RunDir.read(run_dir)
     lines = []
     for r in run.records():
-        m = r.get("metrics", {})
-        lines.append(json.dumps({"round": r["round"], "slot": r.get("slot", 0), "kind": r.get("kind"),
-                                 "reward": r.get("reward"), "reward_terms": r.get("reward_terms"),
-                                 "g_macs_fraction": m.get("g_macs_fraction"), "d_macs_fraction": m.get("d_macs_fraction"),
-                                 "g_ratios": r.get("g_ratios"), "d_ratios": r.get("d_ratios")}))
-    for r in run.reevaluations():
-        lines.append(json.dumps({"reeval_of": [r["round"], r.get("slot", 0)], "seed": r["seed"],
-                                 "metrics": {k: r["metrics"].get(k) for k in ("fd_teacher_d", "fid", "l_kde", "bal")}}))
+        m = r.metrics
+        lines.append(json.dumps({"round": r.round, "slot": r.slot or 0, "kind": r.kind,
+                                 "reward": r.reward, "reward_terms": r.reward_terms,
+                                 "g_macs_fraction": m.g_macs_fraction, "d_macs_fraction": m.d_macs_fraction,
+                                 "g_ratios": r.g_ratios, "d_ratios": r.d_ratios}))
+    for e in run.reevaluations():
+        lines.append(json.dumps({"reeval_of": [e.round, e.slot], "seed": e.seed,
+                                 "metrics": {"fd_teacher_d": e.metrics.fd_teacher_d, "fid": e.metrics.fid,
+                                             "l_kde": e.metrics.l_kde, "bal": e.metrics.bal}}))
     atomic_write_text(out, "\n".join(lines) + "\n")
 
 

@@ -46,6 +46,7 @@ from rich.table import Table
 from agents.driver import run_search, start_local_ray
 from agents.evaluator import evaluator_resources
 from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
+from collabprune.records import EvaluationRecord, RoundTimes
 from collabprune.runs import RunDir
 
 #: Per-round parts, in table order: (key, label).
@@ -72,15 +73,16 @@ def parse_args() -> Any:
     return parser.parse_args()
 
 
-def round_parts(record: dict[str, Any]) -> dict[str, float]:
+def round_parts(record: EvaluationRecord) -> dict[str, float]:
     """One search round's time split into :data:`PARTS` (seconds)."""
-    rt, t = record.get("round_times", {}), record.get("times", {})
-    parts = {k: float(t.get(k) or 0.0) for k in ("prune_s", "finetune_s", "fid_s", "kde_s")}
-    total = float(t.get("total_s") or 0.0)
+    rt, t = record.round_times or RoundTimes(), record.times
+    parts = {"prune_s": float(t.prune_s or 0.0), "finetune_s": float(t.finetune_s or 0.0),
+             "fid_s": float(t.fid_s or 0.0), "kde_s": float(t.kde_s or 0.0)}
+    total = float(t.total_s or 0.0)
     parts["eval_other_s"] = max(0.0, total - sum(parts.values()))
-    parts["ray_call_s"] = max(0.0, float(rt.get("evaluation_s", 0.0)) - total)
-    parts["agents_s"] = float(rt.get("agents_s", 0.0))
-    parts["coordination_s"] = float(rt.get("coordination_s", 0.0))
+    parts["ray_call_s"] = max(0.0, float(rt.evaluation_s) - total)
+    parts["agents_s"] = float(rt.agents_s)
+    parts["coordination_s"] = float(rt.coordination_s)
     return parts
 
 
@@ -90,7 +92,8 @@ def analyse(run_dir: Path, cfg: Any, summary: dict[str, Any]) -> dict[str, Any]:
     per_round = [round_parts(r) for r in records]
     mean = {k: statistics.fmean(p[k] for p in per_round) for k, _ in PARTS}
     round_sum = sum(mean.values())
-    finished = [r["round_times"]["finished_at"] for r in records if "finished_at" in r.get("round_times", {})]
+    finished = [r.round_times.finished_at for r in records
+                if r.round_times is not None and r.round_times.finished_at is not None]
     periods = [b - a for a, b in zip(finished, finished[1:])]
     period = statistics.fmean(periods) if periods else round_sum
     return {

@@ -51,6 +51,7 @@ from rich.table import Table
 from agents.driver import run_search, start_local_ray
 from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.config import RunConfig
+from collabprune.records import EvaluationRecord, RoundTimes, SeedResult
 from collabprune.runs import RunDir
 
 TARGET_SPEEDUP_8 = 7.2
@@ -86,12 +87,12 @@ class SleepEvaluator:
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         return self.g_space.uniform_candidate(), self.d_space.uniform_candidate()
 
-    def evaluate_teacher(self) -> dict[str, Any]:
+    def evaluate_teacher(self) -> EvaluationRecord:
         metrics = {"fd_metric": "fd_teacher_d", "fd_teacher_d": 0.0, "l_kde": 0.0, "bal": 0.0, "rho": 1.0}
-        return {"metrics": metrics, "reward": None, "diverged": False}
+        return EvaluationRecord.from_dict({"metrics": metrics, "reward": None, "diverged": False})
 
     def evaluate(self, g: list[float], d: list[float], seed: int, baseline: dict[str, Any] | None,
-                 save_dir: Path | None = None) -> dict[str, Any]:
+                 save_dir: Path | None = None) -> EvaluationRecord:
         from collabprune.evaluation import compute_reward
 
         t0 = time.time()
@@ -103,13 +104,14 @@ class SleepEvaluator:
         metrics = {"fd_metric": "fd_teacher_d", "fd_teacher_d": 2.0 - g_use + spread, "l_kde": 0.2 + spread,
                    "bal": abs(rho - 1.0) + 0.01, "rho": rho, "g_macs_fraction": g_use, "d_macs_fraction": d_use}
         reward, terms = compute_reward(metrics, baseline or metrics, self.cfg)
-        return {"g_ratios": list(g), "d_ratios": list(d), "g_channels": self.g_space.kept(g),
-                "d_channels": self.d_space.kept(d), "seed": seed, "metrics": metrics, "reward": reward,
-                "reward_terms": terms, "diverged": False, "times": {"total_s": time.time() - t0}}
+        return EvaluationRecord.from_dict({
+            "g_ratios": list(g), "d_ratios": list(d), "g_channels": self.g_space.kept(g),
+            "d_channels": self.d_space.kept(d), "seed": seed, "metrics": metrics, "reward": reward,
+            "reward_terms": terms, "diverged": False, "times": {"total_s": time.time() - t0}})
 
-    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> dict[str, Any]:
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> EvaluationRecord:
         out = self.evaluate(*self.uniform_ratios(), seed, None, save_dir)
-        out["seed_results"] = [{"seed": seed, "metrics": out["metrics"], "diverged": False}]
+        out.seed_results = [SeedResult(seed=seed, metrics=out.metrics, diverged=False)]
         return out
 
 
@@ -123,26 +125,27 @@ class _Factory:
         return SleepEvaluator(cfg, run_dir, self.sleep_s)
 
 
-def analyse(records: list[dict[str, Any]], evaluators: int) -> dict[str, Any]:
+def analyse(records: list[EvaluationRecord], evaluators: int) -> dict[str, Any]:
     """Throughput and overhead of one run's search records (see the module docstring).
 
     :param records: the run's search records (round >= 0), each with ``round_times``.
     :param evaluators: the pool size.
     :raises ValueError: fewer than 3 rounds (no steady period to measure).
     """
-    by_round: dict[int, list[dict[str, Any]]] = {}
+    by_round: dict[int, list[RoundTimes]] = {}
     for r in records:
-        by_round.setdefault(int(r["round"]), []).append(r)
+        assert r.round is not None and r.round_times is not None, "a search record of an agent search"
+        by_round.setdefault(r.round, []).append(r.round_times)
     rounds = sorted(by_round)
     if len(rounds) < 3:
         raise ValueError(f"{len(rounds)} rounds logged: need at least 3 (round 0 is start-up)")
-    end = {k: max(r["round_times"]["finished_at"] for r in by_round[k]) for k in rounds}
-    longest = {k: max(r["round_times"]["evaluation_s"] for r in by_round[k]) for k in rounds}
+    end = {k: max(float(t.finished_at or 0.0) for t in by_round[k]) for k in rounds}
+    longest = {k: max(t.evaluation_s for t in by_round[k]) for k in rounds}
     steady = rounds[1:]
     periods = [end[k] - end[k - 1] for k in steady]
     wall = end[steady[-1]] - end[rounds[0]]
     candidates = sum(len(by_round[k]) for k in steady)
-    busy = sum(r["round_times"]["evaluation_s"] for k in steady for r in by_round[k])
+    busy = sum(t.evaluation_s for k in steady for t in by_round[k])
     not_eval = [max(0.0, p - longest[k]) / p for k, p in zip(steady, periods)]
     return {
         "rounds": len(rounds),
@@ -153,7 +156,7 @@ def analyse(records: list[dict[str, Any]], evaluators: int) -> dict[str, Any]:
         "evaluator_utilisation": busy / (evaluators * wall),
         "share_not_evaluation": statistics.fmean(not_eval),
         "not_evaluation_s": statistics.fmean(p - longest[k] for k, p in zip(steady, periods)),
-        "mean_agents_s": statistics.fmean(r["round_times"]["agents_s"] for k in steady for r in by_round[k]),
+        "mean_agents_s": statistics.fmean(t.agents_s for k in steady for t in by_round[k]),
     }
 
 

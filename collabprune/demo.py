@@ -124,14 +124,14 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     latency["uniform"] = _cpu_latency_ms(load_candidate(run_dir / FINAL_UNIFORM_DIR)[0], cfg)
     latency["best found"] = _cpu_latency_ms(load_candidate(run_dir / FINAL_DIR)[0], cfg)
     best = summary.best_record
-    where = "uniform" if summary.verdict.best_is_uniform else f"round {best['round']} slot {best.get('slot', 0)}"
+    where = "uniform" if summary.verdict.best_is_uniform else f"round {best.round} slot {best.slot or 0}"
     console.print(summary_table(summary, latency, title=f"demo: teacher vs uniform vs best found ({where}) at "
                                 f"{cfg.pruning.budget.generator:.0%} of the teacher's G MACs"))
     console.print(summary.verdict.sentence())
-    reeval = best.get("reeval") or {}
-    if reeval:
-        console.print(f"search reward of the winner {reeval['search_reward']:.4f}, re-evaluated with fresh seeds "
-                      f"{reeval['reward']:.4f} (uniform {reeval['uniform_reward']:.4f})")
+    reeval = best.reeval
+    if reeval is not None:
+        console.print(f"search reward of the winner {reeval.search_reward:.4f}, re-evaluated with fresh seeds "
+                      f"{reeval.reward:.4f} (uniform {reeval.uniform_reward:.4f})")
     console.print(f"samples: {summary.samples}; search plots: {run_dir / 'plots'}")
     console.print(f"export: {export_dir} (load with collabprune.models.load_subnet)")
     console.print("times: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))

@@ -18,13 +18,14 @@ averaged over ``reward.uniform_seeds`` seeds. A valid candidate therefore scores
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from collabprune.objectives import balance_rho, balance_term, teacher_d_features
 from collabprune.objectives.kde import FeatureMap, kde_loss, make_feature_map
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.space import ChannelSpace
+from collabprune.records import EvalTimes, EvaluationRecord, Metrics, SeedResult
 from collabprune.runtime import resolve_device, seed_everything
 from collabprune.teacher import D_FILE, G_FILE, load_teacher
 
@@ -54,7 +56,7 @@ RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05}
 AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal")
 
 
-def reward_ratios(metrics: dict[str, Any], baseline: dict[str, Any], c_max: float = math.inf) -> dict[str, float]:
+def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max: float = math.inf) -> dict[str, float]:
     """The terms of DESIGN.md §4 before weighting: ``t = clip(x_s / x_u, 0, c_max)`` for FID, L_kde, bal.
 
     Each denominator is at least its :data:`RATIO_FLOORS` value. A metric that is missing or not
@@ -75,7 +77,7 @@ def reward_ratios(metrics: dict[str, Any], baseline: dict[str, Any], c_max: floa
     return out
 
 
-def compute_reward(metrics: dict[str, Any], baseline: dict[str, Any], cfg: RunConfig) -> tuple[float, dict[str, float]]:
+def compute_reward(metrics: Mapping[str, Any], baseline: Mapping[str, Any], cfg: RunConfig) -> tuple[float, dict[str, float]]:
     """The team reward of DESIGN.md §4 and its three weighted terms.
 
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
@@ -91,20 +93,19 @@ def compute_reward(metrics: dict[str, Any], baseline: dict[str, Any], cfg: RunCo
     return -sum(terms.values()), terms
 
 
-def average_metrics(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def average_metrics(results: Sequence[EvaluationRecord]) -> Metrics:
     """Seed-averaged metrics of several evaluations of one candidate (the uniform baseline).
 
-    :param results: evaluation dicts of the same ratios with different seeds (none diverged).
+    :param results: evaluations of the same ratios with different seeds (none diverged).
     :returns: the first result's metrics with :data:`AVERAGED_METRICS` replaced by their means over
         the results where they are finite.
     :raises ValueError: no results.
     """
     if not results:
         raise ValueError("average_metrics: no evaluations to average")
-    out = dict(results[0]["metrics"])
+    out = Metrics(results[0].metrics)
     for key in AVERAGED_METRICS:
-        values = [r["metrics"].get(key) for r in results]
-        finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        finite = [v for v in (r.metrics.number(key) for r in results) if v is not None]
         if key in out or finite:
             out[key] = statistics.fmean(finite) if finite else None
     return out
@@ -219,7 +220,7 @@ class CandidateEvaluator:
             "d_macs_fraction": d_macs / self.d_space.teacher_macs,
         }
 
-    def evaluate_teacher(self) -> dict[str, Any]:
+    def evaluate_teacher(self) -> EvaluationRecord:
         """The unpruned teacher pair: its metrics and ``rho`` (= rho_t), cached in the run directory.
 
         rho_t comes from the same fine-tuning procedure (``finetune.steps``, seed ``search.seed``)
@@ -230,23 +231,23 @@ class CandidateEvaluator:
         if path.is_file():
             cached = json.loads(path.read_text())
             if cached.get("key") == key:
-                return cached["result"]
+                return EvaluationRecord.from_dict(cached["result"])
         ones_g, ones_d = [1.0] * self.g_space.num_groups, [1.0] * self.d_space.num_groups
         result = self._run(ones_g, ones_d, self.cfg.search.seed, baseline=None, rho_t=None)
-        atomic_write_json(path, {"key": key, "result": result})
+        atomic_write_json(path, {"key": key, "result": result.to_dict()})
         return result
 
     def uniform_seeds(self, seed: int) -> list[int]:
         """The seeds the uniform baseline is averaged over: ``seed, seed + 1, ...`` (``reward.uniform_seeds``)."""
         return [seed + i for i in range(self.cfg.reward.uniform_seeds)]
 
-    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> dict[str, Any]:
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> EvaluationRecord:
         """The reward baseline: the uniform candidate evaluated with :meth:`uniform_seeds`, averaged.
 
         :param seed: the first seed (the search's common seed, so the first evaluation shares the
             candidates' random numbers).
         :param save_dir: where the first seed's fine-tuned pair is saved.
-        :returns: an evaluation dict whose ``metrics`` are the seed averages (:func:`average_metrics`)
+        :returns: an evaluation record whose ``metrics`` are the seed averages (:func:`average_metrics`)
             and whose ``seed_results`` hold each seed's metrics; its reward is -(w_fid + w_kde + w_bal)
             up to the ratio floors. A uniform candidate that diverges under some seed is averaged
             over the others; one that diverges under every seed is returned as diverged.
@@ -254,24 +255,26 @@ class CandidateEvaluator:
         g, d = self.uniform_ratios()
         results = [self.evaluate(g, d, s, baseline=None, save_dir=save_dir if i == 0 else None)
                    for i, s in enumerate(self.uniform_seeds(seed))]
-        ok = [r for r in results if not r["diverged"]]
-        out = dict(results[0])
-        out["seed_results"] = [{"seed": r["seed"], "metrics": r["metrics"], "diverged": r["diverged"]} for r in results]
-        out["times"] = {k: sum(r["times"].get(k, 0.0) for r in results) for k in results[0]["times"]}
+        ok = [r for r in results if not r.diverged]
+        out = dataclasses.replace(
+            results[0],
+            seed_results=[SeedResult(seed=int(r.seed or 0), metrics=r.metrics, diverged=r.diverged) for r in results],
+            times=EvalTimes.total([r.times for r in results]),
+        )
         if ok:
-            out["metrics"] = average_metrics(ok)
-            out["diverged"] = False
-            out["reward"], out["reward_terms"] = compute_reward(out["metrics"], out["metrics"], self.cfg)
-        return _finite_json(out)
+            out.metrics = average_metrics(ok)
+            out.diverged = False
+            out.reward, out.reward_terms = compute_reward(out.metrics, out.metrics, self.cfg)
+        return _finite_record(out)
 
     def evaluate(
         self,
         g_ratios: Sequence[float],
         d_ratios: Sequence[float],
         seed: int,
-        baseline: dict[str, Any] | None,
+        baseline: Mapping[str, Any] | None,
         save_dir: Path | None = None,
-    ) -> dict[str, Any]:
+    ) -> EvaluationRecord:
         """Prune, recalibrate BatchNorm, fine-tune and score one candidate pair.
 
         :param g_ratios: keep ratio per generator group (network order), each in (0, 1].
@@ -281,11 +284,12 @@ class CandidateEvaluator:
             candidate itself, which is then its own baseline (reward -(w_fid + w_kde + w_bal)).
         :param save_dir: when given, the fine-tuned pair is written there (:func:`save_candidate`),
             so an export reproduces exactly the network that was scored.
-        :returns: JSON-able dict: ``g_ratios``, ``d_ratios``, ``g_channels``, ``d_channels``,
-            ``metrics``, ``reward``, ``reward_terms``, ``diverged``, ``times`` (seconds).
+        :returns: the record (no round or slot yet): ``seed``, ``g_ratios``, ``d_ratios``, ``g_channels``,
+            ``d_channels``, ``metrics``, ``reward``, ``reward_terms``, ``diverged``, ``times`` (seconds);
+            non-finite numbers are ``None``.
         :raises ValueError: a ratio vector of the wrong length or with values outside (0, 1].
         """
-        rho_t = self.evaluate_teacher()["metrics"]["rho"]
+        rho_t = self.evaluate_teacher().metrics.rho
         return self._run(list(g_ratios), list(d_ratios), seed, baseline, rho_t, save_dir)
 
     def train_pair(self, g_ratios: Sequence[float], d_ratios: Sequence[float], seed: int, steps: int,
@@ -337,51 +341,38 @@ class CandidateEvaluator:
         g_ratios: list[float],
         d_ratios: list[float],
         seed: int,
-        baseline: dict[str, Any] | None,
+        baseline: Mapping[str, Any] | None,
         rho_t: float | None,
         save_dir: Path | None = None,
-    ) -> dict[str, Any]:
+    ) -> EvaluationRecord:
         t0 = time.perf_counter()
         is_teacher = rho_t is None
         pair = self.train_pair(g_ratios, d_ratios, seed, self.cfg.finetune.steps, keep_teacher=is_teacher)
         net_g, net_d, ft = pair.net_g, pair.net_d, pair.finetune
-        metrics: dict[str, Any] = self._costs(net_g, net_d)
+        metrics = Metrics(self._costs(net_g, net_d))
         metrics["fd_metric"] = self.scorer.metric_name
-        out: dict[str, Any] = {
-            "g_ratios": g_ratios,
-            "d_ratios": d_ratios,
-            "g_channels": pair.g_spec.kept,
-            "d_channels": pair.d_spec.kept,
-            "seed": seed,
-            "metrics": metrics,
-            "reward": None,
-            "reward_terms": {},
-            "diverged": False,
-        }
+        out = EvaluationRecord(seed=seed, g_ratios=g_ratios, d_ratios=d_ratios, g_channels=list(pair.g_spec.kept),
+                               d_channels=list(pair.d_spec.kept), metrics=metrics)
         window = self.cfg.reward.balance_window
         rho = balance_rho(ft.d_losses, ft.g_adv_losses, window) if ft.steps and not ft.diverged else float("nan")
         # the teacher's own outputs are scored (L_kde = 0); its fine-tuned copy only gives rho_t
         scores = self._score(self.teacher_g if is_teacher else net_g) if not ft.diverged else {}
-        out["times"] = {
-            "prune_s": pair.prune_s,
-            "finetune_s": ft.seconds,
-            "fid_s": scores.pop("fid_s", 0.0),
-            "kde_s": scores.pop("kde_s", 0.0),
-        }
+        out.times = EvalTimes(prune_s=pair.prune_s, finetune_s=ft.seconds, fid_s=scores.pop("fid_s", 0.0),
+                              kde_s=scores.pop("kde_s", 0.0))
         metrics.update(scores)
         metrics["rho"] = rho
         metrics["bal"] = 0.0 if is_teacher else balance_term(rho, rho_t) if math.isfinite(rho) and rho > 0 else float("nan")
-        values = [metrics.get(k) for k in (self.scorer.metric_name, "l_kde", "bal")]
-        if ft.diverged or not all(v is not None and math.isfinite(v) for v in values):
-            out["diverged"] = True
-            out["reward"] = self.cfg.reward.penalty
-            out["reward_terms"] = {"penalty": self.cfg.reward.penalty}
+        values = [metrics.number(k) for k in (self.scorer.metric_name, "l_kde", "bal")]
+        if ft.diverged or any(v is None for v in values):
+            out.diverged = True
+            out.reward = self.cfg.reward.penalty
+            out.reward_terms = {"penalty": self.cfg.reward.penalty}
         elif not is_teacher:  # the uniform candidate (baseline None) is its own baseline
-            out["reward"], out["reward_terms"] = compute_reward(metrics, baseline or metrics, self.cfg)
-        if save_dir is not None and not out["diverged"]:
+            out.reward, out.reward_terms = compute_reward(metrics, baseline or metrics, self.cfg)
+        if save_dir is not None and not out.diverged:
             save_candidate(Path(save_dir), net_g, pair.g_spec, net_d, pair.d_spec)
-        out["times"]["total_s"] = time.perf_counter() - t0
-        return _finite_json(out)
+        out.times.total_s = time.perf_counter() - t0
+        return _finite_record(out)
 
 
 def save_candidate(folder: Path, net_g: nn.Module, g_spec: SubnetSpec, net_d: nn.Module, d_spec: SubnetSpec) -> None:
@@ -389,6 +380,11 @@ def save_candidate(folder: Path, net_g: nn.Module, g_spec: SubnetSpec, net_d: nn
     for role, net, spec in (("generator", net_g, g_spec), ("discriminator", net_d, d_spec)):
         atomic_write_text(folder / SPEC_FILES[role], spec.to_json(indent=1))
         atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / NETWORK_FILES[role])
+
+
+def _finite_record(record: EvaluationRecord) -> EvaluationRecord:
+    """``record`` with every NaN/inf number replaced by ``None`` (what the JSON log holds)."""
+    return EvaluationRecord.from_dict(_finite_json(record.to_dict()))
 
 
 def _finite_json(obj: Any) -> Any:
@@ -424,13 +420,13 @@ def check_ratios(where: str, ratios: Sequence[float] | None, space: ChannelSpace
 
 def evaluate_one(
     cfg: RunConfig, g_ratios: list[float] | None, d_ratios: list[float] | None, run_dir: Path | None = None
-) -> dict[str, Any]:
+) -> dict[str, EvaluationRecord]:
     """Evaluate the teacher, the uniform candidate and one hand-chosen candidate (``evaluate`` CLI).
 
     :param g_ratios: generator keep ratios; ``None`` -> the uniform candidate's.
     :param d_ratios: discriminator keep ratios; ``None`` -> the uniform candidate's.
     :param run_dir: cache folder (default ``output.run_dir``).
-    :returns: ``{"teacher": ..., "uniform": ..., "candidate": ...}`` evaluation dicts.
+    :returns: ``{"teacher": ..., "uniform": ..., "candidate": ...}`` evaluation records.
     """
     ev = CandidateEvaluator(cfg, run_dir or cfg.output.run_dir)
     for flag, ratios, space in (("--g-ratios", g_ratios, ev.g_space), ("--d-ratios", d_ratios, ev.d_space)):
@@ -439,5 +435,5 @@ def evaluate_one(
     ug, ud = ev.uniform_ratios()
     seed = cfg.search.seed
     uniform = ev.evaluate_uniform(seed)
-    candidate = ev.evaluate(g_ratios or ug, d_ratios or ud, seed, baseline=uniform["metrics"])
+    candidate = ev.evaluate(g_ratios or ug, d_ratios or ud, seed, baseline=uniform.metrics)
     return {"teacher": teacher, "uniform": uniform, "candidate": candidate}

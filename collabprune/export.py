@@ -27,6 +27,7 @@ from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import load_candidate
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES, SUBNET_FILE, load_subnet
 from collabprune.models.spec import SubnetSpec
+from collabprune.records import EvaluationRecord
 from collabprune.runs import RunDir, candidate_dir, package_versions, resume_config
 from collabprune.teacher import D_FILE, G_FILE, load_teacher
 
@@ -66,15 +67,15 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
     files = [*NETWORK_FILES.values(), *SPEC_FILES.values()]
     final, summary_path = run_dir / FINAL_DIR, run_dir / HELDOUT_DIR / "summary.json"
     heldout = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    if heldout is not None and (heldout.get("best_round"), heldout.get("best_slot", 0)) != (best["round"], best.get("slot", 0)):
+    if heldout is not None and (heldout.get("best_round"), heldout.get("best_slot", 0)) != (best.round, best.slot or 0):
         heldout = None  # a summary of an earlier best
     if heldout is not None and all((final / f).is_file() for f in files):
         folder, weights = final, f"final fine-tuning ({cfg.finetune.final_steps} steps, seed {cfg.finetune.seed})"
     else:
-        folder, weights = candidate_dir(run_dir, best["round"], best.get("slot", 0)), \
+        folder, weights = candidate_dir(run_dir, int(best.round or 0), best.slot or 0), \
             f"search fine-tuning ({cfg.finetune.steps} steps)"
     if not all((folder / f).is_file() for f in files):
-        raise RunDirError(f"{folder}: the weights of the best pair (round {best['round']}) are missing")
+        raise RunDirError(f"{folder}: the weights of the best pair (round {best.round}) are missing")
     info = _describe(cfg, folder, best)
     info["weights"] = weights
     if heldout is not None:
@@ -92,7 +93,7 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
     return info
 
 
-def _describe(cfg: RunConfig, folder: Path, best: dict[str, Any]) -> dict[str, Any]:
+def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord) -> dict[str, Any]:
     """The ``subnet.json`` content for the candidate saved in ``folder``."""
     specs = {role: SubnetSpec.from_json((folder / spec).read_text()) for role, spec in SPEC_FILES.items()}
     teacher_g, teacher_d = load_teacher(cfg, inplace=False)
@@ -111,13 +112,13 @@ def _describe(cfg: RunConfig, folder: Path, best: dict[str, Any]) -> dict[str, A
                            "device": torch.cuda.get_device_name()}
     return {
         "schema_version": EXPORT_SCHEMA_VERSION,
-        "round": best["round"],
-        "slot": best.get("slot", 0),
-        "kind": best.get("kind"),
-        "reward": best.get("reward"),
-        "reeval": best.get("reeval"),
-        "reward_terms": best.get("reward_terms"),
-        "metrics": best["metrics"],
+        "round": best.round,
+        "slot": best.slot or 0,
+        "kind": best.kind,
+        "reward": best.reward,
+        "reeval": None if best.reeval is None else best.reeval.to_dict(),
+        "reward_terms": dict(best.reward_terms),
+        "metrics": best.metrics.to_dict(),
         "generator": _network_entry(specs["generator"], nets["generator"], shapes["generator"],
                                     macs(teacher_g, shapes["generator"])),
         "discriminator": _network_entry(specs["discriminator"], nets["discriminator"], shapes["discriminator"],

@@ -44,6 +44,7 @@ import yaml
 
 from collabprune.config import RunConfig, load_config, save_config
 from collabprune.errors import JobsError
+from collabprune.records import EvaluationRecord
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 #: seconds to wait for the dashboard to answer before the address counts as unreachable
@@ -353,8 +354,8 @@ def read_progress(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if log.is_file():
         for line in log.read_text().splitlines():
             try:
-                r = json.loads(line).get("round")
-            except (ValueError, AttributeError):
+                r = EvaluationRecord.from_dict(json.loads(line)).round
+            except (ValueError, AttributeError, TypeError):
                 continue
             if isinstance(r, int) and r >= 0:
                 rounds.add(r)
@@ -365,9 +366,9 @@ def read_progress(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         pass
     best_reward = best_round = None
     try:
-        best = json.loads((path / "best.json").read_text())
-        best_reward, best_round = best.get("reward"), best.get("round")
-    except (OSError, ValueError, AttributeError):
+        best = EvaluationRecord.from_dict(json.loads((path / "best.json").read_text()))
+        best_reward, best_round = best.reward, best.round
+    except (OSError, ValueError, AttributeError, TypeError):
         pass
     return {"visible": True, "rounds_done": len(rounds), "last_round": max(rounds) if rounds else None,
             "rounds_total": total, "best_reward": best_reward, "best_round": best_round}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from collabprune.io import atomic_path
+from collabprune.records import EvaluationRecord
 
 
 def _finite(x: Any) -> float:
@@ -18,8 +19,8 @@ def _finite(x: Any) -> float:
     return v if math.isfinite(v) else math.nan
 
 
-def plot_search(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],
-                uniform: dict[str, Any] | None = None) -> list[Path]:
+def plot_search(records: Sequence[EvaluationRecord], out_dir: str | os.PathLike[str],
+                uniform: EvaluationRecord | None = None) -> list[Path]:
     """Write ``reward.png`` (every candidate's reward by round, the round mean, the best so far) and
     ``macs.png`` (G and D MACs fraction of every candidate).
 
@@ -34,15 +35,15 @@ def plot_search(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[st
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    rounds = [r["round"] for r in records]
-    rewards = [_finite(r.get("reward")) for r in records]
+    rounds = [r.round for r in records]
+    rewards = [_finite(r.reward) for r in records]
     by_round: dict[int, list[float]] = {}
     for k, v in zip(rounds, rewards):
         if math.isfinite(v):
             by_round.setdefault(k, []).append(v)
     order = sorted(by_round)
     best, run = [], -math.inf
-    start = _finite(uniform.get("reward")) if uniform else math.nan
+    start = _finite(uniform.reward) if uniform else math.nan
     if math.isfinite(start):
         run = start
     for k in order:
@@ -64,8 +65,8 @@ def plot_search(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[st
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("g_macs_fraction", "G"), ("d_macs_fraction", "D")):
-        ys = [_finite(r.get("metrics", {}).get(key)) for r in records]
+    for label, ys in (("G", [_finite(r.metrics.g_macs_fraction) for r in records]),
+                      ("D", [_finite(r.metrics.d_macs_fraction) for r in records])):
         ax.plot(rounds, ys, "o", ms=3, label=f"{label} MACs / teacher")
     ax.set_xlabel("round")
     ax.set_ylabel("MACs fraction")
@@ -83,7 +84,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_ratio_heatmap(records: Sequence[dict[str, Any]], role: str, group_names: Sequence[str],
+def plot_ratio_heatmap(records: Sequence[EvaluationRecord], role: str, group_names: Sequence[str],
                        path: str | os.PathLike[str]) -> Path:
     """Write a group-by-round heat map of one agent's keep ratios.
 
@@ -99,10 +100,10 @@ def plot_ratio_heatmap(records: Sequence[dict[str, Any]], role: str, group_names
     import matplotlib.pyplot as plt
     import numpy as np
 
-    key = f"{role[0]}_ratios"  # g_ratios / d_ratios; one column per evaluated candidate
+    short = role[0]  # g_ratios / d_ratios; one column per evaluated candidate
     grid = np.full((len(group_names), max(1, len(records))), np.nan)
     for j, record in enumerate(records):
-        ratios = record.get(key) or []
+        ratios = record.ratios(short)
         grid[: len(ratios), j] = ratios
     fig, ax = plt.subplots(figsize=(max(5.0, 0.18 * grid.shape[1] + 3), 0.32 * len(group_names) + 1.6))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest",

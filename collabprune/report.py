@@ -7,6 +7,8 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from collabprune.records import EvaluationRecord
+
 
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
@@ -26,15 +28,16 @@ ROWS: tuple[tuple[str, str, float, str], ...] = (
 )
 
 
-def metrics_table(rows: Mapping[str, Mapping[str, Any]], title: str = "candidates") -> Table:
+def metrics_table(rows: Mapping[str, EvaluationRecord], title: str = "candidates",
+                  latency_ms: Mapping[str, float] | None = None) -> Table:
     """A table with one column per named evaluation result and one row per metric.
 
-    :param rows: name -> evaluation dict (as returned by
-        :meth:`~collabprune.evaluation.CandidateEvaluator.evaluate`), optionally with
-        ``latency_ms`` (CPU, batch 1) added at the top level.
+    :param rows: name -> evaluation record (as returned by
+        :meth:`~collabprune.evaluation.CandidateEvaluator.evaluate`).
+    :param latency_ms: name -> CPU latency at batch 1 (ms), a row when given.
     """
     first = next(iter(rows.values()))
-    fd = first["metrics"].get("fd_metric", "fid")
+    fd = first.metrics.fd_metric
     table = Table(title=title)
     table.add_column("metric")
     for name in rows:
@@ -42,14 +45,14 @@ def metrics_table(rows: Mapping[str, Mapping[str, Any]], title: str = "candidate
     spec = list(ROWS)
     spec.insert(6, (fd, fd, 1.0, ".4g"))
     for label, key, scale, fmt in spec:
-        values = [res["metrics"].get(key) for res in rows.values()]
+        values = [res.metrics.get(key) for res in rows.values()]  # a metric by name (the rows above)
         table.add_row(label, *[_fmt(None if v is None else v * scale, fmt) for v in values])
-    table.add_row("reward", *["diverged" if r.get("diverged") else _fmt(r.get("reward"), ".4f") for r in rows.values()])
-    if any("latency_ms" in r for r in rows.values()):
-        table.add_row("CPU latency (ms)", *[_fmt(r.get("latency_ms"), ".1f") for r in rows.values()])
+    table.add_row("reward", *["diverged" if r.diverged else _fmt(r.reward, ".4f") for r in rows.values()])
+    if latency_ms:
+        table.add_row("CPU latency (ms)", *[_fmt(latency_ms.get(name), ".1f") for name in rows])
     return table
 
 
-def print_metrics(rows: Mapping[str, Mapping[str, Any]], title: str = "candidates", console: Console | None = None) -> None:
+def print_metrics(rows: Mapping[str, EvaluationRecord], title: str = "candidates", console: Console | None = None) -> None:
     """Print :func:`metrics_table` of ``rows`` to the terminal."""
     (console or Console()).print(metrics_table(rows, title))

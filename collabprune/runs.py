@@ -14,7 +14,8 @@ Layout of ``RUN_DIR``::
     tb/<role>/                TensorBoard logs of each agent
     plots/                    reward / MACs curves (PNG)
 
-Records in ``evaluations.jsonl`` are keyed by (round, slot): round ``-2`` is the teacher pair
+Records in ``evaluations.jsonl`` (:class:`~collabprune.records.EvaluationRecord`, one JSON object a
+line, the format of :meth:`~collabprune.records.EvaluationRecord.to_dict`) are keyed by (round, slot): round ``-2`` is the teacher pair
 (``"kind": "teacher"``), ``-1`` the uniform candidate (``"kind": "uniform"``, its metrics averaged
 over ``reward.uniform_seeds`` seeds), ``0 .. search.rounds-1`` the search rounds (``"kind":
 "search"``), each with ``slots`` candidates (slot ``0 .. slots-1``; ``slots`` is fixed when the run is
@@ -27,9 +28,9 @@ This module is core library code: it knows nothing of agents or environments.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -39,6 +40,7 @@ from typing import Any, Callable, Iterator
 from collabprune.config import RunConfig, load_config, save_config
 from collabprune.errors import RunDirError
 from collabprune.io import atomic_write_json
+from collabprune.records import EvaluationRecord, ReevalRecord
 
 CONFIG_FILE = "config.yaml"
 META_FILE = "run.json"
@@ -136,8 +138,21 @@ def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | None =
     return load_config(path / CONFIG_FILE, overrides)
 
 
-def _is_finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _parse(cls: Any, data: Any, where: str, what: str) -> Any:
+    """``cls.from_dict(data)`` (an evaluation or re-evaluation record) of one log line.
+
+    :param what: what the line should be, for the message.
+    :raises RunDirError: the line is not such a record (not an object, or a required key missing).
+    """
+    try:
+        return cls.from_dict(data)
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
+        raise RunDirError(f"{where}: not {what} ({err})") from None
+
+
+def _key(record: EvaluationRecord) -> tuple[int, int]:
+    """(round, slot) of a logged record."""
+    return int(record.round or 0), int(record.slot or 0)
 
 
 class RunDir:
@@ -158,8 +173,8 @@ class RunDir:
         self.path = Path(path)
         self.digest = digest
         self.slots = _stored_slots(self.path)
-        self._records: dict[tuple[int, int], dict[str, Any]] = {}
-        self._reevals: dict[tuple[int, int, int], dict[str, Any]] = {}
+        self._records: dict[tuple[int, int], EvaluationRecord] = {}
+        self._reevals: dict[tuple[int, int, int], ReevalRecord] = {}
         if load_log:
             self._load()
 
@@ -199,7 +214,7 @@ class RunDir:
         root = self.path / CANDIDATES_DIR
         if not root.is_dir():
             return
-        keep = {(UNIFORM_ROUND, 0)} | {(r["round"], r["slot"]) for r in self.top(max(1, keep_top))}
+        keep = {(UNIFORM_ROUND, 0)} | {_key(r) for r in self.top(max(1, keep_top))}
         for key in self._records:
             if key not in keep:
                 shutil.rmtree(candidate_dir(self.path, *key), ignore_errors=True)
@@ -261,22 +276,27 @@ class RunDir:
 
     def _load(self) -> None:
         self._records.clear()
-        for lineno, record in _read_lines(self.evaluations_path):
-            rnd, slot = record.get("round"), record.get("slot", 0)
+        for lineno, data in _read_lines(self.evaluations_path):
+            record = _parse(EvaluationRecord, data, f"{self.evaluations_path}:{lineno}", "an evaluation record")
+            if record.slot is None:
+                record.slot = 0  # older lines
+            rnd, slot = record.round, record.slot
             if not isinstance(rnd, int) or not isinstance(slot, int):
                 raise RunDirError(f"{self.evaluations_path}:{lineno}: record has no integer 'round' and 'slot'")
-            if record.get("digest") != self.digest:
+            if record.digest != self.digest:
                 raise RunDirError(f"{self.evaluations_path}:{lineno}: record of another config "
-                                  f"(digest {record.get('digest')}, run {self.digest})")
+                                  f"(digest {record.digest}, run {self.digest})")
             if (rnd, slot) in self._records:
                 raise RunDirError(f"{self.evaluations_path}:{lineno}: round {rnd} slot {slot} logged twice")
-            self._records[(rnd, slot)] = dict(record, slot=slot)
+            self._records[(rnd, slot)] = record
         self._reevals.clear()
-        for lineno, record in _read_lines(self.reevaluations_path):
-            key = (record.get("round"), record.get("slot", 0), record.get("seed"))
-            if record.get("digest") != self.digest or not all(isinstance(k, int) for k in key):
-                raise RunDirError(f"{self.reevaluations_path}:{lineno}: not a re-evaluation of this run")
-            self._reevals[key] = record  # type: ignore[index]
+        for lineno, data in _read_lines(self.reevaluations_path):
+            where = f"{self.reevaluations_path}:{lineno}"
+            reeval = _parse(ReevalRecord, data, where, "a re-evaluation of this run")
+            key = (reeval.round, reeval.slot, reeval.seed)
+            if reeval.digest != self.digest or not all(isinstance(k, int) for k in key):
+                raise RunDirError(f"{where}: not a re-evaluation of this run")
+            self._reevals[key] = reeval
 
     # ------------------------------------------------------------------------------ the log
     def _append_line(self, path: Path, record: dict[str, Any]) -> None:
@@ -287,31 +307,30 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+    def append(self, record: EvaluationRecord) -> EvaluationRecord:
         """Append one evaluation record, flushed and fsynced before returning.
 
         The record is stamped with ``digest``, ``kind`` (from its ``round``) and ``slot`` (default 0)
         and must carry ``round`` and ``seed``.
 
-        :param record: JSON-able evaluation record.
+        :param record: the evaluation record (it is not changed; a stamped copy is logged).
         :returns: the stamped record as written.
         :raises ValueError: the (round, slot) is already logged, ``round``/``seed`` are missing, or
             the slot is outside the run's slots.
         """
-        if not isinstance(record.get("round"), int) or "seed" not in record:
+        if not isinstance(record.round, int) or isinstance(record.round, bool) or record.seed is None:
             raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
-        rnd, slot = record["round"], int(record.get("slot", 0))
+        rnd, slot = record.round, int(record.slot or 0)
         if not 0 <= slot < (self.slots if rnd >= 0 else 1):
             raise ValueError(f"slot {slot} is outside this run's {self.slots} slot(s) per round")
         if (rnd, slot) in self._records:
             raise ValueError(f"round {rnd} slot {slot} is already in {self.evaluations_path}")
-        stamped = {"round": rnd, "slot": slot, "kind": round_kind(rnd), "seed": record["seed"], "digest": self.digest}
-        stamped.update({k: v for k, v in record.items() if k not in stamped})
-        self._append_line(self.evaluations_path, stamped)
+        stamped = dataclasses.replace(record, slot=slot, kind=round_kind(rnd), digest=self.digest)
+        self._append_line(self.evaluations_path, stamped.to_dict())
         self._records[(rnd, slot)] = stamped
         return stamped
 
-    def get(self, round_index: int, seed: int | None = None, slot: int = 0) -> dict[str, Any] | None:
+    def get(self, round_index: int, seed: int | None = None, slot: int = 0) -> EvaluationRecord | None:
         """The logged record of (round, slot), or ``None``.
 
         :param round_index: the round.
@@ -320,20 +339,20 @@ class RunDir:
         :raises RunDirError: the logged record has a different seed.
         """
         record = self._records.get((round_index, slot))
-        if record is not None and seed is not None and record.get("seed") != seed:
+        if record is not None and seed is not None and record.seed != seed:
             raise RunDirError(f"{self.evaluations_path}: round {round_index} slot {slot} was evaluated with seed "
-                              f"{record.get('seed')}, not {seed}")
+                              f"{record.seed}, not {seed}")
         return record
 
-    def round_records(self, round_index: int) -> list[dict[str, Any] | None]:
+    def round_records(self, round_index: int) -> list[EvaluationRecord | None]:
         """The records of every slot of a search round (``None`` where a slot is not logged yet)."""
         return [self._records.get((round_index, s)) for s in range(self.slots)]
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[EvaluationRecord]:
         """All records, teacher and uniform first, then search rounds in (round, slot) order."""
         return [self._records[k] for k in sorted(self._records)]
 
-    def search_records(self) -> list[dict[str, Any]]:
+    def search_records(self) -> list[EvaluationRecord]:
         """Search records (round >= 0) in (round, slot) order."""
         return [self._records[k] for k in sorted(self._records) if k[0] >= 0]
 
@@ -351,34 +370,34 @@ class RunDir:
         return done
 
     # ----------------------------------------------------------------------------- best pair
-    def top(self, k: int) -> list[dict[str, Any]]:
+    def top(self, k: int) -> list[EvaluationRecord]:
         """The ``k`` best search records by search reward (finite rewards only), best first."""
-        scored = [r for r in self.search_records() if _is_finite(r.get("reward")) and not r.get("diverged")]
-        return sorted(scored, key=lambda r: (-r["reward"], r["round"], r["slot"]))[:k]
+        scored = [r for r in self.search_records() if r.finite_reward is not None and not r.diverged]
+        return sorted(scored, key=lambda r: (-r.reward, r.round, r.slot))[:k]  # type: ignore[operator]
 
-    def best(self) -> dict[str, Any] | None:
+    def best(self) -> EvaluationRecord | None:
         """The best record so far among the uniform candidate and the search rounds, by search reward."""
-        best: dict[str, Any] | None = None
+        best: EvaluationRecord | None = None
         for record in self.records():
-            if record["round"] == TEACHER_ROUND or not _is_finite(record.get("reward")):
+            if record.round == TEACHER_ROUND or record.finite_reward is None:
                 continue
-            if best is None or record["reward"] > best["reward"]:
+            if best is None or record.reward > best.reward:  # type: ignore[operator]
                 best = record
         return best
 
-    def update_best(self, record: dict[str, Any]) -> bool:
+    def update_best(self, record: EvaluationRecord) -> bool:
         """Rewrite ``best.json`` (atomically) when ``record`` beats it by search reward.
 
         :param record: a logged record.
         :returns: whether ``best.json`` changed.
         """
         current = self.read_best()
-        reward = record.get("reward")
-        if not _is_finite(reward):
+        reward = record.finite_reward
+        if reward is None:
             return False
-        if current is not None and _is_finite(current.get("reward")) and current["reward"] >= reward:
+        if current is not None and current.finite_reward is not None and current.finite_reward >= reward:
             return False
-        atomic_write_json(self.best_path, record)
+        atomic_write_json(self.best_path, record.to_dict())
         return True
 
     def refresh_best(self) -> None:
@@ -387,43 +406,44 @@ class RunDir:
         A re-evaluated ``best.json`` (it has ``reeval``) is left as it is when the log is complete.
         """
         current = self.read_best()
-        if current is not None and "reeval" in current:
+        if current is not None and current.reeval is not None:
             return
         best = self.best()
         if best is not None and current != best:
-            atomic_write_json(self.best_path, best)
+            atomic_write_json(self.best_path, best.to_dict())
 
-    def write_best(self, record: dict[str, Any]) -> None:
+    def write_best(self, record: EvaluationRecord) -> None:
         """Replace ``best.json`` (atomically) with ``record`` (the re-evaluated winner)."""
-        atomic_write_json(self.best_path, record)
+        atomic_write_json(self.best_path, record.to_dict())
 
-    def read_best(self) -> dict[str, Any] | None:
+    def read_best(self) -> EvaluationRecord | None:
         """The content of ``best.json``, or ``None`` when there is none yet."""
         if not self.best_path.is_file():
             return None
-        return json.loads(self.best_path.read_text())
+        return EvaluationRecord.from_dict(json.loads(self.best_path.read_text()))
 
     # ------------------------------------------------------------------------ re-evaluations
-    def get_reeval(self, round_index: int, slot: int, seed: int) -> dict[str, Any] | None:
+    def get_reeval(self, round_index: int, slot: int, seed: int) -> ReevalRecord | None:
         """The logged re-evaluation of (round, slot) under ``seed``, or ``None``."""
         return self._reevals.get((round_index, slot, seed))
 
-    def append_reeval(self, record: dict[str, Any]) -> dict[str, Any]:
+    def append_reeval(self, record: ReevalRecord) -> ReevalRecord:
         """Append one re-evaluation (``round``, ``slot``, ``seed`` required), fsynced.
 
+        :returns: the record as written (stamped with the run digest).
         :raises ValueError: missing keys or already logged.
         """
-        key = (record.get("round"), record.get("slot"), record.get("seed"))
+        key = (record.round, record.slot, record.seed)
         if not all(isinstance(k, int) for k in key):
             raise ValueError("a re-evaluation needs integer 'round', 'slot' and 'seed'")
         if key in self._reevals:
             raise ValueError(f"re-evaluation {key} is already in {self.reevaluations_path}")
-        stamped = dict(record, digest=self.digest)
-        self._append_line(self.reevaluations_path, stamped)
-        self._reevals[key] = stamped  # type: ignore[index]
+        stamped = dataclasses.replace(record, digest=self.digest)
+        self._append_line(self.reevaluations_path, stamped.to_dict())
+        self._reevals[key] = stamped
         return stamped
 
-    def reevaluations(self) -> list[dict[str, Any]]:
+    def reevaluations(self) -> list[ReevalRecord]:
         """Every logged re-evaluation, in (round, slot, seed) order."""
         return [self._reevals[k] for k in sorted(self._reevals)]
 

@@ -15,15 +15,17 @@ in a search, a local :class:`~collabprune.evaluation.CandidateEvaluator` in the 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from collabprune.config import RunConfig
 from collabprune.evaluation import compute_reward
+from collabprune.records import EvaluationRecord, Reeval, ReevalCandidate, ReevalRecord
 from collabprune.runs import UNIFORM_ROUND, RunDir
 
-#: ``evaluate_many([(g_ratios, d_ratios, seed), ...]) -> [evaluation dict, ...]`` (baseline None).
-EvaluateMany = Callable[[Sequence[tuple[list[float], list[float], int]]], list[dict[str, Any]]]
+#: ``evaluate_many([(g_ratios, d_ratios, seed), ...]) -> [evaluation record, ...]`` (baseline None).
+EvaluateMany = Callable[[Sequence[tuple[list[float], list[float], int]]], list[EvaluationRecord]]
 
 
 def reeval_seeds(cfg: RunConfig) -> list[int]:
@@ -31,15 +33,14 @@ def reeval_seeds(cfg: RunConfig) -> list[int]:
     return [10_000 + 100 * cfg.search.seed + i for i in range(cfg.search.reeval_seeds)]
 
 
-def reevaluate_top(cfg: RunConfig, run: RunDir, evaluate_many: EvaluateMany) -> dict[str, Any]:
+def reevaluate_top(cfg: RunConfig, run: RunDir, evaluate_many: EvaluateMany) -> EvaluationRecord:
     """Re-evaluate the top-k search candidates and the uniform candidate with fresh seeds; pick the best.
 
     :param cfg: the run's config (``search.reeval_top_k``, ``search.reeval_seeds``, the reward).
     :param run: the run directory (search records and the uniform record logged).
     :param evaluate_many: runs the missing (candidate, seed) evaluations (see the module docstring).
-    :returns: the new ``best.json`` content: the winner's search record plus ``reeval``: ``{"seeds",
-        "rewards", "reward", "search_reward", "uniform_reward", "candidates"}`` (every contender's
-        mean and per-seed rewards).
+    :returns: the new ``best.json`` content: the winner's search record with its ``reeval``
+        (:class:`~collabprune.records.Reeval`: every contender's mean and per-seed rewards).
     :raises RunDirError: no uniform record.
     """
     from collabprune.errors import RunDirError
@@ -49,28 +50,36 @@ def reevaluate_top(cfg: RunConfig, run: RunDir, evaluate_many: EvaluateMany) -> 
     if uniform is None:
         raise RunDirError(f"{run.path}: the uniform candidate is not logged; nothing to re-evaluate against")
     contenders = [uniform] + run.top(cfg.search.reeval_top_k)
-    jobs = [(c, s) for c in contenders for s in seeds if run.get_reeval(c["round"], c.get("slot", 0), s) is None]
-    results = evaluate_many([(list(c["g_ratios"]), list(c["d_ratios"]), s) for c, s in jobs]) if jobs else []
+    jobs = [(c, s) for c in contenders for s in seeds if run.get_reeval(_round(c), _slot(c), s) is None]
+    results = evaluate_many([(list(c.g_ratios), list(c.d_ratios), s) for c, s in jobs]) if jobs else []
     for (c, s), result in zip(jobs, results):
-        run.append_reeval({"round": c["round"], "slot": c.get("slot", 0), "seed": s, "metrics": result["metrics"],
-                           "diverged": bool(result["diverged"]), "g_ratios": c["g_ratios"], "d_ratios": c["d_ratios"]})
+        run.append_reeval(ReevalRecord(round=_round(c), slot=_slot(c), seed=s, metrics=result.metrics,
+                                       diverged=bool(result.diverged), g_ratios=c.g_ratios, d_ratios=c.d_ratios))
     base = {s: run.get_reeval(UNIFORM_ROUND, 0, s) for s in seeds}
     scores = []
     for c in contenders:
         rewards = []
         for s in seeds:
-            r, b = run.get_reeval(c["round"], c.get("slot", 0), s), base[s]
-            if r is None or b is None or r.get("diverged") or b.get("diverged"):
+            r, b = run.get_reeval(_round(c), _slot(c), s), base[s]
+            if r is None or b is None or r.diverged or b.diverged:
                 rewards.append(cfg.reward.penalty)
             else:
-                rewards.append(compute_reward(r["metrics"], b["metrics"], cfg)[0])
+                rewards.append(compute_reward(r.metrics, b.metrics, cfg)[0])
         scores.append((statistics.fmean(rewards), c, rewards))
     best_score, best, rewards = max(scores, key=lambda x: x[0])  # ties: the first, i.e. uniform
-    record = dict(best, reeval={
-        "seeds": seeds, "rewards": rewards, "reward": best_score, "search_reward": best.get("reward"),
-        "uniform_reward": scores[0][0],
-        "candidates": [{"round": c["round"], "slot": c.get("slot", 0), "search_reward": c.get("reward"),
-                        "reward": m, "rewards": rs} for m, c, rs in scores],
-    })
+    record = dataclasses.replace(best, reeval=Reeval(
+        seeds=seeds, rewards=rewards, reward=best_score, search_reward=best.reward, uniform_reward=scores[0][0],
+        candidates=[ReevalCandidate(round=_round(c), slot=_slot(c), search_reward=c.reward, reward=m, rewards=rs)
+                    for m, c, rs in scores],
+    ))
     run.write_best(record)
     return record
+
+
+def _round(record: EvaluationRecord) -> int:
+    assert record.round is not None, "a logged record has a round"
+    return record.round
+
+
+def _slot(record: EvaluationRecord) -> int:
+    return record.slot or 0

@@ -22,6 +22,7 @@ from typing import Any
 from collabprune.config import RunConfig
 from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, HeldoutResult, higher_is_better
 from collabprune.io import atomic_write_json
+from collabprune.records import EvaluationRecord
 from collabprune.runs import UNIFORM_ROUND, RunDir
 
 HELDOUT_DIR = "heldout"
@@ -83,7 +84,7 @@ class RunSummary:
     teacher: HeldoutResult
     uniform: list[HeldoutResult]
     best: list[HeldoutResult]
-    best_record: dict[str, Any]
+    best_record: EvaluationRecord
     verdict: Verdict
     samples: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,8 +103,8 @@ class RunSummary:
             "teacher": self.teacher.to_dict(),
             "uniform": [r.to_dict() for r in self.uniform],
             "best": [r.to_dict() for r in self.best],
-            "best_round": self.best_record.get("round"),
-            "best_slot": self.best_record.get("slot", 0),
+            "best_round": self.best_record.round,
+            "best_slot": self.best_record.slot or 0,
             "verdict": {"metric": self.verdict.metric, "improvement": self.verdict.improvement,
                         "noise": self.verdict.noise, "seeds": self.verdict.seeds,
                         "best_is_uniform": self.verdict.best_is_uniform,
@@ -149,9 +150,9 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
     folder = run_dir / HELDOUT_DIR
     held = HeldoutEvaluator(cfg, folder / "cache")
     seeds = final_seeds(cfg)
-    best_is_uniform = best["round"] == UNIFORM_ROUND
+    best_is_uniform = best.round == UNIFORM_ROUND
     teacher = held.teacher()
-    u_rows = [_cached(held, folder, "uniform", uniform["g_ratios"], uniform["d_ratios"], s,
+    u_rows = [_cached(held, folder, "uniform", uniform.g_ratios, uniform.d_ratios, s,
                       run_dir / FINAL_UNIFORM_DIR if i == 0 else None) for i, s in enumerate(seeds)]
     if best_is_uniform:
         import shutil
@@ -159,7 +160,7 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
         shutil.rmtree(run_dir / FINAL_DIR, ignore_errors=True)
         shutil.copytree(run_dir / FINAL_UNIFORM_DIR, run_dir / FINAL_DIR)
     b_rows = u_rows if best_is_uniform else [
-        _cached(held, folder, "best", best["g_ratios"], best["d_ratios"], s, run_dir / FINAL_DIR if i == 0 else None)
+        _cached(held, folder, "best", best.g_ratios, best.d_ratios, s, run_dir / FINAL_DIR if i == 0 else None)
         for i, s in enumerate(seeds)]
     sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
     diffs = [sign * (b.metric(PRIMARY_METRIC) - u.metric(PRIMARY_METRIC))  # type: ignore[operator]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from collabprune.config import RunConfig
+from collabprune.records import EvaluationRecord, SeedResult
 
 
 class FakeEvaluator:
@@ -39,12 +40,13 @@ class FakeEvaluator:
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         return self.spaces["generator"].uniform_candidate(), self.spaces["discriminator"].uniform_candidate()
 
-    def evaluate_teacher(self) -> dict[str, Any]:
-        return {"metrics": {"fd_metric": "fd_teacher_d", "fd_teacher_d": 0.0, "l_kde": 0.0, "bal": 0.0, "rho": 1.0},
-                "reward": None, "diverged": False}
+    def evaluate_teacher(self) -> EvaluationRecord:
+        return EvaluationRecord.from_dict({
+            "metrics": {"fd_metric": "fd_teacher_d", "fd_teacher_d": 0.0, "l_kde": 0.0, "bal": 0.0, "rho": 1.0},
+            "reward": None, "diverged": False})
 
     def evaluate(self, g: list[float], d: list[float], seed: int, baseline: dict[str, Any] | None,
-                 save_dir: Path | None = None) -> dict[str, Any]:
+                 save_dir: Path | None = None) -> EvaluationRecord:
         if baseline is not None and self.sleep_s:
             time.sleep(self.sleep_s)  # a slow search-round evaluation (timeout test)
         if baseline is not None and self.die_once is not None and not self.die_once.exists():
@@ -64,12 +66,13 @@ class FakeEvaluator:
         from collabprune.evaluation import compute_reward
 
         reward, terms = compute_reward(metrics, baseline or metrics, self.cfg)  # uniform: its own baseline
-        return {"g_ratios": list(g), "d_ratios": list(d), "g_channels": gs.kept(g), "d_channels": ds.kept(d),
-                "seed": seed, "metrics": metrics, "reward": reward, "reward_terms": terms, "diverged": False,
-                "times": {"total_s": 0.0}}
+        return EvaluationRecord.from_dict({
+            "g_ratios": list(g), "d_ratios": list(d), "g_channels": gs.kept(g), "d_channels": ds.kept(d),
+            "seed": seed, "metrics": metrics, "reward": reward, "reward_terms": terms, "diverged": False,
+            "times": {"total_s": 0.0}})
 
-    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> dict[str, Any]:
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> EvaluationRecord:
         g, d = self.uniform_ratios()
         out = self.evaluate(g, d, seed, None, save_dir)
-        out["seed_results"] = [{"seed": seed, "metrics": out["metrics"], "diverged": False}]
+        out.seed_results = [SeedResult(seed=seed, metrics=out.metrics, diverged=False)]
         return out

@@ -7,6 +7,7 @@ timeouts). The real evaluator runs in tests/test_search_e2e.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -398,12 +399,12 @@ def test_coordinator_refuses_a_proposal_from_another_channel_space(tmp_path: Pat
     cfg = tiny_cfg(rounds=1)
     fake = fake_evaluator.FakeEvaluator(cfg, tmp_path)
     run = RunDir.create(tmp_path, cfg)
-    run.append({**fake.evaluate_teacher(), "round": -2, "seed": 0})
-    run.append({**fake.evaluate_uniform(1), "round": -1, "seed": 1})
+    run.append(dataclasses.replace(fake.evaluate_teacher(), round=-2, seed=0))
+    run.append(dataclasses.replace(fake.evaluate_uniform(1), round=-1, seed=1))
     core = CoordinatorCore(cfg.to_dict(), str(tmp_path), evaluators=[])
     g, _ = fake.uniform_ratios()
     proposal = {"ratios": g, "requested": g, "actions": [0.0] * len(g), "macs_fraction": 0.3,
                 "space_digest": "0123456789abcdef"}
     with pytest.raises(SpaceMismatchError, match="round 0 slot 0: the generator agent's channel space"):
         asyncio.run(core.submit("generator", 0, [proposal]))
-    assert [r["round"] for r in RunDir(tmp_path, run.digest).search_records()] == []
+    assert [r.round for r in RunDir(tmp_path, run.digest).search_records()] == []

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.search_scale import analyse
+from collabprune.records import EvaluationRecord, RoundTimes
 
 
-def _record(rnd: int, slot: int, finished_at: float, evaluation_s: float) -> dict:
-    return {"round": rnd, "slot": slot, "round_times": {"finished_at": finished_at, "evaluation_s": evaluation_s,
-                                                       "agents_s": 0.1, "coordination_s": 0.0}}
+def _record(rnd: int, slot: int, finished_at: float, evaluation_s: float) -> EvaluationRecord:
+    return EvaluationRecord(round=rnd, slot=slot, round_times=RoundTimes(
+        finished_at=finished_at, evaluation_s=evaluation_s, agents_s=0.1, coordination_s=0.0))
 
 
 def test_search_scale_analysis_of_a_known_log() -> None:

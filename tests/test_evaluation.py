@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from collabprune.models import build_from_spec, load_state_dict_strict, read_sta
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.pruning.prune import prune_model
 from collabprune.models.spec import SubnetSpec
+from collabprune.records import EvalTimes, EvaluationRecord
 from tiny import tiny_config
 
 
@@ -26,16 +28,16 @@ def evaluator(cfg: RunConfig, tmp_path_factory: pytest.TempPathFactory) -> Candi
     return CandidateEvaluator(cfg, tmp_path_factory.mktemp("eval_run"))
 
 
-def _without_times(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "times"}
+def _without_times(result: EvaluationRecord) -> EvaluationRecord:
+    return dataclasses.replace(result, times=EvalTimes())
 
 
 def test_teacher_is_its_own_reference(evaluator: CandidateEvaluator) -> None:
     teacher = evaluator.evaluate_teacher()
-    m = teacher["metrics"]
-    assert m["l_kde"] == 0.0 and m["bal"] == 0.0 and m["rho"] > 0
-    assert m["g_macs_fraction"] == 1.0 and m["fd_metric"] == "fd_teacher_d" and "fid" not in m
-    assert teacher["reward"] is None
+    m = teacher.metrics
+    assert m.l_kde == 0.0 and m.bal == 0.0 and m.rho > 0
+    assert m.g_macs_fraction == 1.0 and m.fd_metric == "fd_teacher_d" and "fid" not in m
+    assert teacher.reward is None
     assert evaluator.evaluate_teacher() == teacher  # cached in the run directory
     assert (evaluator.run_dir / "teacher_eval.json").is_file()
 
@@ -45,17 +47,17 @@ def test_uniform_meets_budget_and_is_its_own_baseline(evaluator: CandidateEvalua
     b = cfg.pruning.budget
     assert g == evaluator.g_space.project([evaluator.g_space.uniform_ratio(b.generator)] * len(g), b.generator)
     uniform = evaluator.evaluate_uniform(seed=0)
-    m = uniform["metrics"]
-    assert m["g_macs_fraction"] <= b.generator and m["d_macs_fraction"] <= b.discriminator
-    assert m["g_macs_fraction"] >= 0.9 * b.generator  # the tiny net's coarse groups: close, not 98%
-    assert uniform["reward"] == pytest.approx(-(cfg.reward.w_fid + cfg.reward.w_kde + cfg.reward.w_bal), rel=1e-9) \
-        or m["bal"] < 0.05  # the bal floor keeps a near-perfectly balanced uniform from dividing by ~0
-    assert 0 < m["l_kde"] <= 2 and m["fd_teacher_d"] > 0
+    m = uniform.metrics
+    assert m.g_macs_fraction <= b.generator and m.d_macs_fraction <= b.discriminator
+    assert m.g_macs_fraction >= 0.9 * b.generator  # the tiny net's coarse groups: close, not 98%
+    assert uniform.reward == pytest.approx(-(cfg.reward.w_fid + cfg.reward.w_kde + cfg.reward.w_bal), rel=1e-9) \
+        or m.bal < 0.05  # the bal floor keeps a near-perfectly balanced uniform from dividing by ~0
+    assert 0 < m.l_kde <= 2 and m.fd_teacher_d > 0
     # the baseline is averaged over reward.uniform_seeds seeds
-    seeds = uniform["seed_results"]
-    assert [s["seed"] for s in seeds] == [0, 1] == evaluator.uniform_seeds(0)
+    seeds = uniform.seed_results
+    assert seeds is not None and [s.seed for s in seeds] == [0, 1] == evaluator.uniform_seeds(0)
     for key in ("fd_teacher_d", "l_kde", "rho"):
-        assert m[key] == pytest.approx(sum(s["metrics"][key] for s in seeds) / 2)
+        assert m[key] == pytest.approx(sum(s.metrics[key] for s in seeds) / 2)
 
 
 def test_adaptive_bn_recalibrates_the_pruned_statistics() -> None:
@@ -83,11 +85,11 @@ def test_adaptive_bn_recalibrates_the_pruned_statistics() -> None:
 def test_idempotent_for_config_ratios_seed(evaluator: CandidateEvaluator) -> None:
     g = [0.5] * evaluator.g_space.num_groups
     d = [0.75] * evaluator.d_space.num_groups
-    base = evaluator.evaluate(*evaluator.uniform_ratios(), seed=0, baseline=None)["metrics"]
+    base = evaluator.evaluate(*evaluator.uniform_ratios(), seed=0, baseline=None).metrics
     first = evaluator.evaluate(g, d, seed=3, baseline=base)
     second = evaluator.evaluate(g, d, seed=3, baseline=base)
     assert _without_times(first) == _without_times(second)
-    assert isinstance(first["reward"], float) and set(first["reward_terms"]) == {"fid", "kde", "bal"}
+    assert isinstance(first.reward, float) and set(first.reward_terms) == {"fid", "kde", "bal"}
 
 
 def test_real_statistics_are_computed_once(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
@@ -104,7 +106,7 @@ def test_diverging_candidate_gets_the_penalty(cfg: RunConfig, tmp_path: Path) ->
     bad.finetune.lr = 1e30
     ev = CandidateEvaluator(bad, tmp_path)
     out = ev.evaluate(*ev.uniform_ratios(), seed=0, baseline=None)
-    assert out["diverged"] is True and out["reward"] == bad.reward.penalty
+    assert out.diverged is True and out.reward == bad.reward.penalty
 
 
 def test_saved_candidate_rebuilds_exactly(evaluator: CandidateEvaluator, tmp_path: Path) -> None:

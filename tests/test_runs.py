@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
+from collabprune.records import EvaluationRecord, Metrics, Reeval, ReevalRecord
 from collabprune.runs import (
     EVALUATIONS_FILE,
     OPERATIONAL_FIELDS,
@@ -26,22 +28,22 @@ def cfg(**search: object) -> RunConfig:
     return RunConfig.model_validate({"search": {"rounds": 5, **search}})
 
 
-def rec(c: RunConfig, rnd: int, reward: float | None) -> dict:
-    return {"round": rnd, "seed": round_seed(c, rnd), "reward": reward, "g_ratios": [0.5], "d_ratios": [0.5],
-            "metrics": {"g_macs_fraction": 0.2}}
+def rec(c: RunConfig, rnd: int, reward: float | None, slot: int | None = None) -> EvaluationRecord:
+    return EvaluationRecord(round=rnd, slot=slot, seed=round_seed(c, rnd), reward=reward, g_ratios=[0.5],
+                            d_ratios=[0.5], metrics=Metrics(g_macs_fraction=0.2))
 
 
 def test_append_is_on_disk_before_returning(tmp_path: Path) -> None:
     c = cfg()
     run = RunDir.create(tmp_path / "run", c)
     out = run.append(rec(c, TEACHER_ROUND, None))
-    assert out["kind"] == "teacher" and out["digest"] == run_digest(c)
+    assert out.kind == "teacher" and out.digest == run_digest(c)
     lines = (tmp_path / "run" / EVALUATIONS_FILE).read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["round"] == TEACHER_ROUND
     with pytest.raises(ValueError, match="already"):
         run.append(rec(c, TEACHER_ROUND, None))
     with pytest.raises(ValueError):
-        run.append({"reward": 1.0})
+        run.append(EvaluationRecord(reward=1.0))
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "run.json").is_file()
 
 
@@ -52,12 +54,12 @@ def test_best_json_follows_the_best_reward(tmp_path: Path) -> None:
     for rnd, reward in [(UNIFORM_ROUND, -2.5), (0, -3.0), (1, -2.0), (2, float("nan")), (3, -2.2)]:
         r = run.append(rec(c, rnd, reward))
         run.update_best(r)
-    assert run.read_best()["round"] == 1
-    assert run.best()["round"] == 1
+    assert run.read_best().round == 1
+    assert run.best().round == 1
     # a kill between append and update_best: reopening repairs best.json
     r = run.append(rec(c, 4, -1.0))
     reopened = RunDir.open(tmp_path, c)
-    assert reopened.read_best()["round"] == 4 and r["round"] == 4
+    assert reopened.read_best().round == 4 and r.round == 4
 
 
 def test_resume_bookkeeping_and_torn_tail(tmp_path: Path) -> None:
@@ -71,10 +73,10 @@ def test_resume_bookkeeping_and_torn_tail(tmp_path: Path) -> None:
         fh.write('{"round": 3, "seed": 5, "dig')
     reopened = RunDir.open(tmp_path, c)
     assert reopened.completed_rounds() == 3
-    assert [r["round"] for r in reopened.records()] == [-2, -1, 0, 1, 2]
+    assert [r.round for r in reopened.records()] == [-2, -1, 0, 1, 2]
     reopened.append(rec(c, 3, -0.5))
     again = RunDir.open(tmp_path, c)
-    assert again.completed_rounds() == 4 and again.get(3, round_seed(c, 3))["reward"] == -0.5
+    assert again.completed_rounds() == 4 and again.get(3, round_seed(c, 3)).reward == -0.5
     with pytest.raises(RunDirError, match="seed"):
         again.get(3, seed=12345)
 
@@ -94,31 +96,31 @@ def test_slots_of_a_round(tmp_path: Path) -> None:
     c = cfg()
     run = RunDir.create(tmp_path, c, slots=3)
     for slot, reward in ((0, -1.0), (2, -0.5)):
-        run.append({**rec(c, 0, reward), "slot": slot})
+        run.append(rec(c, 0, reward, slot))
     assert run.completed_rounds() == 0 and [r is not None for r in run.round_records(0)] == [True, False, True]
-    run.append({**rec(c, 0, -2.0), "slot": 1})
+    run.append(rec(c, 0, -2.0, 1))
     assert run.completed_rounds() == 1
     with pytest.raises(ValueError, match="already"):
-        run.append({**rec(c, 0, -2.0), "slot": 1})
+        run.append(rec(c, 0, -2.0, 1))
     with pytest.raises(ValueError, match="outside"):
-        run.append({**rec(c, 1, -2.0), "slot": 3})
+        run.append(rec(c, 1, -2.0, 3))
     reopened = RunDir.open(tmp_path, c)
-    assert reopened.slots == 3 and reopened.get(0, slot=2)["reward"] == -0.5
-    assert [(r["round"], r["slot"]) for r in reopened.top(2)] == [(0, 2), (0, 0)]
+    assert reopened.slots == 3 and reopened.get(0, slot=2).reward == -0.5
+    assert [(r.round, r.slot) for r in reopened.top(2)] == [(0, 2), (0, 0)]
 
 
 def test_reevaluations_are_logged_once_and_survive_a_reopen(tmp_path: Path) -> None:
     c = cfg()
     run = RunDir.create(tmp_path, c)
-    run.append_reeval({"round": 0, "slot": 0, "seed": 10_000, "metrics": {"fid": 1.0}})
+    run.append_reeval(ReevalRecord(round=0, slot=0, seed=10_000, metrics=Metrics(fid=1.0)))
     with pytest.raises(ValueError, match="already"):
-        run.append_reeval({"round": 0, "slot": 0, "seed": 10_000, "metrics": {}})
+        run.append_reeval(ReevalRecord(round=0, slot=0, seed=10_000))
     again = RunDir.open(tmp_path, c)
-    assert again.get_reeval(0, 0, 10_000)["metrics"] == {"fid": 1.0} and again.get_reeval(0, 0, 1) is None
+    assert again.get_reeval(0, 0, 10_000).metrics == {"fid": 1.0} and again.get_reeval(0, 0, 1) is None
     # a re-evaluated best.json is not replaced by the search-reward best on reopen
     again.append(rec(c, UNIFORM_ROUND, -2.5))
-    again.write_best({**rec(c, UNIFORM_ROUND, -2.5), "reeval": {"reward": -2.5}})
-    assert "reeval" in RunDir.open(tmp_path, c).read_best()
+    again.write_best(dataclasses.replace(rec(c, UNIFORM_ROUND, -2.5), reeval=Reeval(reward=-2.5)))
+    assert RunDir.open(tmp_path, c).read_best().reeval is not None
 
 
 def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="digest"):
         RunDir.open(tmp_path, cfg(rounds=6))
     # reading (export, inspect) needs no matching config: it uses the stored digest
-    assert RunDir.read(tmp_path).get(TEACHER_ROUND)["digest"] == run_digest(c)
+    assert RunDir.read(tmp_path).get(TEACHER_ROUND).digest == run_digest(c)
     with pytest.raises(RunDirError, match="not a run directory"):
         RunDir.read(tmp_path / "nothing")
     # operational fields and the output folder are not part of the experiment
