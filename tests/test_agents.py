@@ -267,11 +267,15 @@ def _histories(summary: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
     return {a["role"]: {h["round"]: h for h in a["history"]} for a in summary["agents"]}
 
 
-def test_exchange_and_resume_after_kill(ray_session: None, tmp_path: Path) -> None:
+def test_exchange_evaluator_crash_and_resume_after_kill(ray_session: None, tmp_path: Path) -> None:
+    """The D agent sees G's proposal of the same round; an evaluator process that dies mid-evaluation
+    is restarted by Ray and the evaluation retried (the round is logged once); a search killed after
+    round 2 resumes, replaying what was logged since the agents' checkpoints."""
     cfg = tiny_cfg(rounds=4)
     run_dir = tmp_path / "run"
-    summary = _run(cfg, run_dir)
-    assert summary["rounds"] == 4
+    marker = tmp_path / "died"
+    summary = _run(cfg, run_dir, die_once=str(marker))
+    assert marker.is_file() and summary["rounds"] == 4
     hist = _histories(summary)
     g, d = hist["generator"], hist["discriminator"]
     spaces = {r: RoleSpace.from_config(r, cfg) for r in ("generator", "discriminator")}
@@ -321,16 +325,33 @@ def test_exchange_and_resume_after_kill(ray_session: None, tmp_path: Path) -> No
         assert h[2]["peer_block"] == pytest.approx(hist[role][2]["peer_block"])
 
 
-def test_no_exchange_and_evaluator_crash(ray_session: None, tmp_path: Path) -> None:
-    """exchange=false: all-zero peer blocks. An evaluator process that dies mid-evaluation is
-    restarted by Ray and the evaluation retried: the round is logged once."""
-    marker = tmp_path / "died"
-    summary = _run(tiny_cfg(rounds=2, exchange=False), tmp_path / "run", die_once=str(marker))
-    assert marker.is_file()
-    for h in _histories(summary).values():
-        assert all(not any(x["peer_block"]) for x in h.values())
-    rounds = [json.loads(x)["round"] for x in (tmp_path / "run" / EVALUATIONS_FILE).read_text().splitlines()]
-    assert rounds == [-2, -1, 0, 1]
+def test_without_exchange_every_peer_block_is_empty(tmp_path: Path) -> None:
+    """agents.exchange=false: the Coordinator gives both agents all-zero peer blocks, before and after a
+    logged round (with exchange on, the same log gives D the generator's proposal)."""
+    import asyncio
+
+    from agents.coordinator import CoordinatorCore
+
+    for exchange in (False, True):
+        cfg = tiny_cfg(rounds=2, exchange=exchange)
+        fake = fake_evaluator.FakeEvaluator(cfg, tmp_path / str(exchange))
+        run = RunDir.create(tmp_path / str(exchange), cfg)
+        run.append(dataclasses.replace(fake.evaluate_teacher(), round=-2, seed=0))
+        baseline = run.append(dataclasses.replace(fake.evaluate_uniform(1), round=-1, seed=1))
+        g, d = fake.uniform_ratios()
+        run.append(dataclasses.replace(fake.evaluate(g, d, 0, baseline.metrics), round=0, seed=0))
+        core = CoordinatorCore(cfg.to_dict(), str(tmp_path / str(exchange)), evaluators=[])
+        # G proposing rounds 0 and 1 (after round 0: D's proposal and the outcome), D proposing the
+        # logged round 0 (G's proposal of that round)
+        asked = [("generator", 0), ("generator", 1), ("discriminator", 0)]
+        blocks = {key: PeerInfo.from_dict(asyncio.run(core.peers(*key))[0]) for key in asked}
+        vectors = {key: b.to_vector(11) for key, b in blocks.items()}
+        if not exchange:
+            assert not any(v.any() for v in vectors.values())
+        else:
+            assert not vectors[("generator", 0)].any()  # nothing is known before round 0
+            assert vectors[("generator", 1)].any() and vectors[("discriminator", 0)].any()
+            assert blocks[("discriminator", 0)].same_round == 1.0
 
 
 def test_slow_evaluation_times_out(ray_session: None, tmp_path: Path) -> None:
