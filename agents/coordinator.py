@@ -43,7 +43,7 @@ from collabprune.config import RunConfig
 from collabprune.errors import RunDirError, SpaceMismatchError
 from collabprune.evaluation import reward_ratios
 from collabprune.pruning.roles import ROLE_NAMES, Role
-from collabprune.records import EvaluationRecord, Metrics, ProposalInfo, RoundTimes
+from collabprune.records import EvaluationRecord, Metrics, ProposalInfo, RoundTimes, finite_number
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
 from envs.channel_env import PeerInfo
 from envs.space import RoleSpace
@@ -112,8 +112,8 @@ class PeerBlocks:
         if record is None or record.diverged:
             return (0.0, 0.0, 0.0), 0.0
         terms = reward_terms(record, self.baseline, self.cfg.reward.c_max)
-        rho = record.metrics.rho
-        ratio = rho / self.rho_t if _finite(rho) and _finite(self.rho_t) and self.rho_t else 0.0
+        rho, rho_t = finite_number(record.metrics.rho), finite_number(self.rho_t)
+        ratio = rho / rho_t if rho is not None and rho_t else 0.0
         clean = tuple(t if math.isfinite(t) else 0.0 for t in terms)
         return clean, ratio if ratio > 0 else 0.0  # type: ignore[return-value]
 
@@ -354,10 +354,6 @@ class CoordinatorCore:
         self.run.update_best(record)
         self.run.prune_candidates(keep_top=self.cfg.search.reeval_top_k)
         return record
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_role(role: str) -> None:

@@ -30,6 +30,13 @@ def _split(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return known, {k: v for k, v in data.items() if k not in names}
 
 
+def finite_number(x: Any) -> float | None:
+    """``x`` as a float when it is a finite int or float (not a bool), else ``None``."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
 def _floats(values: Iterable[Any] | None) -> list[Any] | None:
     return None if values is None else list(values)
 
@@ -56,10 +63,7 @@ class Metrics(dict):
 
     def number(self, key: str) -> float | None:
         """``self[key]`` as a float when it is a finite number, else ``None``."""
-        v = self.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return None
-        return float(v)
+        return finite_number(self.get(key))
 
     @property
     def fd_metric(self) -> str:
@@ -379,8 +383,7 @@ class EvaluationRecord:
     @property
     def finite_reward(self) -> float | None:
         """``reward`` when it is a finite number, else ``None``."""
-        r = self.reward
-        return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) else None
+        return finite_number(self.reward)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the log line (see the module docstring)."""
@@ -473,4 +476,4 @@ class ReevalRecord:
 
 
 __all__ = ["EvalTimes", "EvaluationRecord", "Metrics", "ProposalInfo", "Reeval", "ReevalCandidate", "ReevalRecord",
-           "RoundTimes", "SeedResult"]
+           "RoundTimes", "SeedResult", "finite_number"]
