@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -376,9 +376,9 @@ def test_agent_actor_killed_resumes_from_its_checkpoint_and_replays_exactly(ray_
 
     from ray.util.state import list_actors
 
-    cfg = tiny_cfg(rounds=6, learn_during_evaluation=True)
+    cfg = tiny_cfg(rounds=8, learn_during_evaluation=True)
     reference = _run(cfg, tmp_path / "reference", sleep_s=0.3)
-    assert reference["rounds"] == 6
+    assert reference["rounds"] == 8
 
     run_dir = tmp_path / "run"
     log = run_dir / EVALUATIONS_FILE
@@ -386,13 +386,27 @@ def test_agent_actor_killed_resumes_from_its_checkpoint_and_replays_exactly(ray_
     search = threading.Thread(target=lambda: out.update(summary=_run(cfg, run_dir, sleep_s=0.3)))
     search.start()
     deadline = time.time() + 240
-    while not any(x.endswith("}") and json.loads(x)["round"] >= 3
-                  for x in (log.read_text().splitlines() if log.is_file() else [])):
-        assert search.is_alive() and time.time() < deadline, "search ended or stalled before the kill point"
-        time.sleep(0.1)
-    # the reference run's actors are gone: the one live generator agent is this run's
-    (agent,) = [a for a in list_actors(address=ray_session.gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
-                if a.repr_name == "PruningAgent(generator)"]
+
+    def wait_until(ready: Callable[[], bool], what: str, poll_s: float) -> None:
+        while not ready():
+            assert search.is_alive() and time.time() < deadline, f"search ended or stalled before {what}"
+            time.sleep(poll_s)
+
+    def logged_rounds() -> set[int]:
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return {json.loads(x)["round"] for x in lines if x.endswith("}")}
+
+    def generator_agents() -> list[Any]:
+        return [a for a in list_actors(address=ray_session.gcs_address, filters=[("state", "=", "ALIVE")],
+                                       detail=True) if a.repr_name == "PruningAgent(generator)"]
+
+    # the reference run's actors are gone: the one live generator agent is this run's. Find it first,
+    # then kill it as soon as round 4 is logged: checkpoints are written at the start of rounds 2, 4, 6,
+    # so the restarted actor starts at round 4 and must replay round 4 (a kill right after a checkpoint
+    # round would leave nothing to replay).
+    wait_until(lambda: len(generator_agents()) == 1 and 0 in logged_rounds(), "the agents started", 0.1)
+    (agent,) = generator_agents()
+    wait_until(lambda: 4 in logged_rounds(), "the kill point", 0.02)
     os.kill(agent.pid, signal.SIGKILL)
     search.join(timeout=300)
     assert not search.is_alive() and "summary" in out
@@ -404,9 +418,9 @@ def test_agent_actor_killed_resumes_from_its_checkpoint_and_replays_exactly(ray_
 
     assert fields(run_dir) == fields(tmp_path / "reference")  # each round once, as without the kill
     g = next(a for a in summary["agents"] if a["role"] == "generator")
-    assert g["start_round"] in (2, 4) and g["rounds"] == 6  # the restarted actor began at a checkpoint
+    assert g["start_round"] == 4 and g["rounds"] == 8  # the restarted actor began at its latest checkpoint
     replayed = [h["round"] for h in g["history"] if h["replayed"]]
-    assert replayed and replayed == list(range(g["start_round"], g["start_round"] + len(replayed)))
+    assert replayed[:1] == [4] and replayed == list(range(4, 4 + len(replayed)))
 
 
 def test_coordinator_refuses_a_proposal_from_another_channel_space(tmp_path: Path) -> None:
