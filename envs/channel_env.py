@@ -52,6 +52,8 @@ from gymnasium import spaces
 from envs.space import RoleSpace, peer_length
 
 N_GROUP_FEATURES = 14
+#: the static features of the group being decided (the first 8 of N_GROUP_FEATURES); the other 6 are dynamic
+N_STATIC = 8
 N_PEER_SCALARS = 6
 REWARD_TERMS: tuple[str, str, str] = ("fid", "kde", "bal")
 
@@ -97,7 +99,7 @@ class PeerInfo:
             out[peer_len + 1 + i] = _squash(term)
         out[peer_len + 4] = math.tanh(math.log(self.rho_ratio)) if self.rho_ratio > 0 else 0.0
         out[peer_len + 5] = self.same_round
-        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+        return _unit_box(out)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -119,6 +121,12 @@ class PeerInfo:
             rho_ratio=float(data.get("rho_ratio", 0.0)),
             same_round=float(data.get("same_round", 0.0)),
         )
+
+
+def _unit_box(x: np.ndarray) -> np.ndarray:
+    """NaN -> 0, everything else clipped to [-1, 1] (in place; +-inf -> +-1)."""
+    x[np.isnan(x)] = 0.0
+    return np.clip(x, -1.0, 1.0, out=x)
 
 
 def _squash(x: float) -> float:
@@ -180,6 +188,10 @@ class ChannelPruningEnv(gym.Env):
         self._replay: dict[int, list[float]] = {}
         self._replay_requested: dict[int, list[float]] = {}
         self._static = self._static_features()
+        # MACs share of the decisions not yet taken, before step t (the observation's 4th dynamic entry)
+        self._share_left = [float(sum(self.space.groups[i].macs_share for d in self.space.decisions[t:] for i in d))
+                            for t in range(self.space.n_decisions + 1)]
+        self._peer_block: tuple[PeerInfo | None, np.ndarray] = (None, np.zeros(0, dtype=np.float32))
         self.observation_space = spaces.Box(
             low=-1.0, high=1.0, shape=(N_GROUP_FEATURES + self.peer_len + N_PEER_SCALARS,), dtype=np.float32
         )
@@ -232,25 +244,24 @@ class ChannelPruningEnv(gym.Env):
     def _obs(self) -> np.ndarray:
         t = len(self._requested)
         s = self.space
-        group = np.zeros(8, dtype=np.float32)
+        if self._peer_block[0] is not self.peer:  # the peer block is fixed for the episode: build it once
+            self._peer_block = (self.peer, self.peer.to_vector(self.peer_len))
+        obs = np.zeros(N_GROUP_FEATURES + self.peer_len + N_PEER_SCALARS, dtype=np.float32)
         if t < self.n:
-            group = self._static[t]
+            obs[:N_STATIC] = self._static[t]
         else:
-            group[0] = 1.0
+            obs[0] = 1.0
         fraction = s.macs_fraction(self.executed) if t >= self.n and self.executed else s.partial_fraction(self._requested)
-        dynamic = np.array(
-            [
-                float(np.mean(self._actions)) if self._actions else 0.0,
-                self._actions[-1] if self._actions else 0.0,
-                fraction / s.budget - 1.0,
-                float(sum(s.groups[i].macs_share for d in s.decisions[t:] for i in d)),
-                s.budget,
-                s.uniform,
-            ],
-            dtype=np.float32,
+        obs[N_STATIC:N_GROUP_FEATURES] = (
+            float(np.mean(self._actions)) if self._actions else 0.0,
+            self._actions[-1] if self._actions else 0.0,
+            fraction / s.budget - 1.0,
+            self._share_left[t],
+            s.budget,
+            s.uniform,
         )
-        obs = np.concatenate([group, dynamic, self.peer.to_vector(self.peer_len)]).astype(np.float32)
-        return np.clip(np.nan_to_num(obs, nan=0.0), -1.0, 1.0)
+        obs[N_GROUP_FEATURES:] = self._peer_block[1]
+        return _unit_box(obs)
 
     # ----------------------------------------------------------------------------- replay
     def set_replay(self, logged: Mapping[int, Sequence[float]],

@@ -123,6 +123,77 @@ def test_projection_keeps_the_requested_allocation() -> None:
     assert min(channels.kept(ratios)) > channels.cfg.min_channels
 
 
+def _projection_by_definition(channels, requested: list[float], budget: float) -> list[float]:
+    """DESIGN.md §5's projection written plainly: cost every bisection midpoint in full with
+    kept_channels and estimate_macs, try every group's next step one by one."""
+    from collabprune.pruning.costs import estimate_macs
+    from collabprune.pruning.prune import kept_channels
+
+    cfg, groups = channels.cfg, channels.groups
+    limit = budget * channels.teacher_macs * (1 + 1e-12)
+
+    def cost(kept):
+        return estimate_macs(channels.table, kept)
+
+    def kept_at(scale):
+        return [kept_channels(g.channels, min(cfg.r_max, max(cfg.r_min, scale * r)), cfg) for g, r in zip(groups, requested)]
+
+    lo, hi = 0.0, max(cfg.r_max / min(requested), 1.0)
+    if cost(kept_at(hi)) <= limit:
+        lo = hi
+    else:
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if cost(kept_at(mid)) <= limit else (lo, mid)
+    target = [min(cfg.r_max, max(cfg.r_min, lo * r)) * g.channels for g, r in zip(groups, requested)]
+    top = [kept_channels(g.channels, cfg.r_max, cfg) for g in groups]
+    floor = [kept_channels(g.channels, cfg.r_min, cfg) for g in groups]
+
+    def fill(kept):
+        while True:
+            options = []
+            for i, g in enumerate(groups):
+                trial = list(kept)
+                trial[i] = min(top[i], kept[i] + cfg.round_to)
+                if kept[i] < top[i] and cost(trial) <= limit:
+                    options.append(((kept[i] - target[i]) / g.channels, cost(trial) - cost(kept), i, trial))
+            if not options:
+                return kept
+            kept = min(options, key=lambda o: o[:3])[3]
+
+    kept = fill(kept_at(lo))
+    while cost(kept) < 0.98 * budget * channels.teacher_macs:
+        moves = []
+        for i in range(len(groups)):
+            for j in range(i, len(groups)):
+                trial = list(kept)
+                trial[i] -= cfg.round_to
+                if j != i:
+                    trial[j] -= cfg.round_to
+                if trial[i] >= floor[i] and trial[j] >= floor[j]:
+                    moves.append(fill(trial))
+        better = [m for m in moves if cost(m) > cost(kept)]
+        if not better:
+            break
+        kept = max(better, key=cost)
+    return [k / g.channels for k, g in zip(kept, groups)]
+
+
+@pytest.mark.parametrize("net_g, role", FAMILIES, ids=["unet", "resnet", "patchgan"])
+def test_projection_equals_its_plain_definition(net_g: str, role: str) -> None:
+    """The projection's fast paths (bisection recosting only the groups still moving, batched costs of
+    the fill's trial steps) give exactly the ratios of costing everything in full."""
+    channels = space(role, net_g).channels
+    rng = np.random.default_rng(5)
+    for budget in (0.1, 0.35, 0.7):
+        if channels.min_fraction() > budget:
+            continue
+        u = channels.uniform_ratio(budget)
+        for _ in range(25):
+            requested = list(u * 2.0 ** (2.0 * rng.uniform(-1, 1, channels.num_groups)))
+            assert channels.project(requested, budget) == _projection_by_definition(channels, requested, budget)
+
+
 @pytest.mark.parametrize("net_g, role", FAMILIES, ids=["unet", "resnet", "patchgan"])
 def test_zero_action_is_the_uniform_candidate(net_g: str, role: str) -> None:
     env = make_env(role, net_g)

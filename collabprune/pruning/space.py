@@ -11,8 +11,9 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +21,7 @@ from collabprune.config import PruningConfig
 from collabprune.errors import BudgetError
 from collabprune.pruning.costs import MacsTable, estimate_macs, group_macs_table
 from collabprune.pruning.groups import PrunableGroup, discover_groups
-from collabprune.pruning.prune import kept_channels
+from collabprune.pruning.prune import kept_channels, kept_channels_array
 
 
 @dataclass(frozen=True)
@@ -135,62 +136,116 @@ class ChannelSpace:
             raise ValueError(f"{self.role}: keep ratios must be positive and finite, got {req}")
         lo_r, hi_r = self.cfg.r_min, self.cfg.r_max
         limit = budget * self.teacher_macs * (1 + 1e-12)
+        # The bisection runs in plain Python and the fill on int64 arrays: the same integers (and float
+        # keys) as costing every candidate with kept_channels and estimate_macs, with less overhead.
+        chan = self.table.channels
+        req_a = np.asarray(req, dtype=np.float64)
+        scalar_cost = self._scalar_cost
 
-        def scaled(scale: float) -> list[float]:
-            return [min(hi_r, max(lo_r, scale * r)) for r in req]
+        def kept_of(i: int, scale: float) -> int:
+            return kept_channels(self.groups[i].channels, min(hi_r, max(lo_r, scale * req[i])), self.cfg)
 
-        def cost(kept: Sequence[int]) -> int:
-            return self.macs_of_kept(kept)
+        def kept_at(scale: float) -> list[int]:
+            return [kept_of(i, scale) for i in range(self.num_groups)]
 
+        # Bisection on the scale. Every group's kept count is monotone in the scale, so a group with
+        # the same count at both ends of the bracket has it at the midpoint too: only the groups that
+        # still differ are recomputed, and the cost only when the midpoint matches neither end. The
+        # answers (and so ``lo``) are those of costing every midpoint in full.
         lo, hi = 0.0, max(hi_r / min(req), 1.0)
-        if cost(self.kept(scaled(hi))) <= limit:
+        k_hi = kept_at(hi)
+        if scalar_cost(k_hi) <= limit:
             lo = hi
         else:
+            k_lo = kept_at(lo)
+            fits_lo = scalar_cost(k_lo) <= limit
+            moving = [i for i in range(self.num_groups) if k_lo[i] != k_hi[i]]
             for _ in range(iters):
                 mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if cost(self.kept(scaled(mid))) <= limit else (lo, mid)
-        target = [q * g.channels for q, g in zip(scaled(lo), self.groups)]
-        top = [kept_channels(g.channels, hi_r, self.cfg) for g in self.groups]
-        floor = [kept_channels(g.channels, lo_r, self.cfg) for g in self.groups]
+                k_mid = list(k_lo)
+                for i in moving:
+                    k_mid[i] = kept_of(i, mid)
+                if k_mid == k_lo:
+                    fits = fits_lo
+                else:
+                    fits = k_mid != k_hi and scalar_cost(k_mid) <= limit
+                if fits:
+                    lo, k_lo, fits_lo = mid, k_mid, True
+                else:
+                    hi, k_hi = mid, k_mid
+                moving = [i for i in moving if k_lo[i] != k_hi[i]]
+        target = np.minimum(hi_r, np.maximum(lo_r, lo * req_a)) * chan
+        top = kept_channels_array(chan, np.full(len(chan), hi_r), self.cfg)
+        floor = kept_channels_array(chan, np.full(len(chan), lo_r), self.cfg)
         step = int(self.cfg.round_to)
+        rows = np.arange(len(chan))
 
-        def fill(kept: list[int]) -> list[int]:
+        def fill(kept: np.ndarray) -> np.ndarray:
             while True:
-                best, best_key = None, None
-                base = cost(kept)
-                for i, g in enumerate(self.groups):
-                    if kept[i] >= top[i]:
-                        continue
-                    trial = list(kept)
-                    trial[i] = min(top[i], kept[i] + step)
-                    extra = cost(trial)
-                    if extra > limit:
-                        continue
-                    key = ((kept[i] - target[i]) / g.channels, extra - base)
-                    if best_key is None or key < best_key:
-                        best, best_key = trial, key
-                if best is None:
+                base = self._costs(kept)
+                trials = np.repeat(kept[None, :], len(chan), axis=0)
+                trials[rows, rows] = np.minimum(top, kept + step)
+                extra = self._costs(trials)
+                ok = (kept < top) & (extra <= limit)
+                if not ok.any():
                     return kept
-                kept = best
+                # the group furthest below its scaled request (relative to its channels) gets the
+                # step; ties: the cheaper step, then the earlier group
+                key = np.where(ok, (kept - target) / chan, np.inf)
+                tied = key == key.min()
+                i = int(np.argmin(np.where(tied, extra - base, np.iinfo(np.int64).max)))
+                kept = trials[i]
 
-        kept = fill(self.kept(scaled(lo)))
+        kept = fill(np.asarray(kept_at(lo), dtype=np.int64))
         # Few, coarse groups (a PatchGAN D, a thin ResNet's residual stream) can stop short of 98%:
         # trade one or two steps of some groups for cheaper steps elsewhere while that gets closer.
-        while cost(kept) < 0.98 * budget * self.teacher_macs:
+        while self._costs(kept) < 0.98 * budget * self.teacher_macs:
             moves = []
             for i in range(self.num_groups):
                 for j in range(i, self.num_groups):
-                    trial = list(kept)
+                    trial = kept.copy()
                     trial[i] -= step
                     if j != i:
                         trial[j] -= step
                     if trial[i] >= floor[i] and trial[j] >= floor[j]:
                         moves.append(fill(trial))
-            better = [m for m in moves if cost(m) > cost(kept)]
+            here = self._costs(kept)
+            better = [m for m in moves if self._costs(m) > here]
             if not better:
                 break
-            kept = max(better, key=cost)
-        return [k / g.channels for k, g in zip(kept, self.groups)]
+            kept = max(better, key=self._costs)
+        return [int(k) / int(c) for k, c in zip(kept, chan)]
+
+    @cached_property
+    def _scalar_cost(self) -> Callable[[Sequence[int]], int]:
+        """:func:`estimate_macs` of one kept-count vector in plain Python (no array set-up): the
+        per-layer sums ``cin * cout * unit`` over the layers' input and output groups."""
+        t = self.table
+        layers = [(int(t.unit[l]), int(t.in_fixed[l]), [(g, int(w)) for g, w in enumerate(t.in_map[l]) if w],
+                   int(t.out_fixed[l]), [(g, int(w)) for g, w in enumerate(t.out_map[l]) if w])
+                  for l in range(len(t.unit))]
+
+        def cost(kept: Sequence[int]) -> int:
+            total = 0
+            for u, fin, ins, fout, outs in layers:
+                cin = fin
+                for g, w in ins:
+                    cin += w * kept[g]
+                cout = fout
+                for g, w in outs:
+                    cout += w * kept[g]
+                total += u * cin * cout
+            return total
+
+        return cost
+
+    def _costs(self, kept: np.ndarray) -> np.ndarray | int:
+        """Exact physical MACs of one (G,) or many (M, G) kept-count vectors (:func:`estimate_macs`)."""
+        t = self.table
+        cin = t.in_fixed + kept @ t.in_map.T
+        cout = t.out_fixed + kept @ t.out_map.T
+        out = (cin * cout) @ t.unit
+        return int(out) if kept.ndim == 1 else out
 
     def uniform_candidate(self, budget: float) -> list[float]:
         """The uniform candidate at ``budget``: :meth:`uniform_ratio` for every group, projected
