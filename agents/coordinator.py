@@ -11,8 +11,8 @@ One round, top to bottom (N = slots = candidates per round; G leads, D follows):
    with D's proposal and the outcome of round k-1.
 3. The D envs finish; ``await submit("discriminator", k, proposals)``. Both sides are in: the N pairs
    go to free evaluators of the pool concurrently (each with ``search.round_timeout_s``).
-4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced) and
-   ``best.json`` is updated BEFORE any agent sees a reward.
+4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced; results
+   that finish together share one write) and ``best.json`` is updated BEFORE any agent sees a reward.
 5. Both ``submit`` calls return the N team rewards and the peer blocks of round k+1.
 6. Each agent stores round k's transitions and learns: by default SB3 takes its gradient steps now,
    before the agent's episodes of round k+1 (they sit between two rounds' evaluations); with
@@ -170,6 +170,8 @@ class CoordinatorCore:
         self.evaluators = list(evaluators)
         self._free: asyncio.Queue | None = None
         self._rounds: dict[int, _Round] = {}
+        self._to_log: list[tuple[EvaluationRecord, asyncio.Future]] = []
+        self._log_writer: asyncio.Task | None = None
         #: roles without an agent propose their uniform candidate every round (``search.agents``)
         self.fixed: dict[str, list[float]] = {}
         if self.cfg.search.agents == "generator":
@@ -350,10 +352,40 @@ class CoordinatorCore:
                 finished_at=time.time(),
             ),
         )
-        record = self.run.append(record)  # flushed + fsynced before any agent sees the reward
-        self.run.update_best(record)
-        self.run.prune_candidates(keep_top=self.cfg.search.reeval_top_k)
-        return record
+        return await self._log(record)
+
+    async def _log(self, record: EvaluationRecord) -> EvaluationRecord:
+        """Append a finished evaluation to the log (flushed and fsynced before any agent sees its
+        reward), then update ``best.json`` and prune candidate weights.
+
+        Evaluations that finish while another is being written are written together, with one fsync
+        (a group commit): the N slots of a round that end together cost a few fsyncs, not N.
+
+        :returns: the record as logged.
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._to_log.append((record, done))
+        if self._log_writer is None or self._log_writer.done():
+            self._log_writer = asyncio.ensure_future(self._write_log())
+        return await done
+
+    async def _write_log(self) -> None:
+        while self._to_log:
+            await asyncio.sleep(0)  # evaluations finishing in this loop iteration join the batch
+            batch, self._to_log = self._to_log, []
+            try:
+                logged = self.run.append_many([record for record, _ in batch])
+                for record in logged:
+                    self.run.update_best(record)
+                self.run.prune_candidates(keep_top=self.cfg.search.reeval_top_k)
+            except BaseException as err:  # noqa: BLE001 - raised in every waiting slot
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+            else:
+                for (_, done), record in zip(batch, logged):
+                    if not done.done():
+                        done.set_result(record)
 
 
 def _check_role(role: str) -> None:

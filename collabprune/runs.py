@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from collabprune.config import RunConfig, load_config, save_config
 from collabprune.errors import RunDirError
@@ -175,6 +175,9 @@ class RunDir:
         self.slots = _stored_slots(self.path)
         self._records: dict[tuple[int, int], EvaluationRecord] = {}
         self._reevals: dict[tuple[int, int, int], ReevalRecord] = {}
+        # logged evaluations whose candidate folder prune_candidates already removed (a record that
+        # left the top k never re-enters it, so it is never looked at again)
+        self._pruned: set[tuple[int, int]] = set()
         if load_log:
             self._load()
 
@@ -215,9 +218,9 @@ class RunDir:
         if not root.is_dir():
             return
         keep = {(UNIFORM_ROUND, 0)} | {_key(r) for r in self.top(max(1, keep_top))}
-        for key in self._records:
-            if key not in keep:
-                shutil.rmtree(candidate_dir(self.path, *key), ignore_errors=True)
+        for key in self._records.keys() - keep - self._pruned:
+            shutil.rmtree(candidate_dir(self.path, *key), ignore_errors=True)
+            self._pruned.add(key)
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -276,6 +279,7 @@ class RunDir:
 
     def _load(self) -> None:
         self._records.clear()
+        self._pruned.clear()
         for lineno, data in _read_lines(self.evaluations_path):
             record = _parse(EvaluationRecord, data, f"{self.evaluations_path}:{lineno}", "an evaluation record")
             if record.slot is None:
@@ -299,11 +303,11 @@ class RunDir:
             self._reevals[key] = reeval
 
     # ------------------------------------------------------------------------------ the log
-    def _append_line(self, path: Path, record: dict[str, Any]) -> None:
-        line = json.dumps(record, allow_nan=True) + "\n"
+    def _append_line(self, path: Path, *records: dict[str, Any]) -> None:
+        lines = "".join(json.dumps(record, allow_nan=True) + "\n" for record in records)
         self.path.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:
-            fh.write(line)
+            fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -318,16 +322,29 @@ class RunDir:
         :raises ValueError: the (round, slot) is already logged, ``round``/``seed`` are missing, or
             the slot is outside the run's slots.
         """
-        if not isinstance(record.round, int) or isinstance(record.round, bool) or record.seed is None:
-            raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
-        rnd, slot = record.round, int(record.slot or 0)
-        if not 0 <= slot < (self.slots if rnd >= 0 else 1):
-            raise ValueError(f"slot {slot} is outside this run's {self.slots} slot(s) per round")
-        if (rnd, slot) in self._records:
-            raise ValueError(f"round {rnd} slot {slot} is already in {self.evaluations_path}")
-        stamped = dataclasses.replace(record, slot=slot, kind=round_kind(rnd), digest=self.digest)
-        self._append_line(self.evaluations_path, stamped.to_dict())
-        self._records[(rnd, slot)] = stamped
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Sequence[EvaluationRecord]) -> list[EvaluationRecord]:
+        """:meth:`append` several records with one write and one fsync (a group commit).
+
+        Every record is checked before anything is written: one bad record writes none.
+
+        :returns: the stamped records as written, in order.
+        :raises ValueError: as :meth:`append`, also for a (round, slot) twice in ``records``.
+        """
+        stamped: list[EvaluationRecord] = []
+        for record in records:
+            if not isinstance(record.round, int) or isinstance(record.round, bool) or record.seed is None:
+                raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
+            rnd, slot = record.round, int(record.slot or 0)
+            if not 0 <= slot < (self.slots if rnd >= 0 else 1):
+                raise ValueError(f"slot {slot} is outside this run's {self.slots} slot(s) per round")
+            if (rnd, slot) in self._records or any(_key(r) == (rnd, slot) for r in stamped):
+                raise ValueError(f"round {rnd} slot {slot} is already in {self.evaluations_path}")
+            stamped.append(dataclasses.replace(record, slot=slot, kind=round_kind(rnd), digest=self.digest))
+        self._append_line(self.evaluations_path, *(r.to_dict() for r in stamped))
+        for r in stamped:
+            self._records[_key(r)] = r
         return stamped
 
     def get(self, round_index: int, seed: int | None = None, slot: int = 0) -> EvaluationRecord | None:

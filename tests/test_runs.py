@@ -17,6 +17,7 @@ from collabprune.runs import (
     TEACHER_ROUND,
     UNIFORM_ROUND,
     RunDir,
+    candidate_dir,
     resume_config,
     round_kind,
     round_seed,
@@ -107,6 +108,39 @@ def test_slots_of_a_round(tmp_path: Path) -> None:
     reopened = RunDir.open(tmp_path, c)
     assert reopened.slots == 3 and reopened.get(0, slot=2).reward == -0.5
     assert [(r.round, r.slot) for r in reopened.top(2)] == [(0, 2), (0, 0)]
+
+
+def test_group_commit_writes_all_or_nothing(tmp_path: Path) -> None:
+    """append_many: one write for several slots; a bad record (logged already, twice in the batch,
+    outside the slots) writes none of the batch."""
+    c = cfg()
+    run = RunDir.create(tmp_path, c, slots=3)
+    logged = run.append_many([rec(c, 0, -1.0, 2), rec(c, 0, -0.5, 0)])
+    assert [(r.round, r.slot, r.kind) for r in logged] == [(0, 2, "search"), (0, 0, "search")]
+    log = tmp_path / EVALUATIONS_FILE
+    before = log.read_text()
+    for bad in ([rec(c, 0, -2.0, 1), rec(c, 0, -2.0, 0)], [rec(c, 0, -2.0, 1), rec(c, 0, -3.0, 1)],
+                [rec(c, 0, -2.0, 1), rec(c, 1, -2.0, 3)]):
+        with pytest.raises(ValueError):
+            run.append_many(bad)
+        assert log.read_text() == before and run.get(0, slot=1) is None
+    run.append_many([rec(c, 0, -2.0, 1)])
+    assert RunDir.open(tmp_path, c).completed_rounds() == 1
+
+
+def test_pruned_candidates_are_the_ones_outside_the_top_k(tmp_path: Path) -> None:
+    """Candidate weights are kept for the uniform candidate and the top k; the others are removed,
+    also those that left the top k since the previous prune."""
+    c = cfg()
+    run = RunDir.create(tmp_path, c)
+    run.append(rec(c, UNIFORM_ROUND, -1.0))
+    candidate_dir(tmp_path, UNIFORM_ROUND).mkdir(parents=True)
+    for rnd, reward in enumerate([-3.0, -2.0, -4.0, -1.0, -0.5]):
+        candidate_dir(tmp_path, rnd).mkdir(parents=True)
+        run.append(rec(c, rnd, reward))
+        run.prune_candidates(keep_top=2)
+        assert {p.name for p in (tmp_path / "candidates").iterdir()} == {
+            candidate_dir(tmp_path, r.round).name for r in run.top(2)} | {"uniform"}
 
 
 def test_reevaluations_are_logged_once_and_survive_a_reopen(tmp_path: Path) -> None:
