@@ -236,7 +236,10 @@ def _wait_agents(cfg: RunConfig, agents: list[Any], coordinator: Any, bar: _Bar)
     pending = list(refs)
     deadlines = Deadlines.of(cfg)
     stall_s = deadlines.stall_s
-    poll_s = deadlines.evaluation_s  # the Coordinator is async: it answers status while rounds run
+    # The Coordinator is async and answers status while rounds run, but a loaded machine may delay any
+    # Ray call by seconds: wait as long as the driver would wait for progress at all, not one evaluation
+    # (with a small search.round_timeout_s a delayed status answer ended healthy runs).
+    poll_s = stall_s
     last_done, last_change = -1, time.time()
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)

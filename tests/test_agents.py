@@ -355,12 +355,13 @@ def test_without_exchange_every_peer_block_is_empty(tmp_path: Path) -> None:
 
 
 def test_slow_evaluation_times_out(ray_session: None, tmp_path: Path) -> None:
+    """An evaluation longer than search.round_timeout_s ends the search with an error naming the limit;
+    the cut evaluation (it would sleep 30 s and then be logged) is not logged. No wall-clock check: the
+    start-up of a loaded machine may take longer than the whole evaluation."""
     cfg = tiny_cfg(rounds=2)
     cfg.search.round_timeout_s = 2.0
-    t0 = time.time()
-    with pytest.raises(TimeoutError, match="round_timeout_s"):
+    with pytest.raises(TimeoutError, match=r"round 0 slot 0: evaluation took longer than search\.round_timeout_s=2 s"):
         _run(cfg, tmp_path / "run", sleep_s=30.0)
-    assert time.time() - t0 < 60
     assert (tmp_path / "run" / EVALUATIONS_FILE).read_text().count("\n") == 2  # teacher + uniform only
 
 
