@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -137,21 +136,6 @@ def test_discover_does_not_modify_model() -> None:
 )
 def test_kept_channels(channels: int, ratio: float, expected: int) -> None:
     assert kept_channels(channels, ratio, PruningConfig()) == expected
-
-
-def test_kept_channels_array_is_kept_channels() -> None:
-    """The vectorised rounding gives the scalar one's counts, bit for bit, including ratio 1 and the floor."""
-    from collabprune.pruning.prune import kept_channels_array
-
-    rng = np.random.default_rng(0)
-    for round_to, min_channels in ((1, 1), (4, 4), (8, 4), (16, 8)):
-        cfg = PruningConfig.model_validate({"round_to": round_to, "min_channels": min_channels})
-        channels = rng.integers(1, 600, 40)
-        ratios = np.concatenate([rng.uniform(1e-4, 1.0, (200, 40)), np.ones((1, 40)),
-                                 (np.arange(1, 41)[None, :] + 0.5) / channels[None, :].clip(41)], axis=0).clip(1e-6, 1.0)
-        got = kept_channels_array(channels, ratios, cfg)
-        want = [[kept_channels(int(c), float(r), cfg) for c, r in zip(channels, row)] for row in ratios]
-        assert got.tolist() == want
 
 
 def test_kept_channels_round_to_one() -> None:

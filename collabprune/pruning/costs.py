@@ -9,7 +9,7 @@ published with a ``ConvTranspose2d`` counted on its output grid).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, TYPE_CHECKING, Sequence
 
 import numpy as np
 from torch import nn
@@ -112,24 +112,28 @@ def group_macs_table(
     )
 
 
-def estimate_macs(table: MacsTable, kept: Sequence[int] | np.ndarray, published: bool = False) -> int:
+def estimate_macs(table: MacsTable, kept: Sequence[int] | np.ndarray, published: bool = False) -> Any:
     """MACs of the sub-network that keeps ``kept[g]`` channels of group ``g`` (no network built).
 
     Equals :func:`~collabprune.metrics.macs.macs` (or ``macs_published``) of the pruned network exactly, for the input
-    shape the table was built with. Runs in a few microseconds.
+    shape the table was built with. Runs in a few microseconds. Integer arithmetic throughout, so a
+    batch gives each row's count exactly.
 
     :param table: from :func:`group_macs_table`.
-    :param kept: kept channels per group, network order, each in [1, channels].
+    :param kept: kept channels per group, network order, each in [1, channels]: shape (G,), or
+        (M, G) for M candidates at once.
     :param published: use the published (ConvTranspose2d on the output grid) convention.
+    :returns: an int for (G,), an (M,) int64 array for (M, G).
     :raises ValueError: wrong length.
     """
     k = np.asarray(kept, dtype=np.int64)
-    if k.shape != table.channels.shape:
-        raise ValueError(f"kept has {k.size} entries, the table has {table.num_groups} groups")
-    cin = table.in_fixed + table.in_map @ k
-    cout = table.out_fixed + table.out_map @ k
+    if k.shape[-1:] != table.channels.shape or k.ndim > 2:
+        raise ValueError(f"kept has {k.shape[-1] if k.ndim else 0} entries, the table has {table.num_groups} groups")
+    cin = table.in_fixed + k @ table.in_map.T
+    cout = table.out_fixed + k @ table.out_map.T
     unit = table.unit_published if published else table.unit
-    return int(np.dot(unit, cin * cout))
+    out = (cin * cout) @ unit
+    return int(out) if k.ndim == 1 else out
 
 
 __all__ = ["MacsTable", "estimate_macs", "group_macs_table"]

@@ -14,7 +14,6 @@ import copy
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -49,25 +48,6 @@ def kept_channels(channels: int, ratio: float, cfg: PruningConfig) -> int:
     keep = step * math.floor(r * channels / step + 0.5)
     lower = min(max(int(cfg.min_channels), step), channels)
     return int(min(max(keep, lower), channels))
-
-
-def kept_channels_array(channels: np.ndarray, ratios: np.ndarray, cfg: PruningConfig) -> np.ndarray:
-    """:func:`kept_channels` of many groups (or many candidates) at once, bit for bit the same counts.
-
-    For the search's inner loops (budget projection, observations), where a Python call per group
-    costs more than the arithmetic. The ratios are not checked: callers pass ratios already clipped
-    to ``[r_min, r_max]`` within (0, 1] (:meth:`ChannelSpace.kept` checks user input).
-
-    :param channels: (G,) int64 channels per group.
-    :param ratios: (G,) or (M, G) float64 keep ratios in (0, 1].
-    :param cfg: ``round_to`` and ``min_channels`` are read.
-    :returns: int64 kept channels, the shape of ``ratios``.
-    """
-    step = int(cfg.round_to)
-    keep = step * np.floor(ratios * channels / step + 0.5)
-    lower = np.minimum(max(int(cfg.min_channels), step), channels)
-    out = np.minimum(np.maximum(keep, lower), channels).astype(np.int64)
-    return np.where(ratios == 1.0, channels, out)
 
 
 def _check_ratios(ratios: Sequence[float], groups: Sequence[PrunableGroup]) -> list[float]:
@@ -244,4 +224,4 @@ def _check_shapes(net: nn.Module, spec: SubnetSpec) -> None:
             raise RuntimeError(f"pruned layer {name!r} has shape {got}, the spec records {want}")
 
 
-__all__ = ["kept_channels", "kept_channels_array", "prune_model", "select_channels"]
+__all__ = ["kept_channels", "prune_model", "select_channels"]

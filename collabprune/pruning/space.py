@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from collabprune.config import PruningConfig
 from collabprune.errors import BudgetError
 from collabprune.pruning.costs import MacsTable, estimate_macs, group_macs_table
 from collabprune.pruning.groups import PrunableGroup, discover_groups
-from collabprune.pruning.prune import kept_channels, kept_channels_array
+from collabprune.pruning.prune import kept_channels
 
 
 @dataclass(frozen=True)
@@ -136,17 +136,16 @@ class ChannelSpace:
             raise ValueError(f"{self.role}: keep ratios must be positive and finite, got {req}")
         lo_r, hi_r = self.cfg.r_min, self.cfg.r_max
         limit = budget * self.teacher_macs * (1 + 1e-12)
-        # The bisection runs in plain Python and the fill on int64 arrays: the same integers (and float
-        # keys) as costing every candidate with kept_channels and estimate_macs, with less overhead.
         chan = self.table.channels
-        req_a = np.asarray(req, dtype=np.float64)
-        scalar_cost = self._scalar_cost
 
-        def kept_of(i: int, scale: float) -> int:
-            return kept_channels(self.groups[i].channels, min(hi_r, max(lo_r, scale * req[i])), self.cfg)
+        def cost(kept: Sequence[int] | np.ndarray) -> Any:
+            return estimate_macs(self.table, kept)
+
+        def scaled(i: int, scale: float) -> float:
+            return min(hi_r, max(lo_r, scale * req[i]))
 
         def kept_at(scale: float) -> list[int]:
-            return [kept_of(i, scale) for i in range(self.num_groups)]
+            return [kept_channels(g.channels, scaled(i, scale), self.cfg) for i, g in enumerate(self.groups)]
 
         # Bisection on the scale. Every group's kept count is monotone in the scale, so a group with
         # the same count at both ends of the bracket has it at the midpoint too: only the groups that
@@ -154,38 +153,38 @@ class ChannelSpace:
         # answers (and so ``lo``) are those of costing every midpoint in full.
         lo, hi = 0.0, max(hi_r / min(req), 1.0)
         k_hi = kept_at(hi)
-        if scalar_cost(k_hi) <= limit:
+        if cost(k_hi) <= limit:
             lo = hi
         else:
             k_lo = kept_at(lo)
-            fits_lo = scalar_cost(k_lo) <= limit
+            fits_lo = cost(k_lo) <= limit
             moving = [i for i in range(self.num_groups) if k_lo[i] != k_hi[i]]
             for _ in range(iters):
                 mid = 0.5 * (lo + hi)
                 k_mid = list(k_lo)
                 for i in moving:
-                    k_mid[i] = kept_of(i, mid)
+                    k_mid[i] = kept_channels(self.groups[i].channels, scaled(i, mid), self.cfg)
                 if k_mid == k_lo:
                     fits = fits_lo
                 else:
-                    fits = k_mid != k_hi and scalar_cost(k_mid) <= limit
+                    fits = k_mid != k_hi and cost(k_mid) <= limit
                 if fits:
                     lo, k_lo, fits_lo = mid, k_mid, True
                 else:
                     hi, k_hi = mid, k_mid
                 moving = [i for i in moving if k_lo[i] != k_hi[i]]
-        target = np.minimum(hi_r, np.maximum(lo_r, lo * req_a)) * chan
-        top = kept_channels_array(chan, np.full(len(chan), hi_r), self.cfg)
-        floor = kept_channels_array(chan, np.full(len(chan), lo_r), self.cfg)
+        target = np.array([scaled(i, lo) * g.channels for i, g in enumerate(self.groups)])
+        top, floor = self._kept_at_bounds
         step = int(self.cfg.round_to)
         rows = np.arange(len(chan))
 
         def fill(kept: np.ndarray) -> np.ndarray:
+            # every group's next step is costed in one batch (int64, exact)
             while True:
-                base = self._costs(kept)
+                base = cost(kept)
                 trials = np.repeat(kept[None, :], len(chan), axis=0)
                 trials[rows, rows] = np.minimum(top, kept + step)
-                extra = self._costs(trials)
+                extra = cost(trials)
                 ok = (kept < top) & (extra <= limit)
                 if not ok.any():
                     return kept
@@ -199,7 +198,7 @@ class ChannelSpace:
         kept = fill(np.asarray(kept_at(lo), dtype=np.int64))
         # Few, coarse groups (a PatchGAN D, a thin ResNet's residual stream) can stop short of 98%:
         # trade one or two steps of some groups for cheaper steps elsewhere while that gets closer.
-        while self._costs(kept) < 0.98 * budget * self.teacher_macs:
+        while cost(kept) < 0.98 * budget * self.teacher_macs:
             moves = []
             for i in range(self.num_groups):
                 for j in range(i, self.num_groups):
@@ -209,43 +208,18 @@ class ChannelSpace:
                         trial[j] -= step
                     if trial[i] >= floor[i] and trial[j] >= floor[j]:
                         moves.append(fill(trial))
-            here = self._costs(kept)
-            better = [m for m in moves if self._costs(m) > here]
+            here = cost(kept)
+            better = [m for m in moves if cost(m) > here]
             if not better:
                 break
-            kept = max(better, key=self._costs)
+            kept = max(better, key=cost)
         return [int(k) / int(c) for k, c in zip(kept, chan)]
 
     @cached_property
-    def _scalar_cost(self) -> Callable[[Sequence[int]], int]:
-        """:func:`estimate_macs` of one kept-count vector in plain Python (no array set-up): the
-        per-layer sums ``cin * cout * unit`` over the layers' input and output groups."""
-        t = self.table
-        layers = [(int(t.unit[l]), int(t.in_fixed[l]), [(g, int(w)) for g, w in enumerate(t.in_map[l]) if w],
-                   int(t.out_fixed[l]), [(g, int(w)) for g, w in enumerate(t.out_map[l]) if w])
-                  for l in range(len(t.unit))]
-
-        def cost(kept: Sequence[int]) -> int:
-            total = 0
-            for u, fin, ins, fout, outs in layers:
-                cin = fin
-                for g, w in ins:
-                    cin += w * kept[g]
-                cout = fout
-                for g, w in outs:
-                    cout += w * kept[g]
-                total += u * cin * cout
-            return total
-
-        return cost
-
-    def _costs(self, kept: np.ndarray) -> np.ndarray | int:
-        """Exact physical MACs of one (G,) or many (M, G) kept-count vectors (:func:`estimate_macs`)."""
-        t = self.table
-        cin = t.in_fixed + kept @ t.in_map.T
-        cout = t.out_fixed + kept @ t.out_map.T
-        out = (cin * cout) @ t.unit
-        return int(out) if kept.ndim == 1 else out
+    def _kept_at_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(G,) kept channels of every group at ``r_max`` and at ``r_min`` (the fill's ceiling and floor)."""
+        return tuple(np.array([kept_channels(g.channels, r, self.cfg) for g in self.groups])  # type: ignore[return-value]
+                     for r in (self.cfg.r_max, self.cfg.r_min))
 
     def uniform_candidate(self, budget: float) -> list[float]:
         """The uniform candidate at ``budget``: :meth:`uniform_ratio` for every group, projected
