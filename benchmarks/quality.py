@@ -72,7 +72,7 @@ from torch import nn
 from benchmarks._shared import RESULTS_DIR, base_parser, fmt, fmt_pm, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.config import RunConfig
 from collabprune.evaluation import CandidateEvaluator
-from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, higher_is_better
+from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json, atomic_write_text
 from collabprune.metrics.macs import conv_layer_costs, macs
 from collabprune.pruning.space import ChannelSpace
@@ -306,9 +306,11 @@ def bootstrap_ci(values: Sequence[float], n: int = 10_000, seed: int = 0) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def paired(per_seed: dict[int, dict[str, float]], method: str, reference: str) -> dict[str, Any] | None:
-    """Paired per-seed improvement of ``method`` over ``reference`` on the primary metric (positive = better)."""
-    sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
+def paired(per_seed: dict[int, dict[str, float]], method: str, reference: str,
+           metric: str = PRIMARY_METRIC) -> dict[str, Any] | None:
+    """Paired per-seed improvement of ``method`` over ``reference`` on ``metric`` (the primary held-out
+    metric; positive = better)."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
     diffs = [sign * (v[method] - v[reference]) for v in per_seed.values() if method in v and reference in v]
     if not diffs:
         return None
@@ -412,6 +414,7 @@ def main() -> None:
                 runs.append({"budget": budget, "seed": seed, "method": method, "final_seeds": final_seeds,
                              "finalist": finalist, "heldout": results})
 
+    primary = primary_metric(base)  # test L1 for pix2pix, fd_eval (or FID) for unpaired CycleGAN data
     summary: list[dict[str, Any]] = []
     comparisons: dict[str, Any] = {}
     for budget in budgets:
@@ -419,7 +422,7 @@ def main() -> None:
         for r in runs:
             if r["budget"] != budget:
                 continue
-            vals = [h[PRIMARY_METRIC] for h in r["heldout"] if h.get(PRIMARY_METRIC) is not None]
+            vals = [h[primary] for h in r["heldout"] if h.get(primary) is not None]
             if vals:
                 per_seed.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
         for method in methods:
@@ -429,18 +432,18 @@ def main() -> None:
                 per = [statistics.fmean([h[metric] for h in r["heldout"] if h.get(metric) is not None])
                        for r in mine if any(h.get(metric) is not None for h in r["heldout"])]
                 row[metric] = [statistics.fmean(per), statistics.stdev(per) if len(per) > 1 else 0.0] if per else [None, None]
-            noise = [statistics.stdev([h[PRIMARY_METRIC] for h in r["heldout"]]) for r in mine
-                     if len(r["heldout"]) > 1 and all(h.get(PRIMARY_METRIC) is not None for h in r["heldout"])]
+            noise = [statistics.stdev([h[primary] for h in r["heldout"]]) for r in mine
+                     if len(r["heldout"]) > 1 and all(h.get(primary) is not None for h in r["heldout"])]
             row["final_seed_std"] = statistics.fmean(noise) if noise else None
-            row["vs_uniform"] = paired(per_seed, method, "uniform") if method != "uniform" else None
-            row["vs_random"] = paired(per_seed, method, "random") if method != "random" else None
+            row["vs_uniform"] = paired(per_seed, method, "uniform", primary) if method != "uniform" else None
+            row["vs_random"] = paired(per_seed, method, "random", primary) if method != "random" else None
             summary.append(row)
         comparisons[str(budget)] = {"per_seed": per_seed,
                                     "curves": str(plot_curves(budget, [m for m in methods if m in AGENT_SEARCHES or m in LOCAL_SEARCHES],
                                                               seeds, RESULTS_DIR / f"quality_curves_{budget:g}.png"))}
 
     table = Table(title=f"Quality at equal G MACs: test split after {base.finetune.final_steps} final fine-tuning steps "
-                        f"x {final_n} seeds (mean ± std over search seeds {seeds}); paired test-L1 improvement "
+                        f"x {final_n} seeds (mean ± std over search seeds {seeds}); paired test-{primary} improvement "
                         "(positive = better) with bootstrap 95% CI and seeds won")
     for col in ("budget", "method", "test L1", "PSNR", "SSIM", "fd_eval", "G MACs", "D MACs", "vs uniform", "vs random"):
         table.add_column(col, justify="left" if col == "method" else "right")
@@ -462,7 +465,7 @@ def main() -> None:
         "args": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "out")},
         "budgets": budgets, "seeds": seeds, "methods": methods, "final_seeds_per_search_seed": final_n,
         "search_rounds": base.search.rounds, "reeval": {"top_k": base.search.reeval_top_k, "seeds": base.search.reeval_seeds},
-        "final_steps": base.finetune.final_steps, "primary_metric": PRIMARY_METRIC, "machine": machine_info(),
+        "final_steps": base.finetune.final_steps, "primary_metric": primary, "machine": machine_info(),
         "description": __doc__, "teacher": teacher, "summary": summary, "comparisons": comparisons, "runs": runs,
         "wall_s": time.time() - t_start,
     })

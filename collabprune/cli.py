@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Callable, Sequence
 
+from collabprune.config import DemoDataConfig
 from collabprune.errors import CollabPruneError, ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+#: The demo dataset tasks (``data.demo.task``).
+DEMO_TASKS: tuple[str, ...] = typing.get_args(DemoDataConfig.model_fields["task"].annotation)
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -206,16 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", parents=[common], help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("demo", parents=[common], help="build a paired demo dataset from photographs that ship with "
-                        "scikit-image (and scikit-learn)")
+    d = dsub.add_parser("demo", parents=[common], help="build a demo dataset (paired, or unpaired for the cartoon task) "
+                        "from photographs that ship with scikit-image (and scikit-learn)")
     d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--task", choices=["restore", "colourise", "edges"], default="restore")
+    d.add_argument("--task", choices=list(DEMO_TASKS), default="restore")
     d.add_argument("--size", type=int, default=128)
     d.add_argument("--crops-per-image", type=int, default=24)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_data_demo)
 
-    p = sub.add_parser("train-teacher", parents=[common], help="train the pix2pix teacher of a config")
+    p = sub.add_parser("train-teacher", parents=[common], help="train the pix2pix or CycleGAN teacher of a config")
     _add_config(p)
     p.set_defaults(func=cmd_train_teacher)
 

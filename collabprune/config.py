@@ -31,8 +31,10 @@ class _Section(BaseModel):
 class DemoDataConfig(_Section):
     """How ``collabprune data demo`` builds the demo dataset (``collabprune.data.demo``)."""
 
-    task: Literal["restore", "colourise", "edges"] = Field(
-        "restore", description="paired task: blurred+noisy -> clean, grey -> colour, or edges -> photo"
+    task: Literal["restore", "colourise", "edges", "cartoon"] = Field(
+        "restore", description="paired (aligned layout): blurred+noisy -> clean, grey -> colour, or edges -> photo; "
+        "unpaired (unaligned layout): cartoon, photo crops -> independently drawn cartoonised crops. Left out, "
+        "it is restore for aligned data and cartoon for unaligned data"
     )
     size: int = Field(128, ge=32, le=1024, description="side of the square A and B crops, pixels")
     crops_per_image: int = Field(24, ge=1, description="random crops taken from each source photo")
@@ -56,6 +58,30 @@ class DataConfig(_Section):
     )
     demo: DemoDataConfig = DemoDataConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _demo_task_follows_layout(cls, data: Any) -> Any:
+        """An unaligned config that names no demo task gets the unpaired one (``cartoon``), so a config
+        for one's own unaligned dataset need not name a demo task."""
+        if not isinstance(data, dict) or data.get("dataset_mode") != "unaligned":
+            return data
+        demo = data.get("demo")
+        if demo is None:
+            return {**data, "demo": {"task": "cartoon"}}
+        if isinstance(demo, dict) and "task" not in demo:
+            return {**data, "demo": {**demo, "task": "cartoon"}}
+        return data
+
+    @model_validator(mode="after")
+    def _demo_task_fits_layout(self) -> "DataConfig":
+        """The demo task writes the layout ``dataset_mode`` reads: cartoon unaligned, the others aligned."""
+        need = "unaligned" if self.demo.task == "cartoon" else "aligned"
+        if self.dataset_mode != need:
+            other = "cartoon" if need == "aligned" else "restore, colourise or edges"
+            raise ValueError(f"demo.task={self.demo.task} writes {need} data, but dataset_mode={self.dataset_mode}; "
+                             f"allowed: dataset_mode={need}, or demo.task={other}")
+        return self
+
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
         if self.preprocess == "resize_and_crop" and self.crop_size > self.load_size:
@@ -67,8 +93,11 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Generator and discriminator architecture (upstream ``--netG``, ``--netD`` names)."""
+    """Generator and discriminator architecture (upstream ``--netG``, ``--netD`` names) and the family."""
 
+    family: Literal["pix2pix", "cyclegan"] = Field(
+        "pix2pix", description="pix2pix: paired data, conditional D on cat(A, B), L1 to the ground truth; "
+        "cyclegan: unpaired data, the compressed G_A and the unconditional D_B (DESIGN.md §2)")
     net_g: Literal["unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks"] = "unet_256"
     net_d: Literal["basic", "n_layers"] = "basic"
     n_layers_d: int = Field(3, ge=1, le=6)
@@ -91,6 +120,15 @@ class TeacherConfig(_Section):
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     save_every_epochs: int = Field(1, ge=1)
     seed: int = 0
+    lambda_cycle: float = Field(10.0, ge=0, description="CycleGAN: weight of each cycle-consistency L1 "
+                                "(upstream lambda_A = lambda_B)")
+    lambda_identity: float = Field(0.5, ge=0, description="CycleGAN: identity loss weight, relative to "
+                                   "lambda_cycle (upstream lambda_identity)")
+    pool_size: int = Field(50, ge=0, description="CycleGAN: image buffer of generated images shown to the "
+                           "discriminators (upstream pool_size; 0: none)")
+    d_warmup_steps: int = Field(
+        300, ge=1, description="when the teacher folder holds a generator only (upstream releases), steps "
+        "that train a discriminator against the frozen teacher G; the result is cached in the run")
 
 
 class BudgetConfig(_Section):
@@ -263,6 +301,16 @@ class RunConfig(_Section):
     agents: AgentsConfig = AgentsConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _family_reads_its_layout(self) -> "RunConfig":
+        from collabprune.models.family import FAMILIES
+
+        mode = FAMILIES[self.model.family].dataset_mode
+        if self.data.dataset_mode != mode:
+            raise ValueError(f"model.family={self.model.family} reads {mode} data, but data.dataset_mode="
+                             f"{self.data.dataset_mode}; allowed: data.dataset_mode={mode} (or the other family)")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-compatible data (paths as strings)."""
         return json.loads(self.model_dump_json())
@@ -316,6 +364,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field '{loc}'"
     value = first.get("input")
+    if first["type"] == "value_error":  # a validator across fields: its message names them and the rule
+        where = "" if loc == "<root>" else f"section '{loc}': "
+        return f"{source}: {where}{first['msg'].removeprefix('Value error, ')}"
     if isinstance(value, dict):
         value = "{...}"
     expected = first.get("ctx", {}).get("expected")

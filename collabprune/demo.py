@@ -28,9 +28,25 @@ from collabprune.metrics.latency import measure_latency
 from collabprune.models import load_candidate
 from collabprune.runs import META_FILE
 from collabprune.summary import RunSummary, summarise_run
-from collabprune.teacher import load_teacher, read_report, teacher_files_exist, train_teacher
+from collabprune.teacher import read_report, teacher_files_exist, train_teacher
+from collabprune.teacher_checkpoints import load_teacher_generator
 
 SearchFn = Callable[..., dict[str, Any]]
+
+
+def teacher_line(report: dict[str, Any]) -> str:
+    """The teacher's held-out quality against trivial baselines, from its ``teacher_report.json``.
+
+    pix2pix: test L1 to the ground truth, against predicting the mean training image and passing the
+    input through. CycleGAN (unpaired): ``fd_eval`` of G_A(test A) to the real test B images, against
+    the test A images themselves (a G that changes nothing).
+    """
+    if report.get("test_l1") is not None:
+        passthrough = report.get("input_l1")
+        trivial = f", the input itself {passthrough:.4f}" if passthrough is not None else ""
+        return f"test L1 {report['test_l1']:.4f} (mean image {report['mean_image_l1']:.4f}{trivial})"
+    return (f"test fd_eval {report['test_fd_eval']:.3f} to real B images (the inputs themselves "
+            f"{report['input_fd_eval']:.3f})")
 
 
 def _cpu_latency_ms(net: Any, cfg: RunConfig) -> float:
@@ -93,12 +109,8 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     if not teacher_files_exist(cfg) or report is None or report["epochs_done"] < report["epochs_total"]:
         report = train_teacher(cfg, progress=progress)
     timings["teacher_s"] = time.perf_counter() - t
-    passthrough = report.get("input_l1")
-    trivial = f", the input itself {passthrough:.4f}" if passthrough is not None else ""
-    console.print(
-        f"[bold]teacher[/bold] {cfg.teacher.checkpoint_dir}: test L1 {report['test_l1']:.4f} (mean image "
-        f"{report['mean_image_l1']:.4f}{trivial}); samples in {cfg.teacher.checkpoint_dir / 'teacher_samples.png'}"
-    )
+    console.print(f"[bold]teacher[/bold] {cfg.teacher.checkpoint_dir}: {teacher_line(report)}; samples in "
+                  f"{cfg.teacher.checkpoint_dir / 'teacher_samples.png'}")
 
     t = time.perf_counter()
     run_dir = Path(cfg.output.run_dir)
@@ -117,7 +129,7 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     export_best(run_dir, export_dir)
     timings["export_s"] = time.perf_counter() - t
 
-    teacher_g, _ = load_teacher(cfg)
+    teacher_g = load_teacher_generator(cfg)
     latency = {"teacher": _cpu_latency_ms(teacher_g, cfg)}
     from collabprune.summary import FINAL_DIR, FINAL_UNIFORM_DIR
 

@@ -37,7 +37,7 @@ from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_te
 from collabprune.metrics.fid import FidScorer
 from collabprune.metrics.inception import load_inception
 from collabprune.metrics.macs import macs, macs_published, params
-from collabprune.models import discriminator_kwargs, generator_kwargs
+from collabprune.models import discriminator_kwargs, family_of, generator_kwargs
 from collabprune.models.spec import SubnetSpec
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.objectives import balance_rho, balance_term, teacher_d_features
@@ -46,7 +46,7 @@ from collabprune.pruning.prune import prune_model
 from collabprune.pruning.space import ChannelSpace
 from collabprune.records import EvalTimes, EvaluationRecord, Metrics, SeedResult
 from collabprune.runtime import resolve_device, seed_everything
-from collabprune.teacher import D_FILE, G_FILE, load_teacher
+from collabprune.teacher_checkpoints import load_teacher
 
 TEACHER_EVAL_FILE = "teacher_eval.json"
 # Denominator floors of the reward's ratios: a uniform candidate that happens to be almost exactly
@@ -147,12 +147,13 @@ class CandidateEvaluator:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device or cfg.finetune.device)
-        self.teacher_g, self.teacher_d = load_teacher(cfg, inplace=False)
+        self.family = family_of(cfg)
+        self.teacher_g, self.teacher_d, files = load_teacher(cfg, inplace=False, run_dir=self.run_dir)
         self.teacher_g.to(self.device).requires_grad_(False)
         self.teacher_d.to(self.device).requires_grad_(False)
         size = cfg.data.crop_size
         self.g_shape = (1, cfg.data.input_nc, size, size)
-        self.d_shape = (1, cfg.data.input_nc + cfg.data.output_nc, size, size)
+        self.d_shape = (1, self.family.d_input_nc(cfg.data.input_nc, cfg.data.output_nc), size, size)
         self.g_space = ChannelSpace.of("g", self.teacher_g, self.g_shape, cfg.pruning)
         self.d_space = ChannelSpace.of("d", self.teacher_d, self.d_shape, cfg.pruning)
         self.g_space.check_budget(cfg.pruning.budget.generator)
@@ -163,13 +164,13 @@ class CandidateEvaluator:
         items = [held[i] for i in range(n)]
         self.real_a = torch.stack([it["A"] for it in items]).to(self.device)
         self.real_b = torch.stack([it["B"] for it in items]).to(self.device)
-        ckpt = cfg.teacher.checkpoint_dir
-        self.teacher_sha = {"G": file_sha256(ckpt / G_FILE), "D": file_sha256(ckpt / D_FILE)}
+        self.teacher_sha = {"G": file_sha256(files.g), "D": file_sha256(files.d)}
         self.scorer = FidScorer(
             cfg.reward.fid,
             self.run_dir / "fid_stats",
             self.device,
-            teacher_features=lambda y: teacher_d_features(self.teacher_d, self.real_a[: len(y)], y),
+            teacher_features=lambda y: teacher_d_features(
+                self.teacher_d, self.real_a[: len(y)] if self.family.conditional_d else None, y),
             teacher_key=f"{self.teacher_sha['D']}:{len(self.real_a)}",
         )
         inception = None
@@ -331,8 +332,8 @@ class CandidateEvaluator:
 
         def forward(a: torch.Tensor, b: torch.Tensor) -> None:
             fake = net_g(a)
-            net_d(torch.cat([a, b], 1))
-            net_d(torch.cat([a, fake], 1))
+            net_d(self.family.d_input(a, b))
+            net_d(self.family.d_input(a, fake))
 
         return recalibrate_batchnorm([net_g, net_d], batches, forward)
 

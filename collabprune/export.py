@@ -24,12 +24,12 @@ from collabprune.errors import RunDirError
 from collabprune.io import atomic_path, atomic_write_json, file_sha256
 from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
-from collabprune.models import load_candidate
+from collabprune.models import build_discriminator, load_candidate
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES, SUBNET_FILE, load_subnet
 from collabprune.models.spec import SubnetSpec
 from collabprune.records import EvaluationRecord
 from collabprune.runs import RunDir, candidate_dir, package_versions, resume_config
-from collabprune.teacher import D_FILE, G_FILE, load_teacher
+from collabprune.teacher_checkpoints import D_FILE, WARMUP_DIR, load_teacher_generator, teacher_files
 
 EXPORT_SCHEMA_VERSION = 2
 
@@ -76,7 +76,7 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
             f"search fine-tuning ({cfg.finetune.steps} steps)"
     if not all((folder / f).is_file() for f in files):
         raise RunDirError(f"{folder}: the weights of the best pair (round {best.round}) are missing")
-    info = _describe(cfg, folder, best)
+    info = _describe(cfg, folder, best, run_dir)
     info["weights"] = weights
     if heldout is not None:
         info["heldout"] = {k: heldout[k] for k in ("teacher", "uniform", "best", "verdict")}
@@ -93,15 +93,18 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
     return info
 
 
-def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord) -> dict[str, Any]:
-    """The ``subnet.json`` content for the candidate saved in ``folder``."""
+def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord, run_dir: Path) -> dict[str, Any]:
+    """The ``subnet.json`` content for the candidate saved in ``folder`` of ``run_dir``."""
     specs = {role: SubnetSpec.from_json((folder / spec).read_text()) for role, spec in SPEC_FILES.items()}
-    teacher_g, teacher_d = load_teacher(cfg, inplace=False)
+    teacher_g = load_teacher_generator(cfg, inplace=False)
+    teacher_d = build_discriminator(cfg, inplace=False)  # costs only: the unpruned D's shape
     from collabprune.pruning.roles import roles
 
     shapes = {r.name: r.input_shape for r in roles(cfg)}
     nets = dict(zip(NETWORK_FILES, load_candidate(folder)))
     ckpt = cfg.teacher.checkpoint_dir
+    files = teacher_files(cfg)
+    d_file = files.d if files.d is not None else run_dir / WARMUP_DIR / D_FILE  # warmed up in the run
     teacher_lat = measure_latency(teacher_g, shapes["generator"], "cpu")
     student_lat = measure_latency(nets["generator"], shapes["generator"], "cpu")
     latency = {"cpu": {"teacher_g_ms": 1e3 * teacher_lat["median_s"], "pruned_g_ms": 1e3 * student_lat["median_s"]}}
@@ -124,8 +127,10 @@ def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord) -> dict[str,
         "discriminator": _network_entry(specs["discriminator"], nets["discriminator"], shapes["discriminator"],
                                         macs(teacher_d, shapes["discriminator"])),
         "latency": latency,
-        "teacher": {"checkpoint_dir": str(ckpt), "generator_sha256": file_sha256(ckpt / G_FILE),
-                    "discriminator_sha256": file_sha256(ckpt / D_FILE)},
+        "teacher": {"checkpoint_dir": str(ckpt), "generator_file": files.g.name,
+                    "generator_sha256": file_sha256(files.g),
+                    "discriminator_file": str(d_file), "discriminator_warmed_up": files.d is None,
+                    "discriminator_sha256": file_sha256(d_file) if d_file.is_file() else None},
         "config": cfg.to_dict(),
         "versions": package_versions(),
     }

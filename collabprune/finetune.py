@@ -2,10 +2,10 @@
 
 Adam with upstream's betas; with ``finetune.lr_decay`` the learning rate falls linearly to zero over
 the steps (upstream's ``n_epochs_decay`` phase), so the result does not depend on the last few
-batches (a constant rate leaves the final weights wandering from seed to seed). Per step: the pix2pix
-D and G updates of :class:`~collabprune.teacher.Pix2PixStep` (GAN loss +
-``lambda_l1`` * L1 to the ground truth), plus on G ``lambda_distill`` * L1 to the teacher's output
-and, every ``kde_every`` steps, ``w_kde`` * L_kde between the teacher's and the student's
+batches (a constant rate leaves the final weights wandering from seed to seed). Per step: the D and G updates of
+:class:`~collabprune.teacher.AdversarialStep` (GAN loss, plus for pix2pix ``lambda_l1`` * L1 to the
+ground truth; CycleGAN's unpaired data has none), plus on G ``lambda_distill`` * L1 to the teacher's
+output and, every ``kde_every`` steps, ``w_kde`` * L_kde between the teacher's and the student's
 neighbourhoods of the batch. The D and G adversarial losses are recorded for the balance statistic.
 """
 
@@ -24,7 +24,8 @@ from collabprune.config import RunConfig
 from collabprune.data import reseed
 from collabprune.objectives import GANLoss
 from collabprune.objectives.kde import FeatureMap, kde_loss
-from collabprune.teacher import Pix2PixStep, adam_pair
+from collabprune.models import family_of
+from collabprune.teacher import AdversarialStep, adam_pair
 
 @torch.no_grad()
 def recalibrate_batchnorm(nets: list[nn.Module], batches: list[tuple[torch.Tensor, ...]],
@@ -122,7 +123,8 @@ def finetune_pair(
     opt_g, opt_d = adam_pair(student_g, student_d, fc.lr, fc.beta1)
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps)) for opt in (opt_g, opt_d)] \
         if fc.lr_decay and steps > 0 else []
-    step = Pix2PixStep(student_g, student_d, opt_g, opt_d, GANLoss(cfg.teacher.gan_mode).to(device), fc.lambda_l1)
+    step = AdversarialStep(student_g, student_d, opt_g, opt_d, GANLoss(cfg.teacher.gan_mode).to(device), fc.lambda_l1,
+                           family_of(cfg))
     result = FinetuneResult()
     batches = training_batches(data, fc.batch_size, seed)
     for i in range(steps):

@@ -31,12 +31,26 @@ from collabprune.metrics.eval_net import EvalFeatureNet, fd_eval, load_or_train_
 from collabprune.metrics.fid import FidScorer
 from collabprune.metrics.image_quality import paired_scores
 from collabprune.metrics.macs import macs, macs_published, params
+from collabprune.models import family_of
 
-__all__ = ["HELDOUT_METRICS", "HeldoutEvaluator", "HeldoutResult", "PRIMARY_METRIC", "higher_is_better"]
+__all__ = ["HELDOUT_METRICS", "HeldoutEvaluator", "HeldoutResult", "PRIMARY_METRIC", "higher_is_better",
+           "primary_metric"]
 
-#: The held-out metrics, in table order, and the one that decides comparisons (lower is better).
+#: The held-out metrics, in table order, and the one that decides pix2pix comparisons (lower is better).
 HELDOUT_METRICS: tuple[str, ...] = ("l1", "psnr", "ssim", "fd_eval", "fid")
 PRIMARY_METRIC = "l1"
+
+
+def primary_metric(cfg: RunConfig) -> str:
+    """The held-out metric that decides comparisons for a run config (DESIGN.md §4.1).
+
+    pix2pix: ``l1`` to the ground truth. CycleGAN (unpaired, no ground truth): ``fid`` against the real
+    test B images when pytorch-fid's Inception weights are used (``reward.fid.mode: fid``), else
+    ``fd_eval``, the Frechet distance in the evaluation-only network's space. All are lower-is-better.
+    """
+    if family_of(cfg).paired:
+        return PRIMARY_METRIC
+    return "fid" if cfg.reward.fid.mode == "fid" else "fd_eval"
 
 
 def higher_is_better(metric: str) -> bool:
@@ -118,7 +132,7 @@ class HeldoutEvaluator:
         items = [test[i] for i in range(len(test))]
         self.test_a = torch.stack([it["A"] for it in items])
         self.test_b = torch.stack([it["B"] for it in items])
-        self.paired = cfg.data.dataset_mode == "aligned"
+        self.paired = family_of(cfg).paired
         train = train_split(cfg.data, train=False)
         targets = torch.stack([train[i]["B"] for i in range(len(train))])
         self.eval_net: EvalFeatureNet = load_or_train_eval_net(targets, self.cache_dir / "eval_net")

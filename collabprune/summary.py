@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from collabprune.config import RunConfig
-from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, HeldoutResult, higher_is_better
+from collabprune.evaluation import CandidateEvaluator
+from collabprune.heldout import HELDOUT_METRICS, HeldoutEvaluator, HeldoutResult, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
 from collabprune.records import EvaluationRecord
 from collabprune.runs import UNIFORM_ROUND, RunDir
@@ -35,7 +36,7 @@ SAMPLES_FILE = "samples.png"
 class Verdict:
     """Best found against uniform on the primary held-out metric.
 
-    :param metric: the metric (:data:`~collabprune.heldout.PRIMARY_METRIC`).
+    :param metric: the metric (:func:`~collabprune.heldout.primary_metric`).
     :param improvement: mean over seeds of the paired improvement (positive = best found is better),
         in the metric's units.
     :param noise: standard deviation of the paired per-seed differences (0 with one seed).
@@ -148,7 +149,8 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
     if best is None or uniform is None:
         raise RunDirError(f"{run_dir}: no best pair yet (the search has not evaluated the uniform candidate)")
     folder = run_dir / HELDOUT_DIR
-    held = HeldoutEvaluator(cfg, folder / "cache")
+    # the search's evaluator cache (teacher evaluation, FID statistics, a warmed-up teacher D) is reused
+    held = HeldoutEvaluator(cfg, folder / "cache", candidates=CandidateEvaluator(cfg, run_dir))
     seeds = final_seeds(cfg)
     best_is_uniform = best.round == UNIFORM_ROUND
     teacher = held.teacher()
@@ -162,10 +164,11 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
     b_rows = u_rows if best_is_uniform else [
         _cached(held, folder, "best", best.g_ratios, best.d_ratios, s, run_dir / FINAL_DIR if i == 0 else None)
         for i, s in enumerate(seeds)]
-    sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
-    diffs = [sign * (b.metric(PRIMARY_METRIC) - u.metric(PRIMARY_METRIC))  # type: ignore[operator]
-             for b, u in zip(b_rows, u_rows) if b.metric(PRIMARY_METRIC) is not None and u.metric(PRIMARY_METRIC) is not None]
-    verdict = Verdict(PRIMARY_METRIC, statistics.fmean(diffs) if diffs else math.nan,
+    metric = primary_metric(cfg)
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    diffs = [sign * (b.metric(metric) - u.metric(metric))  # type: ignore[operator]
+             for b, u in zip(b_rows, u_rows) if b.metric(metric) is not None and u.metric(metric) is not None]
+    verdict = Verdict(metric, statistics.fmean(diffs) if diffs else math.nan,
                       statistics.stdev(diffs) if len(diffs) > 1 else 0.0, seeds, best_is_uniform)
     out = RunSummary(teacher, u_rows, b_rows, best, verdict)
     if samples:
@@ -176,7 +179,8 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
 
 def write_samples(held: HeldoutEvaluator, run_dir: Path, path: Path, best_is_uniform: bool) -> Path | None:
     """The sample grid: input | teacher | uniform | best found | ground truth (test split; the students
-    after their final fine-tuning under the first final seed)."""
+    after their final fine-tuning under the first final seed). Unpaired data has no ground truth: the
+    last column shows real B test images, which are not the inputs' targets."""
     from collabprune.models import load_candidate
     from collabprune.models.subnet import NETWORK_FILES
     from collabprune.plots import plot_sample_grid
@@ -188,7 +192,7 @@ def write_samples(held: HeldoutEvaluator, run_dir: Path, path: Path, best_is_uni
                ("uniform", held.outputs(load_candidate(final_u)[0]))]
     if not best_is_uniform:
         columns.append(("best found", held.outputs(load_candidate(final)[0])))
-    columns.append(("ground truth", held.test_b))
+    columns.append(("ground truth", held.test_b) if held.paired else ("real B (unpaired)", held.test_b))
     return plot_sample_grid(columns, path)
 
 

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -21,28 +21,34 @@ from torch.utils.data import DataLoader
 
 from collabprune.config import RunConfig
 from collabprune.data import make_dataset, train_split
+from collabprune.errors import CheckpointError
 from collabprune.io import atomic_path, atomic_torch_save, atomic_write_json
-from collabprune.models import build_discriminator, build_generator, load_state_dict_strict, read_state_dict
+from collabprune.models import FAMILIES, Family, build_discriminator, build_generator, load_state_dict_strict, read_state_dict
 from collabprune.objectives.losses import GANLoss
 from collabprune.runtime import resolve_device, seed_everything
+from collabprune.teacher_checkpoints import D_FILE, G_FILE, teacher_files
 
-G_FILE = "latest_net_G.pth"
-D_FILE = "latest_net_D.pth"
 STATE_FILE = "latest_train_state.pth"
 REPORT_FILE = "teacher_report.json"
 GRID_FILE = "teacher_samples.png"
 
 
 @dataclass
-class Pix2PixStep:
-    """One pix2pix optimisation step on a (G, D) pair: D first, then G (upstream order).
+class AdversarialStep:
+    """One GAN optimisation step on a (G, D) pair: D first, then G (upstream order).
+
+    pix2pix (Isola et al. 2017, eq. 4): D sees ``cat(A, B)``; G's loss is the GAN loss plus
+    ``lambda_l1`` * L1 to the ground truth. CycleGAN's G_A/D_B pair (DESIGN.md §2): D sees a B image
+    alone and ``real_b`` is an unpaired real B image, so there is no L1 to it; the caller adds
+    distillation to the teacher through ``extra_g_loss``.
 
     :param net_g: generator, (B, in_nc, H, W) -> (B, out_nc, H, W).
-    :param net_d: conditional PatchGAN, (B, in_nc + out_nc, H, W) -> (B, 1, H', W').
+    :param net_d: PatchGAN, (B, family.d_input_nc, H, W) -> (B, 1, H', W').
     :param opt_g: optimiser of ``net_g``.
     :param opt_d: optimiser of ``net_d``.
     :param gan_loss: :class:`GANLoss`.
-    :param lambda_l1: weight of the L1 term to the ground truth.
+    :param lambda_l1: weight of the L1 term to the ground truth (used only when ``family.paired``).
+    :param family: the model family (:class:`~collabprune.models.Family`): D's input and pairing.
     """
 
     net_g: nn.Module
@@ -51,6 +57,7 @@ class Pix2PixStep:
     opt_d: torch.optim.Optimizer
     gan_loss: nn.Module
     lambda_l1: float
+    family: Family = FAMILIES["pix2pix"]
 
     def __call__(
         self, real_a: torch.Tensor, real_b: torch.Tensor, extra_g_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -58,26 +65,28 @@ class Pix2PixStep:
         """Run one step.
 
         :param real_a: inputs (B, in_nc, H, W) in [-1, 1].
-        :param real_b: targets (B, out_nc, H, W) in [-1, 1].
+        :param real_b: targets (B, out_nc, H, W) in [-1, 1] (unpaired real B images for CycleGAN).
         :param extra_g_loss: optional extra generator loss of the fake batch (e.g. distillation).
         :returns: ``d``, ``d_real``, ``d_fake``, ``g_gan``, ``g_l1`` and ``g_extra`` loss values.
         """
+        d_in = self.family.d_input
         fake_b = self.net_g(real_a)
-        # D: real pairs -> 1, fake pairs -> 0.
+        # D: real -> 1, fake -> 0.
         for p in self.net_d.parameters():
             p.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d_fake = self.gan_loss(self.net_d(torch.cat([real_a, fake_b.detach()], 1)), False)
-        loss_d_real = self.gan_loss(self.net_d(torch.cat([real_a, real_b], 1)), True)
+        loss_d_fake = self.gan_loss(self.net_d(d_in(real_a, fake_b.detach())), False)
+        loss_d_real = self.gan_loss(self.net_d(d_in(real_a, real_b)), True)
         loss_d = 0.5 * (loss_d_fake + loss_d_real)
         loss_d.backward()
         self.opt_d.step()
-        # G: fool D, stay close to the target.
+        # G: fool D (and, paired, stay close to the target).
         for p in self.net_d.parameters():
             p.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g_gan = self.gan_loss(self.net_d(torch.cat([real_a, fake_b], 1)), True)
-        loss_g_l1 = nn.functional.l1_loss(fake_b, real_b) * self.lambda_l1
+        loss_g_gan = self.gan_loss(self.net_d(d_in(real_a, fake_b)), True)
+        loss_g_l1 = (nn.functional.l1_loss(fake_b, real_b) * self.lambda_l1 if self.family.paired
+                     else fake_b.new_zeros(()))
         loss_extra = extra_g_loss(fake_b) if extra_g_loss is not None else fake_b.new_zeros(())
         (loss_g_gan + loss_g_l1 + loss_extra).backward()
         self.opt_g.step()
@@ -111,23 +120,65 @@ def adam_pair(net_g: nn.Module, net_d: nn.Module, lr: float, beta1: float) -> tu
     )
 
 
-def teacher_files_exist(cfg: RunConfig) -> bool:
-    """Whether ``cfg.teacher.checkpoint_dir`` holds a generator and a discriminator checkpoint."""
-    d = cfg.teacher.checkpoint_dir
-    return (d / G_FILE).is_file() and (d / D_FILE).is_file()
+def run_epochs(
+    loader: Iterable[dict[str, Any]],
+    step: Callable[[dict[str, Any]], dict[str, float]],
+    optimisers: Sequence[torch.optim.Optimizer],
+    lr: float,
+    rule: Callable[[int], float],
+    epochs: range,
+    total_epochs: int,
+    save: Callable[[int], None],
+    save_every: int,
+    title: str,
+    progress: bool,
+    describe: Callable[[dict[str, float]], str],
+) -> dict[str, float]:
+    """The epoch loop of a teacher training (pix2pix and CycleGAN): learning-rate schedule, steps,
+    progress bar and checkpoints.
 
+    Each epoch sets every optimiser's learning rate to ``lr * rule(epoch)`` (upstream's per-epoch
+    ``lambda_rule``), runs ``step`` on every batch of ``loader``, and calls ``save(epoch + 1)`` every
+    ``save_every`` epochs and after the last one.
 
-def load_teacher(cfg: RunConfig, inplace: bool = False) -> tuple[nn.Module, nn.Module]:
-    """Load the teacher pair of a run config in eval mode, on the CPU.
-
-    :raises CheckpointError: a checkpoint is missing or does not match ``cfg.model``.
+    :param step: one optimisation step on a batch; returns its loss values.
+    :param epochs: the 0-based epochs to run in this call (a resumed run starts later).
+    :param total_epochs: epochs of the whole schedule (for the progress bar).
+    :param title: the progress bar's label.
+    :param describe: the losses of a step as a short progress text.
+    :returns: the mean loss values of the last epoch run (empty when no epoch ran).
     """
-    d = cfg.teacher.checkpoint_dir
-    net_g = build_generator(cfg, inplace=inplace)
-    net_d = build_discriminator(cfg, inplace=inplace)
-    load_state_dict_strict(net_g, read_state_dict(d / G_FILE), str(d / G_FILE))
-    load_state_dict_strict(net_d, read_state_dict(d / D_FILE), str(d / D_FILE))
-    return net_g.eval(), net_d.eval()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn(title + " epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+               TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    losses: dict[str, float] = {}
+    n_batches = len(loader)  # type: ignore[arg-type]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=len(epochs) * n_batches, epoch=epochs.start, epochs=total_epochs, losses="")
+        for epoch in epochs:
+            for opt in optimisers:
+                for group in opt.param_groups:
+                    group["lr"] = lr * rule(epoch)
+            sums: dict[str, float] = {}
+            for item in loader:
+                vals = step(item)
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(task, advance=1, epoch=epoch + 1, losses=describe(vals))
+            losses = {k: v / n_batches for k, v in sums.items()}
+            if (epoch + 1) % save_every == 0 or epoch + 1 == epochs.stop:
+                save(epoch + 1)
+    return losses
+
+
+def teacher_files_exist(cfg: RunConfig) -> bool:
+    """Whether ``cfg.teacher.checkpoint_dir`` holds a generator and a discriminator checkpoint of the
+    run's family (:func:`~collabprune.teacher_checkpoints.teacher_files`)."""
+    try:
+        return teacher_files(cfg).d is not None
+    except CheckpointError:
+        return False
 
 
 @torch.no_grad()
@@ -180,19 +231,27 @@ def save_sample_grid(net_g: nn.Module, cfg: RunConfig, path: Path, device: torch
 
 
 def train_teacher(cfg: RunConfig, progress: bool = True, max_epochs: int | None = None) -> dict[str, float]:
-    """Train (or resume training) the pix2pix teacher of ``cfg`` and write its checkpoints.
+    """Train (or resume training) the teacher of ``cfg`` and write its checkpoints.
 
-    Files in ``cfg.teacher.checkpoint_dir``: ``latest_net_G.pth``, ``latest_net_D.pth`` (upstream
-    names, state dicts), ``latest_train_state.pth`` (optimisers, epoch), ``teacher_samples.png``
-    (input | output | ground truth rows from the test split) and ``teacher_report.json``.
+    ``model.family`` pix2pix: files in ``cfg.teacher.checkpoint_dir``: ``latest_net_G.pth``,
+    ``latest_net_D.pth`` (upstream names, state dicts), ``latest_train_state.pth`` (optimisers,
+    epoch), ``teacher_samples.png`` (input | output | ground truth rows from the test split) and
+    ``teacher_report.json``. ``model.family`` cyclegan: upstream's CycleGAN recipe with G_A, G_B, D_A,
+    D_B (:func:`collabprune.cyclegan_teacher.train_cyclegan_teacher`, which documents its files and
+    report).
 
     :param cfg: the run config (``data``, ``model``, ``teacher`` sections).
     :param progress: show a rich progress bar with the losses.
     :param max_epochs: stop after this many epochs in this call (for tests); the schedule is unchanged.
-    :returns: the report: epochs, seconds, final losses, ``test_l1`` and ``mean_image_l1``.
+    :returns: the report: epochs, seconds, final losses, and the held-out numbers (pix2pix:
+        ``test_l1`` and ``mean_image_l1``; CycleGAN: ``test_fd_eval`` and ``input_fd_eval``).
     :raises DatasetError: the dataset is missing or unreadable.
     :raises CheckpointError: a checkpoint to resume from does not match the config.
     """
+    if cfg.model.family == "cyclegan":
+        from collabprune.cyclegan_teacher import train_cyclegan_teacher  # imports this module: no cycle here
+
+        return train_cyclegan_teacher(cfg, progress=progress, max_epochs=max_epochs)
     tc = cfg.teacher
     out = tc.checkpoint_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -213,38 +272,15 @@ def train_teacher(cfg: RunConfig, progress: bool = True, max_epochs: int | None 
         opt_d.load_state_dict(state["opt_d"])
         start_epoch = int(state["epoch"])
         torch.manual_seed(tc.seed + start_epoch)
-    step = Pix2PixStep(net_g, net_d, opt_g, opt_d, GANLoss(tc.gan_mode).to(device), tc.lambda_l1)
+    step = AdversarialStep(net_g, net_d, opt_g, opt_d, GANLoss(tc.gan_mode).to(device), tc.lambda_l1)
     total_epochs = tc.n_epochs + tc.n_epochs_decay
     end_epoch = total_epochs if max_epochs is None else min(total_epochs, start_epoch + max_epochs)
-    losses: dict[str, float] = {}
     t0 = time.perf_counter()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("teacher epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-        BarColumn(),
-        TextColumn("{task.fields[losses]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task(
-            "train", total=(end_epoch - start_epoch) * len(loader), epoch=start_epoch, epochs=total_epochs, losses=""
-        )
-        for epoch in range(start_epoch, end_epoch):
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] = tc.lr * rule(epoch)
-            sums: dict[str, float] = {}
-            for item in loader:
-                vals = step(item["A"].to(device), item["B"].to(device))
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                text = f"D {vals['d']:.3f}  G_GAN {vals['g_gan']:.3f}  G_L1 {vals['g_l1']:.2f}"
-                bar.update(task, advance=1, epoch=epoch + 1, losses=text)
-            losses = {k: v / len(loader) for k, v in sums.items()}
-            if (epoch + 1) % tc.save_every_epochs == 0 or epoch + 1 == end_epoch:
-                _save(out, net_g, net_d, opt_g, opt_d, epoch + 1)
+    losses = run_epochs(
+        loader, lambda item: step(item["A"].to(device), item["B"].to(device)), (opt_g, opt_d), tc.lr, rule,
+        range(start_epoch, end_epoch), total_epochs, save=lambda e: _save(out, net_g, net_d, opt_g, opt_d, e),
+        save_every=tc.save_every_epochs, title="teacher", progress=progress,
+        describe=lambda v: f"D {v['d']:.3f}  G_GAN {v['g_gan']:.3f}  G_L1 {v['g_l1']:.2f}")
     report = {"epochs_done": end_epoch, "epochs_total": total_epochs, "seconds": time.perf_counter() - t0}
     report.update({f"loss_{k}": v for k, v in losses.items()})
     report.update(test_l1_report(net_g, cfg, device))

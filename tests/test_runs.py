@@ -175,15 +175,20 @@ def test_config_digest_mismatch_is_a_run_dir_error(tmp_path: Path) -> None:
 
 
 def test_a_field_added_later_keeps_the_digest_of_older_run_directories(tmp_path: Path) -> None:
-    """agents.learn_during_evaluation did not exist when older run directories were made: at its old
-    value (False) it is not part of the digest, so they still resume; switched on, it is an experiment
-    of its own."""
+    """Fields added later (agents.learn_during_evaluation, model.family, the CycleGAN teacher fields) did
+    not exist when older run directories were made: at their old values they are not part of the
+    digest, so they still resume; switched on, each is an experiment of its own."""
     import hashlib
 
+    from collabprune.runs import LATER_FIELDS_AT_OLD_VALUE
+
+    assert {("agents", "learn_during_evaluation"), ("model", "family"), ("teacher", "d_warmup_steps")} <= {
+        (s, n) for s, n, _ in LATER_FIELDS_AT_OLD_VALUE}
     c = cfg()
     older = c.to_dict()
     older.pop("output")
-    older["agents"].pop("learn_during_evaluation")  # what the older code hashed
+    for section, name, _ in LATER_FIELDS_AT_OLD_VALUE:  # what the older code hashed
+        older[section].pop(name)
     for section, name in OPERATIONAL_FIELDS:
         older[section].pop(name)
     assert run_digest(c) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:16]

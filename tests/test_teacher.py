@@ -10,7 +10,7 @@ from collabprune.config import RunConfig, load_config
 from collabprune.data.demo import build_demo_dataset
 from collabprune.models import build_discriminator, build_generator, load_generator
 from collabprune.objectives.losses import GANLoss
-from collabprune.teacher import Pix2PixStep, adam_pair, linear_decay, train_teacher
+from collabprune.teacher import AdversarialStep, adam_pair, linear_decay, train_teacher
 
 
 def tiny_config(tmp_path: Path) -> RunConfig:
@@ -29,7 +29,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path: Path) -> None:
     torch.manual_seed(0)
     g, d = build_generator(cfg), build_discriminator(cfg)
     opt_g, opt_d = adam_pair(g, d, 1e-3, 0.5)
-    step = Pix2PixStep(g, d, opt_g, opt_d, GANLoss("vanilla"), 100.0)
+    step = AdversarialStep(g, d, opt_g, opt_d, GANLoss("vanilla"), 100.0)
     a = torch.rand(4, 3, 64, 64) * 2 - 1
     b = -a.flip(1)  # a learnable mapping
     first = step(a, b)["g_l1"]

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from collabprune.config import DataConfig
-from collabprune.data.transforms import SampleRng, check_channels, get_params, get_transform, list_images, load_rgb
+from collabprune.data.transforms import SampleRng, check_channels, check_layout, get_params, get_transform, list_images, load_rgb
 from collabprune.errors import DatasetError
 
 
@@ -40,6 +40,7 @@ class AlignedDataset(Dataset):
         self.cfg = cfg
         self.train = train
         self.folder = self.root / phase
+        check_layout(self.root, phase, "aligned")
         self.paths = list_images(self.folder)
         self.rng = SampleRng(seed)
 

@@ -1,17 +1,31 @@
-"""The demo dataset: a paired task built from real photographs that ship inside installed packages.
+"""The demo datasets: a paired or an unpaired task built from real photographs that ship inside
+installed packages.
 
 Each source photograph (read straight from the ``skimage/data`` folder of the installed
 scikit-image, plus scikit-learn's two sample images when scikit-learn is installed, so nothing is
-ever downloaded) gives random square crops, resized to ``size``. For each crop B is the photo crop and
-A is made from it by the task (:data:`TASKS`):
+ever downloaded) gives random square crops, resized to ``size``. For the paired tasks
+(:data:`PAIRED_TASKS`) B is the photo crop and A is made from it:
 
 - ``restore`` (the default): A is the crop blurred (Gaussian, sigma 1.5 px at 128 px) plus Gaussian
   noise (sd 20/255), B the clean crop;
 - ``colourise``: A is the crop's luminance (ITU-R 601 grey, 3 equal channels);
 - ``edges``: A is the crop's Canny edge map (black edges on white).
 
-The pair is written as one aligned ``A|B`` PNG, so the real :class:`~collabprune.data.AlignedDataset`
-reads it. Which task the demo uses was chosen by measurement (README, "The demo task").
+The pair is written as one aligned ``A|B`` PNG in ``{split}/``, so the real
+:class:`~collabprune.data.AlignedDataset` reads it. Which task the pix2pix demo uses was chosen by
+measurement (README, "The demo task").
+
+The unpaired task (:data:`UNPAIRED_TASKS`) is written in upstream's unaligned layout, ``{split}A/``
+and ``{split}B/``, for :class:`~collabprune.data.UnalignedDataset` and CycleGAN:
+
+- ``cartoon``: A images are plain photo crops; B images are cartoonised photo crops
+  (:func:`cartoonise`: edge-preserving total-variation smoothing, per-channel colour quantisation to
+  :data:`CARTOON_LEVELS` levels, black Canny edge lines). A and B crops are drawn independently
+  (their own seeded positions and sizes) from the same photographs and the same split blocks, so the
+  two domains share their content distribution but no file of one is the pair of a file of the other
+  (equal file names in ``{split}A`` and ``{split}B`` mean nothing). The mapping A -> B needs
+  spatial context (smoothing, where the lines go) and a nonlinearity (quantisation), not a per-pixel
+  colour map.
 
 Splits never share pixels: every photograph is cut into a 3x3 grid of blocks (:data:`BLOCKS`); the
 centre block is the test region, the top-right block the val region, the other seven the train
@@ -54,11 +68,22 @@ SOURCES: tuple[str, ...] = (
 #: scikit-learn's sample photographs (``sklearn/datasets/images``), used when scikit-learn is installed.
 SKLEARN_SOURCES: tuple[str, ...] = ("china.jpg", "flower.jpg")
 
-#: The paired tasks the builder knows; ``restore`` is the demo's.
-TASKS: tuple[str, ...] = ("restore", "colourise", "edges")
+#: The paired tasks (aligned ``A|B`` files); ``restore`` is the pix2pix demo's.
+PAIRED_TASKS: tuple[str, ...] = ("restore", "colourise", "edges")
+#: The unpaired tasks (unaligned ``{split}A`` / ``{split}B`` folders); ``cartoon`` is the CycleGAN demo's.
+UNPAIRED_TASKS: tuple[str, ...] = ("cartoon",)
+#: Every task the builder knows (``data.demo.task``).
+TASKS: tuple[str, ...] = PAIRED_TASKS + UNPAIRED_TASKS
 #: ``restore``: Gaussian blur sigma (pixels at a 128-pixel crop) and noise sd (in [0, 1] units).
 RESTORE_BLUR_SIGMA = 1.5
 RESTORE_NOISE_SD = 20.0 / 255.0
+#: ``cartoon``: weight of the total-variation smoothing (skimage ``denoise_tv_chambolle``, image in
+#: [0, 1]), colour levels per channel, the Canny sigma (pixels at a 128-pixel crop; at least 1) and the
+#: line width (pixels per 64 pixels of crop side, rounded; at least 1).
+CARTOON_TV_WEIGHT = 0.1
+CARTOON_LEVELS = 5
+CARTOON_EDGE_SIGMA = 1.5
+CARTOON_LINE_WIDTH = 1.0
 
 #: The photograph is cut into a GRID x GRID grid of blocks; the blocks (row, column) of each split.
 GRID = 3
@@ -140,24 +165,79 @@ def _edges(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Ima
     return _edge_map(photo, size)
 
 
+def cartoonise(photo: Image.Image, size: int) -> Image.Image:
+    """A cartoonised copy of a ``size x size`` RGB crop (the B domain of ``cartoon``).
+
+    Edge-preserving smoothing (total variation, weight :data:`CARTOON_TV_WEIGHT`), each channel
+    quantised to :data:`CARTOON_LEVELS` evenly spaced levels in [0, 1], then the Canny edges of the
+    smoothed image's luminance (sigma :data:`CARTOON_EDGE_SIGMA` px scaled by ``size / 128``, at
+    least 1 px) drawn black, :data:`CARTOON_LINE_WIDTH` px wide per 64 px of ``size`` (so the lines
+    scale with the crop: 1 px at 64-95 px, 2 px at 96-159 px). Deterministic.
+
+    :param photo: the crop, RGB.
+    :param size: its side, pixels (scales the edge detector).
+    :returns: the cartoonised crop, RGB, same size.
+    """
+    from skimage.color import rgb2gray
+    from skimage.feature import canny
+    from skimage.restoration import denoise_tv_chambolle
+
+    img = np.asarray(photo.convert("RGB"), dtype=np.float64) / 255.0
+    smooth = denoise_tv_chambolle(img, weight=CARTOON_TV_WEIGHT, channel_axis=-1)
+    steps = CARTOON_LEVELS - 1
+    flat = np.round(np.clip(smooth, 0.0, 1.0) * steps) / steps
+    edges = canny(rgb2gray(smooth), sigma=max(1.0, CARTOON_EDGE_SIGMA * size / 128))
+    width = max(1, int(CARTOON_LINE_WIDTH * size / 64 + 0.5))
+    if width > 1:
+        from scipy.ndimage import binary_dilation
+
+        edges = binary_dilation(edges, structure=np.ones((width, width), dtype=bool))
+    flat[edges] = 0.0
+    return Image.fromarray(np.round(flat * 255).astype(np.uint8))
+
+
 _INPUTS = {"colourise": _grey, "restore": _degrade, "edges": _edges}
 _DESCRIPTIONS = {
     "colourise": "A = grey (luminance) copy of B, B = photo crop; aligned A|B PNG",
     "restore": f"A = B blurred (sigma {RESTORE_BLUR_SIGMA:g} px at 128 px) + noise sd {RESTORE_NOISE_SD * 255:g}/255, "
     "B = photo crop; aligned A|B PNG",
     "edges": "A = Canny edges (black on white), B = photo crop; aligned A|B PNG",
+    "cartoon": f"A = photo crop, B = an independently drawn photo crop cartoonised (TV smoothing weight "
+    f"{CARTOON_TV_WEIGHT:g}, {CARTOON_LEVELS} levels per channel, black Canny edges {CARTOON_LINE_WIDTH:g} px "
+    "wide per 64 px); unpaired, "
+    "{split}A / {split}B folders",
 }
+
+
+def check_task(task: str) -> None:
+    """:raises DatasetError: ``task`` is not one of :data:`TASKS`."""
+    if task not in TASKS:
+        raise DatasetError(f"data.demo.task={task!r} is not a demo task", hint=f"choose one of {', '.join(TASKS)}")
+
+
+def task_folders(task: str) -> tuple[str, ...]:
+    """The folders a task writes under the dataset root: ``train, val, test`` (paired) or
+    ``trainA, trainB, valA, valB, testA, testB`` (unpaired).
+
+    :raises DatasetError: unknown task.
+    """
+    check_task(task)
+    if task in PAIRED_TASKS:
+        return SPLITS
+    return tuple(f"{split}{domain}" for split in SPLITS for domain in "AB")
 
 
 def make_input(task: str, photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
     """The input image A of a task for the target crop ``photo`` (``size x size`` RGB).
 
-    :param task: one of :data:`TASKS`.
+    :param task: one of :data:`PAIRED_TASKS`.
     :param rng: draws of the task's randomness (the ``restore`` noise).
-    :raises DatasetError: unknown task.
+    :raises DatasetError: unknown task, or an unpaired one (its B images are not made from A).
     """
+    check_task(task)
     if task not in _INPUTS:
-        raise DatasetError(f"data.demo.task={task!r} is not a demo task", hint=f"choose one of {', '.join(TASKS)}")
+        raise DatasetError(f"data.demo.task={task!r} is unpaired: it has no input made from the target",
+                           hint=f"paired tasks: {', '.join(PAIRED_TASKS)}")
     return _INPUTS[task](photo, size, rng)
 
 
@@ -173,12 +253,17 @@ def _block_box(photo: Image.Image, row: int, col: int) -> tuple[int, int, int, i
     return (col * w // GRID, row * h // GRID, (col + 1) * w // GRID, (row + 1) * h // GRID)
 
 
-def _crops(photo: Image.Image, name: str, split: str, n: int, size: int, seed: int) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
+def _crops(
+    photo: Image.Image, name: str, split: str, n: int, size: int, seed: int, stream: str = ""
+) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
     """``n`` random square crops, each inside one block of ``split``, resized to ``size``.
 
-    Seeded by ``(seed, name, split)``. :returns: ``(crop, (x0, y0, x1, y1))`` pairs, boxes in pixels.
+    Seeded by ``(seed, name, split)``, plus ``stream`` when given (the unpaired task draws its A and
+    B crops from the streams ``"A"`` and ``"B"``, so they are independent).
+    :returns: ``(crop, (x0, y0, x1, y1))`` pairs, boxes in pixels.
     """
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(split.encode())])
+    key = [seed, zlib.crc32(name.encode()), zlib.crc32(split.encode())]
+    rng = np.random.default_rng(key + ([zlib.crc32(stream.encode())] if stream else []))
     blocks = BLOCKS[split]
     out = []
     for _ in range(n):
@@ -197,6 +282,9 @@ def _params(size: int, crops_per_image: int, seed: int, task: str) -> dict[str, 
                               "seed": int(seed), "task": task}
     if task == "restore":
         params["restore"] = {"blur_sigma": RESTORE_BLUR_SIGMA, "noise_sd": RESTORE_NOISE_SD}
+    if task == "cartoon":
+        params["cartoon"] = {"tv_weight": CARTOON_TV_WEIGHT, "levels": CARTOON_LEVELS, "edge_sigma": CARTOON_EDGE_SIGMA,
+                             "line_width": CARTOON_LINE_WIDTH}
     return params
 
 
@@ -215,23 +303,26 @@ def demo_is_built(out: Path, size: int = 128, crops_per_image: int = 24, seed: i
     :param size: side of the A and B crops, pixels.
     :param crops_per_image: crops per source photograph.
     :param seed: the build seed.
-    :param task: the paired task (:data:`TASKS`).
-    :return: True if ``demo_meta.json`` matches the parameters and every split holds its recorded
-        number of PNG files.
+    :param task: the task (:data:`TASKS`).
+    :return: True if ``demo_meta.json`` matches the parameters and every folder of the task's layout
+        (:func:`task_folders`) holds its recorded number of PNG files.
     """
     out = Path(out)
     meta = _read_meta(out)
-    if meta is None or meta.get("params") != _params(size, crops_per_image, seed, task):
+    if task not in TASKS or meta is None or meta.get("params") != _params(size, crops_per_image, seed, task):
         return False
     counts = meta.get("counts", {})
-    return set(counts) == set(SPLITS) and all(
-        (out / s).is_dir() and len(list((out / s).glob("*.png"))) == counts[s] for s in SPLITS
+    folders = task_folders(task)
+    return set(counts) == set(folders) and all(
+        (out / f).is_dir() and len(list((out / f).glob("*.png"))) == counts[f] for f in folders
     )
 
 
-def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> dict:
-    """Write all splits and the meta file into ``tmp``; return the meta."""
-    make_input(task, Image.new("RGB", (size, size)), size, np.random.default_rng(0))  # DatasetError first
+def _load_photos() -> dict[str, Image.Image]:
+    """The shipped source photographs by file stem.
+
+    :raises DatasetError: none of them ships with this installation.
+    """
     photos = {path.stem: _load_source(path) for path in source_paths()}
     photos = {stem: photo for stem, photo in photos.items() if photo is not None}
     if not photos:
@@ -239,8 +330,12 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> 
             f"{skimage_data_dir()}: none of the demo's photographs {list(SOURCES)} ships with this scikit-image",
             hint="install scikit-image>=0.19, or point data.root at your own dataset",
         )
-    counts: dict[str, int] = {}
-    boxes: dict[str, list[list]] = {}
+    return photos
+
+
+def _write_paired(tmp: Path, photos: dict[str, Image.Image], size: int, crops_per_image: int, seed: int,
+                  task: str, counts: dict[str, int], boxes: dict[str, list[list]]) -> None:
+    """Write the aligned ``A|B`` files of every split into ``tmp/{split}``; fill ``counts`` and ``boxes``."""
     for split in SPLITS:
         (tmp / split).mkdir()
         counts[split], boxes[split] = 0, []
@@ -253,6 +348,34 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> 
                 pair.save(tmp / split / f"{stem}_{k:03d}.png", format="PNG")
                 boxes[split].append([stem, *box])
                 counts[split] += 1
+
+
+def _write_unpaired(tmp: Path, photos: dict[str, Image.Image], size: int, crops_per_image: int, seed: int,
+                    task: str, counts: dict[str, int], boxes: dict[str, list[list]]) -> None:
+    """Write the ``cartoon`` images into ``tmp/{split}A`` (photo crops) and ``tmp/{split}B``
+    (cartoonised crops of independently drawn boxes); fill ``counts`` and ``boxes`` per folder."""
+    for split in SPLITS:
+        for domain in "AB":
+            folder = f"{split}{domain}"
+            (tmp / folder).mkdir()
+            counts[folder], boxes[folder] = 0, []
+            for stem, photo in photos.items():
+                crops = _crops(photo, stem, split, split_crops(split, crops_per_image), size, seed, stream=domain)
+                for k, (crop, box) in enumerate(crops):
+                    image = crop if domain == "A" else cartoonise(crop, size)
+                    image.save(tmp / folder / f"{stem}_{k:03d}.png", format="PNG")
+                    boxes[folder].append([stem, *box])
+                    counts[folder] += 1
+
+
+def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> dict:
+    """Write all folders of the task's layout and the meta file into ``tmp``; return the meta."""
+    check_task(task)  # DatasetError before any work
+    photos = _load_photos()
+    counts: dict[str, int] = {}
+    boxes: dict[str, list[list]] = {}
+    writer = _write_paired if task in PAIRED_TASKS else _write_unpaired
+    writer(tmp, photos, size, crops_per_image, seed, task, counts, boxes)
     import skimage
 
     meta = {
@@ -263,6 +386,7 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> 
         "blocks": {k: [list(b) for b in v] for k, v in BLOCKS.items()},
         "boxes": boxes,
         "task": task,
+        "layout": "aligned" if task in PAIRED_TASKS else "unaligned",
         "description": _DESCRIPTIONS[task],
         "skimage_version": skimage.__version__,
     }
@@ -273,17 +397,20 @@ def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> 
 def build_demo_dataset(
     out: Path, size: int = 128, crops_per_image: int = 24, seed: int = 0, task: str = "restore"
 ) -> dict[str, int]:
-    """Build the demo dataset of ``task`` under ``out/{train,val,test}`` (or reuse a built one).
+    """Build the demo dataset of ``task`` (or reuse a built one): ``out/{train,val,test}`` for a
+    paired task, ``out/{train,val,test}{A,B}`` for an unpaired one.
 
-    Photographs: :func:`source_paths`; each gives ``crops_per_image`` train pairs from its train
-    blocks and ``crops_per_image // 2`` (at least 1) val and test pairs from its val and test blocks.
+    Photographs: :func:`source_paths`; each gives ``crops_per_image`` train crops from its train
+    blocks and ``crops_per_image // 2`` (at least 1) val and test crops from its val and test blocks
+    (per domain, for an unpaired task).
 
     :param out: the dataset root to create; its parent is created if needed.
-    :param size: side of the A and B crops, pixels (each file is ``2*size x size``).
+    :param size: side of the A and B crops, pixels (an aligned file is ``2*size x size``).
     :param crops_per_image: random train crops per source photograph.
     :param seed: seed of the crop positions and sizes (and of the ``restore`` noise).
-    :param task: the paired task, one of :data:`TASKS`.
-    :return: number of pairs per split, e.g. ``{"train": 240, "val": 120, "test": 120}``.
+    :param task: one of :data:`TASKS`.
+    :return: number of files per folder of the layout (:func:`task_folders`), e.g.
+        ``{"train": 240, "val": 120, "test": 120}`` (paired) or ``{"trainA": 240, "trainB": 240, ...}``.
     :raises DatasetError: if ``out`` exists and is neither empty nor a demo dataset (it is never
         overwritten then), no demo photograph ships with the scikit-image install, or the task is
         unknown.

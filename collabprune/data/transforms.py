@@ -146,6 +146,27 @@ def get_transform(
     return apply
 
 
+def check_layout(root: Path, phase: str, mode: str) -> None:
+    """Fail early, in one line, when ``root`` holds the other upstream layout than ``mode`` reads.
+
+    ``aligned`` reads ``root/{phase}`` (A|B images, pix2pix); ``unaligned`` reads ``root/{phase}A`` and
+    ``root/{phase}B`` (CycleGAN).
+
+    :raises DatasetError: the folders of ``mode`` are missing but those of the other layout exist.
+    """
+    root = Path(root)
+    if mode == "aligned" and not (root / phase).is_dir() and (root / f"{phase}A").is_dir():
+        raise DatasetError(f"{root}: holds an unaligned dataset ({phase}A/, {phase}B/), but data.dataset_mode is "
+                           f"aligned (model.family=pix2pix reads {phase}/ with A|B images)",
+                           hint="set model.family: cyclegan and data.dataset_mode: unaligned, or point data.root "
+                                "at a paired dataset")
+    if mode == "unaligned" and not (root / f"{phase}A").is_dir() and (root / phase).is_dir():
+        raise DatasetError(f"{root}: holds an aligned dataset ({phase}/ with A|B images), but data.dataset_mode is "
+                           f"unaligned (model.family=cyclegan reads {phase}A/ and {phase}B/)",
+                           hint="set model.family: pix2pix and data.dataset_mode: aligned, or point data.root "
+                                "at an unpaired dataset")
+
+
 def list_images(folder: Path) -> list[Path]:
     """The image files under ``folder`` (recursively, as upstream), sorted; hidden files skipped.
 

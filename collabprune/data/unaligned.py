@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from collabprune.config import DataConfig
-from collabprune.data.transforms import SampleRng, check_channels, get_params, get_transform, list_images, load_rgb
+from collabprune.data.transforms import SampleRng, check_channels, check_layout, get_params, get_transform, list_images, load_rgb
 
 
 class UnalignedDataset(Dataset):
@@ -39,6 +39,7 @@ class UnalignedDataset(Dataset):
         self.train = train
         first, second = (f"{phase}B", f"{phase}A") if cfg.direction == "BtoA" else (f"{phase}A", f"{phase}B")
         self.dir_a, self.dir_b = self.root / first, self.root / second
+        check_layout(self.root, phase, "unaligned")
         self.a_paths = list_images(self.dir_a)
         self.b_paths = list_images(self.dir_b)
         self.rng = SampleRng(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from collabprune.config import RunConfig
+from collabprune.models.family import FAMILIES, Family, family_of
 from collabprune.models.subnet import build_from_spec, inherit_from_teacher, load_candidate, load_subnet
 from collabprune.models.loading import load_discriminator, load_generator, load_state_dict_strict, read_state_dict
 from collabprune.models.networks import (
@@ -36,10 +37,11 @@ def generator_kwargs(cfg: RunConfig, inplace: bool = True) -> dict:
 
 
 def discriminator_kwargs(cfg: RunConfig, inplace: bool = True) -> dict:
-    """Keyword arguments of :func:`define_D` for a run config (conditional D: input_nc + output_nc)."""
+    """Keyword arguments of :func:`define_D` for a run config: the pix2pix conditional D sees
+    ``input_nc + output_nc`` channels, CycleGAN's D_B ``output_nc`` (:class:`Family`)."""
     m = cfg.model
     return dict(
-        input_nc=cfg.data.input_nc + cfg.data.output_nc,
+        input_nc=family_of(cfg).d_input_nc(cfg.data.input_nc, cfg.data.output_nc),
         ndf=m.ndf,
         net_d=m.net_d,
         n_layers_d=m.n_layers_d,
@@ -54,11 +56,14 @@ def build_generator(cfg: RunConfig, inplace: bool = True) -> nn.Module:
 
 
 def build_discriminator(cfg: RunConfig, inplace: bool = True) -> NLayerDiscriminator:
-    """An untrained, upstream-initialised conditional PatchGAN discriminator for ``cfg``."""
+    """An untrained, upstream-initialised PatchGAN discriminator for ``cfg`` (conditional for pix2pix)."""
     return init_weights(define_D(**discriminator_kwargs(cfg, inplace)))
 
 
 __all__ = [
+    "FAMILIES",
+    "Family",
+    "family_of",
     "GENERATORS",
     "NLayerDiscriminator",
     "ResnetBlock",

@@ -232,14 +232,16 @@ def neighbourhood_outputs(net: nn.Module, x_nb: torch.Tensor, seed: int) -> torc
 def make_feature_map(cfg: "RunConfig", teacher_d: nn.Module, inception: nn.Module | None = None) -> FeatureMap:
     """phi(inputs, outputs) -> (N, d) features of ``reward.kde.features`` (DESIGN.md §4).
 
-    ``teacher_d``: the frozen teacher D's penultimate features of cat(input, output), spatially
-    averaged; ``pixels``: 16x16 average-pooled pixels; ``inception``: the FID Inception's pool
+    ``teacher_d``: the frozen teacher D's penultimate features of cat(input, output) (of the output
+    alone for CycleGAN's unconditional D_B), spatially averaged; ``pixels``: 16x16 average-pooled pixels; ``inception``: the FID Inception's pool
     features (``inception`` must be given). Differentiable w.r.t. ``outputs``.
 
     :raises ValueError: ``inception`` features without an Inception network.
     """
     kind = cfg.reward.kde.features
     if kind == "teacher_d":
+        if cfg.model.family == "cyclegan":  # D_B sees a B image alone
+            return lambda inputs, outputs: teacher_d_features(teacher_d, None, outputs)
         return lambda inputs, outputs: teacher_d_features(teacher_d, inputs, outputs)
     if kind == "pixels":
         return lambda inputs, outputs: pixel_features(outputs)

@@ -21,7 +21,7 @@ class Role:
     :param short: ``"g"`` or ``"d"`` (keys of ratio vectors in records: ``g_ratios``, ``d_ratios``).
     :param peer: the other role's name.
     :param input_shape: (1, C, H, W) the network is traced and its MACs counted with; the pix2pix D
-        sees ``cat(input, output)``, so C = input_nc + output_nc.
+        sees ``cat(input, output)``, so C = input_nc + output_nc; CycleGAN's D_B C = output_nc.
     :param budget: MACs budget as a fraction of the teacher's physical MACs.
     """
 
@@ -44,7 +44,9 @@ class Role:
             shape = (1, cfg.data.input_nc, size, size)
             budget = cfg.pruning.budget.generator
         else:
-            shape = (1, cfg.data.input_nc + cfg.data.output_nc, size, size)
+            from collabprune.models.family import family_of
+
+            shape = (1, family_of(cfg).d_input_nc(cfg.data.input_nc, cfg.data.output_nc), size, size)
             budget = cfg.pruning.budget.discriminator
         peer = ROLE_NAMES[1] if name == ROLE_NAMES[0] else ROLE_NAMES[0]
         return cls(name=name, short=_SHORT[name], peer=peer, input_shape=shape, budget=float(budget))
