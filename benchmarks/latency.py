@@ -1,17 +1,18 @@
 """Latency vs MACs: does a channel-pruned generator get faster by as much as its MACs drop?
 
-For each generator (the config's, and pix2pix's full-size ``unet_256`` ngf=64 at 256x256) the teacher
-and the uniform candidates at several MACs budgets (the largest single keep ratio that meets the
-budget, :meth:`ChannelSpace.uniform_ratio`) are pruned physically with
-:func:`collabprune.pruning.prune.prune_model` -- no fine-tuning: latency does not depend on the
-weights' values, so randomly initialised networks are used and no teacher checkpoint is needed. For
-each one we record MACs in both conventions, parameters, and the measured forward latency
-(:func:`collabprune.metrics.latency.measure_latency`, median of ``--repeats``) at batch 1 and 8,
-on the CPU and, when present, on CUDA. The table shows the speed-up over the teacher, the MACs
+For each generator (the config's, pix2pix's full-size ``unet_256`` and CycleGAN's full-size
+``resnet_9blocks``, both ngf=64 at 256x256) the teacher and the uniform candidates at several MACs
+budgets (the largest single keep ratio that meets the budget, :meth:`ChannelSpace.uniform_ratio`)
+are pruned physically with :func:`collabprune.pruning.prune.prune_model` -- no fine-tuning: latency
+does not depend on the weights' values, so randomly initialised networks are used and no teacher
+checkpoint is needed. For each one we record MACs in both conventions, parameters, and the measured
+forward latency (:func:`collabprune.metrics.latency.measure_latency`, median of ``--repeats``) at
+batch 1 and 8, on the CPU and, when present, on CUDA. The table shows the speed-up over the teacher, the MACs
 reduction, and their ratio (1.0 = latency falls exactly as MACs do).
 
-    python -m benchmarks.latency [CONFIG] [--set k=v] [--model config,unet_256]
+    python -m benchmarks.latency [CONFIG] [--set k=v] [--model config,unet_256,resnet_9blocks]
                                  [--budgets 0.75,0.5,0.25,0.125] [--batches 1,8] [--repeats 10]
+                                 [--out benchmarks/results/latency.json]
 """
 
 from __future__ import annotations
@@ -44,12 +45,23 @@ UNET_256 = [
     "model.net_g=unet_256", "model.ngf=64", "data.load_size=286", "data.crop_size=256",
     "pruning.round_to=8", "pruning.min_channels=8",
 ]
+#: ``--model resnet_9blocks``: CycleGAN's full-size generator (upstream defaults: ngf=64, InstanceNorm
+#: without affine parameters, no dropout, 3 -> 3 channels at 256x256; GPU rounding of 8).
+RESNET_9BLOCKS = [
+    "model.family=cyclegan", "data.dataset_mode=unaligned",
+    "model.net_g=resnet_9blocks", "model.ngf=64", "model.norm=instance", "model.use_dropout=false",
+    "data.input_nc=3", "data.output_nc=3", "data.load_size=286", "data.crop_size=256",
+    "pruning.round_to=8", "pruning.min_channels=8",
+]
+#: the named ``--model`` entries besides ``config``: their overrides, applied after the config's
+MODELS: dict[str, list[str]] = {"unet_256": UNET_256, "resnet_9blocks": RESNET_9BLOCKS}
 
 
 def parse_args() -> Any:
     parser = base_parser("latency", __doc__.split("\n")[0])
     parser.add_argument("--model", default="config,unet_256",
-                        help="comma list of 'config' (the config's generator) and 'unet_256' (default both)")
+                        help="comma list of 'config' (the config's generator), 'unet_256' (pix2pix) and "
+                             "'resnet_9blocks' (CycleGAN); default: config,unet_256")
     parser.add_argument("--budgets", default="0.75,0.5,0.25,0.125", help="generator MACs budgets (teacher = 1.0 always)")
     parser.add_argument("--batches", default="1,8", help="batch sizes")
     parser.add_argument("--repeats", type=int, default=10, help="timed forwards per measurement (median)")
@@ -63,9 +75,9 @@ def model_config(args: Any, which: str) -> RunConfig:
     """The run config of one ``--model`` entry."""
     if which == "config":
         return load_cfg(args.config, args.overrides)
-    if which == "unet_256":
-        return load_cfg(args.config, args.overrides, UNET_256)
-    raise SystemExit(f"--model: unknown entry {which!r} (allowed: config, unet_256)")
+    if which in MODELS:
+        return load_cfg(args.config, args.overrides, MODELS[which])
+    raise SystemExit(f"--model: unknown entry {which!r} (allowed: config, {', '.join(MODELS)})")
 
 
 def pruned_generators(cfg: RunConfig, budgets: list[float]) -> list[dict[str, Any]]:
