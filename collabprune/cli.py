@@ -53,17 +53,14 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    """``collabprune train-teacher CONFIG``: pix2pix teacher training (resumable)."""
+    """``collabprune train-teacher CONFIG``: pix2pix or CycleGAN teacher training (resumable)."""
+    from collabprune.demo import teacher_line
     from collabprune.teacher import train_teacher
 
     cfg = _load(args)
     report = train_teacher(cfg, progress=not args.no_progress)
-    print(
-        f"teacher in {cfg.teacher.checkpoint_dir}: {report['epochs_done']}/{report['epochs_total']} epochs, "
-        f"{report['seconds']:.0f} s; test L1 {report['test_l1']:.4f} "
-        f"(mean-image baseline {report['mean_image_l1']:.4f}"
-        + (f", the input itself {report['input_l1']:.4f})" if report.get("input_l1") is not None else ")")
-    )
+    print(f"teacher in {cfg.teacher.checkpoint_dir}: {report['epochs_done']}/{report['epochs_total']} epochs, "
+          f"{report['seconds']:.0f} s; {teacher_line(report)}")
     return 0
 
 

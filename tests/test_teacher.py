@@ -59,3 +59,13 @@ def test_train_resume_and_upstream_files(tmp_path: Path) -> None:
     assert g(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
     assert second["test_l1"] > 0 and second["mean_image_l1"] > 0
     assert not list(out.glob("*.tmp"))
+
+
+def test_teacher_line_reads_both_families_reports() -> None:
+    """``collabprune train-teacher`` and the demo print a CycleGAN report (no ground truth) too."""
+    from collabprune.demo import teacher_line
+
+    pix = teacher_line({"test_l1": 0.0872, "mean_image_l1": 0.4854, "input_l1": 0.1183})
+    assert "test L1 0.0872" in pix and "the input itself 0.1183" in pix
+    cyc = teacher_line({"test_fd_eval": 3.5, "input_fd_eval": 2.18, "test_images": 80})
+    assert "fd_eval 3.500" in cyc and "2.180" in cyc
