@@ -9,16 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import typing
 from pathlib import Path
 from typing import Callable, Sequence
 
-from collabprune.config import DemoDataConfig
 from collabprune.errors import CollabPruneError, ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-#: The demo dataset tasks (``data.demo.task``).
-DEMO_TASKS: tuple[str, ...] = typing.get_args(DemoDataConfig.model_fields["task"].annotation)
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -204,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    from collabprune.data.demo import TASKS as DEMO_TASKS
 
     p = sub.add_parser("data", parents=[common], help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)

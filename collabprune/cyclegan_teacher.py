@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from collabprune.config import RunConfig
 from collabprune.data import make_dataset, train_split
-from collabprune.io import atomic_path, atomic_torch_save, atomic_write_json
+from collabprune.io import atomic_torch_save, atomic_write_json
 from collabprune.metrics.eval_net import fd_eval, load_or_train_eval_net
 from collabprune.models import (
     build_discriminator,
@@ -53,11 +53,11 @@ from collabprune.models import (
 )
 from collabprune.objectives.losses import GANLoss
 from collabprune.runtime import resolve_device, seed_everything
-from collabprune.teacher import GRID_FILE, REPORT_FILE, STATE_FILE, linear_decay, run_epochs
+from collabprune.teacher import GRID_FILE, REPORT_FILE, STATE_FILE, linear_decay, run_epochs, save_sample_grid
 from collabprune.teacher_checkpoints import D_A_FILE, D_B_FILE, G_A_FILE, G_B_FILE
 
 __all__ = ["CycleGANNets", "CycleGANStep", "ImagePool", "build_cyclegan_nets", "cyclegan_test_report",
-           "save_cyclegan_grid", "train_cyclegan_teacher"]
+           "train_cyclegan_teacher"]
 
 #: Network name -> upstream checkpoint file.
 NET_FILES: dict[str, str] = {"g_a": G_A_FILE, "g_b": G_B_FILE, "d_a": D_A_FILE, "d_b": D_B_FILE}
@@ -303,34 +303,14 @@ def cyclegan_test_report(net_g_a: nn.Module, cfg: RunConfig, device: torch.devic
     }
 
 
-@torch.no_grad()
-def save_cyclegan_grid(net_g_a: nn.Module, cfg: RunConfig, path: Path, device: torch.device, n: int = 6) -> None:
-    """Write a PNG grid of ``n`` test-split rows with three columns:
-    **input A | G_A(A) | a real test B image**.
-
-    The third column is an unrelated real B image (there are no pairs), shown as a reference of the
-    target style, not as a ground truth. The rows are spread evenly over the test split.
-    """
-    from torchvision.utils import save_image
-
-    items = _test_items(cfg)
-    rows = []
-    for i in range(min(n, len(items))):
-        item = items[i * len(items) // min(n, len(items))]
-        a = item["A"].unsqueeze(0)
-        rows += [a[0], _outputs(net_g_a, a, device)[0], item["B"]]
-    grid = torch.stack([(r.expand(3, -1, -1) + 1) / 2 for r in rows]).clamp(0, 1)
-    with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), nrow=3, padding=2, format="png")
-
-
 def train_cyclegan_teacher(cfg: RunConfig, progress: bool = True, max_epochs: int | None = None) -> dict[str, float]:
     """Train (or resume training) the CycleGAN teacher of ``cfg`` and write its checkpoints.
 
     Files in ``cfg.teacher.checkpoint_dir``: ``latest_net_G_A.pth``, ``latest_net_G_B.pth``,
     ``latest_net_D_A.pth``, ``latest_net_D_B.pth`` (upstream names, state dicts; written every
     ``save_every_epochs`` epochs and at the end), ``latest_train_state.pth`` (optimisers, epoch),
-    ``teacher_samples.png`` (:func:`save_cyclegan_grid`: input A | G_A(A) | a real test B),
+    ``teacher_samples.png`` (:func:`~collabprune.teacher.save_sample_grid`: input A | G_A(A) | a real
+    test B, unpaired),
     ``teacher_report.json`` and the evaluation network's cache ``eval_net/``.
 
     :param cfg: the run config (``data``, ``model``, ``teacher`` sections; ``model.family`` cyclegan,
@@ -379,6 +359,6 @@ def train_cyclegan_teacher(cfg: RunConfig, progress: bool = True, max_epochs: in
     t1 = time.perf_counter()
     report.update(cyclegan_test_report(nets.g_a, cfg, device, out / "eval_net"))
     report["eval_seconds"] = time.perf_counter() - t1
-    save_cyclegan_grid(nets.g_a, cfg, out / GRID_FILE, device)
+    save_sample_grid(nets.g_a, cfg, out / GRID_FILE, device)
     atomic_write_json(out / REPORT_FILE, report)
     return report

@@ -43,6 +43,7 @@ from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.objectives import balance_rho, balance_term, teacher_d_features
 from collabprune.objectives.kde import FeatureMap, kde_loss, make_feature_map
 from collabprune.pruning.prune import prune_model
+from collabprune.pruning.roles import roles
 from collabprune.pruning.space import ChannelSpace
 from collabprune.records import EvalTimes, EvaluationRecord, Metrics, SeedResult
 from collabprune.runtime import resolve_device, seed_everything
@@ -151,9 +152,8 @@ class CandidateEvaluator:
         self.teacher_g, self.teacher_d, files = load_teacher(cfg, inplace=False, run_dir=self.run_dir)
         self.teacher_g.to(self.device).requires_grad_(False)
         self.teacher_d.to(self.device).requires_grad_(False)
-        size = cfg.data.crop_size
-        self.g_shape = (1, cfg.data.input_nc, size, size)
-        self.d_shape = (1, self.family.d_input_nc(cfg.data.input_nc, cfg.data.output_nc), size, size)
+        g_role, d_role = roles(cfg)
+        self.g_shape, self.d_shape = g_role.input_shape, d_role.input_shape
         self.g_space = ChannelSpace.of("g", self.teacher_g, self.g_shape, cfg.pruning)
         self.d_space = ChannelSpace.of("d", self.teacher_d, self.d_shape, cfg.pruning)
         self.g_space.check_budget(cfg.pruning.budget.generator)

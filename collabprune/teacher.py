@@ -209,9 +209,11 @@ def test_l1_report(net_g: nn.Module, cfg: RunConfig, device: torch.device) -> di
 
 @torch.no_grad()
 def save_sample_grid(net_g: nn.Module, cfg: RunConfig, path: Path, device: torch.device, n: int = 6) -> None:
-    """Write a PNG grid, one row per test image: input | generator output | ground truth.
+    """Write a PNG grid, one row per test image: input | generator output | the item's B image.
 
-    The ``n`` rows are spread evenly over the test split (so they show different source images).
+    The ``n`` rows are spread evenly over the test split (so they show different source images). For
+    paired data the B image is the ground truth; for unpaired data (CycleGAN) it is an unrelated real B
+    image, a reference of the target domain.
     """
     from torchvision.utils import save_image
 

@@ -240,7 +240,9 @@ def make_feature_map(cfg: "RunConfig", teacher_d: nn.Module, inception: nn.Modul
     """
     kind = cfg.reward.kde.features
     if kind == "teacher_d":
-        if cfg.model.family == "cyclegan":  # D_B sees a B image alone
+        from collabprune.models.family import family_of
+
+        if not family_of(cfg).conditional_d:  # CycleGAN's D sees a B image alone
             return lambda inputs, outputs: teacher_d_features(teacher_d, None, outputs)
         return lambda inputs, outputs: teacher_d_features(teacher_d, inputs, outputs)
     if kind == "pixels":

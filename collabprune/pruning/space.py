@@ -144,8 +144,11 @@ class ChannelSpace:
         def scaled(i: int, scale: float) -> float:
             return min(hi_r, max(lo_r, scale * req[i]))
 
+        def kept_of(i: int, scale: float) -> int:
+            return kept_channels(self.groups[i].channels, scaled(i, scale), self.cfg)
+
         def kept_at(scale: float) -> list[int]:
-            return [kept_channels(g.channels, scaled(i, scale), self.cfg) for i, g in enumerate(self.groups)]
+            return [kept_of(i, scale) for i in range(self.num_groups)]
 
         # Bisection on the scale. Every group's kept count is monotone in the scale, so a group with
         # the same count at both ends of the bracket has it at the midpoint too: only the groups that
@@ -163,7 +166,7 @@ class ChannelSpace:
                 mid = 0.5 * (lo + hi)
                 k_mid = list(k_lo)
                 for i in moving:
-                    k_mid[i] = kept_channels(self.groups[i].channels, scaled(i, mid), self.cfg)
+                    k_mid[i] = kept_of(i, mid)
                 if k_mid == k_lo:
                     fits = fits_lo
                 else:
