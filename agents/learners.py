@@ -37,7 +37,9 @@ Coordinator, while they are evaluated: the gradient steps on rounds ``0..r-1`` t
 evaluations, and round ``r``'s proposals come from a policy that has not yet learned from round
 ``r-1`` (one round of lag, as in asynchronous actor-learner setups). The same number of gradient steps
 is taken after the same rounds, one round later; after the last round the agent takes the pending
-ones, so the final policy has learned from every round.
+ones, so the final policy has learned from every round. ``agents.steps_before_proposal`` of a round's
+steps are taken before the next round's proposals instead (on the critical path, but the proposals
+have learned from the newest round), the rest while that round is evaluated.
 """
 
 from __future__ import annotations
@@ -151,14 +153,27 @@ class EpisodeCreditMixin:
             return 0
         return cfg.gradient_steps if cfg.gradient_steps >= 0 else self.episode_steps * n_envs
 
-    def train_round(self, rounds_stored: int, n_envs: int) -> int:
+    def train_round(self, rounds_stored: int, n_envs: int, part: str = "all") -> int:
         """Train on the buffer as SB3's loop would after ``rounds_stored`` rounds (module docstring).
 
         :param rounds_stored: rounds whose transitions are in the replay buffer.
         :param n_envs: envs of the learner's VecEnv.
+        :param part: ``"before"``: the first ``agents.steps_before_proposal`` of the round's steps (taken
+            before the next round's proposals); ``"during"``: the rest (taken while that round is
+            evaluated); ``"all"``: every step.
         :returns: gradient steps taken.
+        :raises ValueError: ``part`` is none of those.
         """
         steps = self.round_gradient_steps(rounds_stored, n_envs)
+        cfg = self.agents_cfg
+        assert cfg is not None, "make_learner sets agents_cfg"
+        before = min(steps, cfg.steps_before_proposal)
+        if part == "before":
+            steps = before
+        elif part == "during":
+            steps -= before
+        elif part != "all":
+            raise ValueError(f"part={part!r} is not 'before', 'during' or 'all'")
         if steps > 0:
             self.train(gradient_steps=steps, batch_size=self.batch_size)  # type: ignore[attr-defined]
         return steps

@@ -128,6 +128,7 @@ class SearchCallback(BaseCallback):
         # the round's random streams (minibatches, target noise) depend on the round only, so a
         # learner resumed from a checkpoint trains exactly as the original did
         self.model.set_random_seed(self.agent._seed(self.agent.vec_env.round))
+        self.agent.learn_before_proposing()
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones")
@@ -246,6 +247,13 @@ class AgentCore:
         """Whether this agent trains while its round is evaluated (``agents.learn_during_evaluation``)."""
         return self.cfg.agents.learn_during_evaluation and isinstance(self.model, EpisodeCreditMixin)
 
+    def learn_before_proposing(self) -> None:
+        """Take the first ``agents.steps_before_proposal`` gradient steps of the rounds stored so far."""
+        if not self.learns_during_evaluation:
+            return
+        assert isinstance(self.model, EpisodeCreditMixin)  # on the critical path: counted in agent_s
+        self.model.train_round(self.vec_env.round, self.slots, part="before")
+
     def learn_while_waiting(self, round_index: int) -> None:
         """Round ``round_index`` is being evaluated: train on rounds ``0..round_index-1`` meanwhile.
 
@@ -255,7 +263,7 @@ class AgentCore:
         """
         t0 = time.time()
         assert isinstance(self.model, EpisodeCreditMixin)
-        self.model.train_round(round_index, self.slots)
+        self.model.train_round(round_index, self.slots, part="during")
         self.times["learn_s"] += time.time() - t0
 
     def record_round(self, logger: Logger) -> None:
@@ -316,7 +324,9 @@ class AgentCore:
             )
             if self.learns_during_evaluation:  # the last round's gradient steps are still pending
                 self.model.set_random_seed(self._seed(self.vec_env.round))
-                self.learn_while_waiting(self.vec_env.round)
+                t0 = time.time()
+                self.model.train_round(self.vec_env.round, self.slots, part="all")
+                self.times["learn_s"] += time.time() - t0
         if self.vec_env.round != self._last_saved:
             self.save_checkpoint()
         return {

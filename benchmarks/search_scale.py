@@ -56,8 +56,12 @@ from collabprune.runs import RunDir
 
 TARGET_SPEEDUP_8 = 7.2
 TARGET_NOT_EVALUATION = 0.05
-#: ``--learning`` name -> ``agents.learn_during_evaluation``
-LEARNING = {"sequential": False, "during-evaluation": True}
+#: ``--learning`` name -> the agents' learning schedule (config overrides)
+LEARNING = {
+    "sequential": ["agents.learn_during_evaluation=false"],
+    "during-evaluation": ["agents.learn_during_evaluation=true", "agents.steps_before_proposal=0"],
+    "split": ["agents.learn_during_evaluation=true", "agents.steps_before_proposal=4"],
+}
 
 
 class SleepEvaluator:
@@ -211,7 +215,7 @@ def main() -> None:
         for n in parse_list(args.evaluators, int):
             cfg = load_cfg(args.config, args.overrides, [
                 f"search.rounds={args.rounds}", f"search.num_evaluators={n}", "search.reeval_top_k=0",
-                "agents.warmup_episodes=1", f"agents.learn_during_evaluation={str(LEARNING[schedule]).lower()}"])
+                "agents.warmup_episodes=1", *LEARNING[schedule]])
             print(f"[search_scale] learning {schedule}, {n} evaluator(s): {args.rounds} rounds of {n} pair(s), "
                   f"{args.sleep_s:g} s each")
             mode_runs.append({"learning": schedule, **run_one(cfg, n, args.sleep_s, parent / schedule / f"evaluators_{n}")})

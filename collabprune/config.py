@@ -31,9 +31,10 @@ class _Section(BaseModel):
 class DemoDataConfig(_Section):
     """How ``collabprune data demo`` builds the demo dataset (``collabprune.data.demo``)."""
 
-    task: Literal["restore", "colourise", "edges", "cartoon"] = Field(
+    task: Literal["restore", "colourise", "edges", "cartoon", "sketch"] = Field(
         "restore", description="paired (aligned layout): blurred+noisy -> clean, grey -> colour, or edges -> photo; "
-        "unpaired (unaligned layout): cartoon, photo crops -> independently drawn cartoonised crops. Left out, "
+        "unpaired (unaligned layout): cartoon or sketch, photo crops -> independently drawn cartoonised or "
+        "pencil-sketched crops. Left out, "
         "it is restore for aligned data and cartoon for unaligned data"
     )
     size: int = Field(128, ge=32, le=1024, description="side of the square A and B crops, pixels")
@@ -74,10 +75,11 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _demo_task_fits_layout(self) -> "DataConfig":
-        """The demo task writes the layout ``dataset_mode`` reads: cartoon unaligned, the others aligned."""
-        need = "unaligned" if self.demo.task == "cartoon" else "aligned"
+        """The demo task writes the layout ``dataset_mode`` reads: cartoon and sketch unaligned, the others
+        aligned."""
+        need = "unaligned" if self.demo.task in ("cartoon", "sketch") else "aligned"
         if self.dataset_mode != need:
-            other = "cartoon" if need == "aligned" else "restore, colourise or edges"
+            other = "cartoon or sketch" if need == "aligned" else "restore, colourise or edges"
             raise ValueError(f"demo.task={self.demo.task} writes {need} data, but dataset_mode={self.dataset_mode}; "
                              f"allowed: dataset_mode={need}, or demo.task={other}")
         return self
@@ -276,6 +278,9 @@ class AgentsConfig(_Section):
         False, description="TD3/DDPG/SAC: take a round's gradient steps while the next round is evaluated "
         "(its proposals come from a policy one round behind; the agents' learning leaves the round's critical "
         "path). Ignored by PPO")
+    steps_before_proposal: int = Field(
+        0, ge=0, description="with learn_during_evaluation: this many of a round's gradient steps are taken "
+        "before the next round's proposals (so they learn from it), the rest while it is evaluated")
     rollout_episodes: int = Field(4, ge=1, description="PPO: rounds per rollout")
     net_arch: list[int] = [64, 64]
     exchange: bool = Field(True, description="share observations with the peer agent (D sees G's proposal)")

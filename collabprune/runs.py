@@ -68,6 +68,7 @@ OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
 #: out of the run digest at that value, so an older run directory keeps its digest and still resumes.
 LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("agents", "learn_during_evaluation", False),
+    ("agents", "steps_before_proposal", 0),
     ("model", "family", "pix2pix"),
     ("teacher", "lambda_cycle", 10.0),
     ("teacher", "lambda_identity", 0.5),

@@ -194,40 +194,47 @@ def test_self_imitation_pulls_the_actor_to_the_best_episodes(tmp_path: Path) -> 
 
 
 def test_learning_during_evaluation_takes_the_same_steps_one_round_later(tmp_path: Path) -> None:
-    """agents.learn_during_evaluation: no gradient step outside the Coordinator wait; at the submit of
-    round r the steps SB3 would have taken after round r-1; the pending ones after the last round; the
-    same total as the sequential learner."""
+    """agents.learn_during_evaluation: at the submit of round r the steps SB3 would have taken after
+    round r-1, inside the Coordinator wait except the first agents.steps_before_proposal of them, which
+    come before round r's proposals; the pending ones after the last round; the same total as the
+    sequential learner."""
     totals = {}
-    for overlap in (False, True):
-        cfg = tiny_cfg(rounds=4, algo="td3", warmup_episodes=1, learn_during_evaluation=overlap)
-        RunDir.create(tmp_path / str(overlap), cfg, slots=2)
-        steps: dict[int, int] = {}
+    for overlap, first in ((False, 0), (True, 0), (True, 3)):
+        cfg = tiny_cfg(rounds=4, algo="td3", warmup_episodes=1, learn_during_evaluation=overlap,
+                       steps_before_proposal=first)
+        RunDir.create(tmp_path / f"{overlap}{first}", cfg, slots=2)
+        before: dict[int, int] = {}
+        during: dict[int, int] = {}
 
         class Recording(LocalLink):
             def submit(self, role: str, rnd: int, proposals: list[dict[str, Any]], agent_s: float,
                        while_waiting: Any = None) -> list[dict[str, Any]]:
-                before = agent.model._n_updates
-                assert before == sum(steps.values()) or not overlap  # nothing trained since the last wait
+                start = agent.model._n_updates
+                before[rnd] = start - sum(before.values()) - sum(during.values())  # since the last wait
                 out = super().submit(role, rnd, proposals, agent_s, while_waiting)
-                steps[rnd] = agent.model._n_updates - before
+                during[rnd] = agent.model._n_updates - start
                 return out
 
-        agent = AgentCore("generator", cfg.to_dict(), str(tmp_path / str(overlap)), Recording(budget_use, slots=2),
-                          peer_len=11, slots=2)
+        agent = AgentCore("generator", cfg.to_dict(), str(tmp_path / f"{overlap}{first}"),
+                          Recording(budget_use, slots=2), peer_len=11, slots=2)
         out = agent.run_rounds()
         per_round = agent.space.n_groups * 2
+        assert per_round > 3
         if overlap:
-            assert steps == {0: 0, 1: 0, 2: per_round, 3: per_round}
+            assert before == {0: 0, 1: 0, 2: first, 3: first}
+            assert during == {0: 0, 1: 0, 2: per_round - first, 3: per_round - first}
             assert out["times"]["learn_s"] > 0
-        else:
-            assert set(steps.values()) == {0} and out["times"]["learn_s"] == 0
-        totals[overlap] = agent.model._n_updates
-    assert totals[True] == totals[False] == 3 * agent.space.n_groups * 2
+        else:  # SB3's loop: after rounds 1 and 2, before the next proposals; nothing while waiting
+            assert before == {0: 0, 1: 0, 2: per_round, 3: per_round} and set(during.values()) == {0}
+            assert out["times"]["learn_s"] == 0
+        totals[overlap, first] = agent.model._n_updates
+    assert set(totals.values()) == {3 * agent.space.n_groups * 2}
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "learn_during_evaluation"])
-def test_resumed_agent_replays_logged_rounds_into_its_buffer(tmp_path: Path, overlap: bool) -> None:
-    cfg = tiny_cfg(rounds=4, learn_during_evaluation=overlap)
+@pytest.mark.parametrize("overlap,first", [(False, 0), (True, 0), (True, 2)],
+                         ids=["sequential", "learn_during_evaluation", "split"])
+def test_resumed_agent_replays_logged_rounds_into_its_buffer(tmp_path: Path, overlap: bool, first: int) -> None:
+    cfg = tiny_cfg(rounds=4, learn_during_evaluation=overlap, steps_before_proposal=first)
     run = RunDir.create(tmp_path, cfg)
     link = LocalLink(budget_use)
     first = AgentCore("discriminator", cfg.to_dict(), str(tmp_path), link, peer_len=11)
