@@ -15,7 +15,7 @@ import torch
 from collabprune.config import DataConfig, RunConfig, load_config
 from collabprune.cyclegan_teacher import ImagePool, build_cyclegan_nets
 from collabprune.data import make_dataset
-from collabprune.data.demo import build_demo_dataset, cartoonise, demo_is_built, task_folders
+from collabprune.data.demo import build_demo_dataset, cartoonise, demo_is_built, pencil_sketch, task_folders
 from collabprune.errors import ConfigError
 from collabprune.models import build_discriminator, build_generator, load_state_dict_strict, read_state_dict
 from collabprune.teacher import train_teacher
@@ -71,6 +71,41 @@ def test_cartoonise_flattens_colours_and_draws_edges() -> None:
     assert len(np.unique(out.reshape(-1, 3), axis=0)) <= 8  # a few flat colours
     assert (out[14:18, 30:34] == 0).all(axis=-1).any()  # a black line on the square's top edge
     assert not (out[30:34, 30:34] == 0).all(axis=-1).any()  # none inside it
+    black = (out == 0).all(axis=-1)[8:24, 32]  # down the column through the top edge: a 1 px line at 64 px
+    big = (np.asarray(cartoonise(Image.fromarray(img).resize((128, 128), Image.NEAREST), 128)) == 0).all(axis=-1)
+    assert black.sum() == 1 and big[16:48, 64].sum() == 2  # ... and 2 px at 128 px (lines scale with the crop)
+
+
+def test_pencil_sketch_darkens_the_dark_side_of_edges_only() -> None:
+    import numpy as np
+    from PIL import Image
+
+    img = np.full((64, 64, 3), 200, np.uint8)
+    img[16:48, 16:48] = (30, 90, 160)  # a dark square (luminance 80) on a light ground (200)
+    out = np.asarray(pencil_sketch(Image.fromarray(img), 64)).astype(int)
+    assert out.shape == (64, 64, 3) and (out == out[..., :1]).all()  # 3 equal (grey) channels
+    col = out[8:24, 32, 0]  # down the column through the square's top edge (row 16)
+    assert (col[:8] == 255).all()  # the light side of the edge: white
+    assert 130 < col[8] < 200 and col[8] < col[9] < col[10] < 255  # dark just inside, fading within ~3 sigma
+    assert out[32, 32, 0] == 255 and out[4, 4, 0] == 255  # flat regions, dark or light, are white: not a colour map
+    big = np.asarray(pencil_sketch(Image.fromarray(img).resize((128, 128), Image.NEAREST), 128))[16:48, 64, 0]
+    assert (col < 250).sum() == 3 and (big < 250).sum() == 7  # the stroke widens with the crop (sigma scales)
+    # A colour dodge of g by its local mean: halving the brightness changes nothing; black stays black.
+    half = np.asarray(pencil_sketch(Image.fromarray(img // 2), 64)).astype(int)
+    assert np.abs(half - out).max() <= 1
+    assert np.asarray(pencil_sketch(Image.new("RGB", (32, 32)), 32)).max() == 0
+
+
+def test_sketch_dataset_is_unaligned_with_grey_b(tmp_path: Path) -> None:
+    counts = build_demo_dataset(tmp_path / "d", size=32, crops_per_image=1, seed=0, task="sketch")
+    assert set(counts) == set(task_folders("sketch")) and counts["trainA"] == counts["trainB"] > 0
+    assert demo_is_built(tmp_path / "d", 32, 1, 0, "sketch") and not demo_is_built(tmp_path / "d", 32, 1, 0, "cartoon")
+    meta = json.loads((tmp_path / "d" / "demo_meta.json").read_text())
+    assert meta["layout"] == "unaligned" and meta["boxes"]["trainA"] != meta["boxes"]["trainB"]
+    cfg = DataConfig(root=tmp_path / "d", dataset_mode="unaligned", load_size=32, crop_size=32,
+                     demo={"task": "sketch", "size": 32})
+    item = make_dataset(cfg, "test", train=False)[0]
+    assert torch.equal(item["B"][0], item["B"][1]) and not torch.equal(item["A"][0], item["A"][1])
 
 
 def test_image_pool_follows_upstream() -> None:
@@ -131,7 +166,10 @@ def test_tiny_teacher_trains_resumes_and_loads_strictly(tmp_path: Path, monkeypa
      "allowed: dataset_mode=unaligned, or demo.task=restore, colourise or edges"),
     (["model.family=cyclegan", "data.dataset_mode=unaligned", "data.demo.task=edges"],
      "section 'data': demo.task=edges writes aligned data, but dataset_mode=unaligned; "
-     "allowed: dataset_mode=aligned, or demo.task=cartoon"),
+     "allowed: dataset_mode=aligned, or demo.task=cartoon or sketch"),
+    (["data.demo.task=sketch"],
+     "section 'data': demo.task=sketch writes unaligned data, but dataset_mode=aligned; "
+     "allowed: dataset_mode=unaligned, or demo.task=restore, colourise or edges"),
 ])
 def test_demo_task_must_match_layout(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -148,5 +186,7 @@ def test_unaligned_config_defaults_to_the_unpaired_task() -> None:
 def test_cyclegan_demo_config_is_valid() -> None:
     cfg = load_config(REPO / "configs" / "cyclegan_demo.yaml")
     assert cfg.model.family == "cyclegan" and cfg.data.dataset_mode == "unaligned"
-    assert cfg.data.demo.task == "cartoon" and cfg.teacher.gan_mode == "lsgan"
-    assert 64 <= cfg.data.crop_size <= 96
+    assert cfg.data.demo.task == "sketch" and cfg.teacher.gan_mode == "lsgan"
+    x = torch.zeros(1, cfg.data.input_nc, cfg.data.crop_size, cfg.data.crop_size)
+    assert build_generator(cfg)(x).shape == x.shape  # the generator takes the configured crop
+    assert build_discriminator(cfg)(x).shape[1] == 1  # D_A: B images alone

@@ -270,7 +270,7 @@ def test_demo_other_tasks(tmp_path: Path, task: str) -> None:
 
 def test_demo_unknown_task(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a demo task"):
-        build_demo_dataset(tmp_path / "x", size=64, crops_per_image=1, task="sketch")
+        build_demo_dataset(tmp_path / "x", size=64, crops_per_image=1, task="watercolour")
     assert list(tmp_path.iterdir()) == []
 
 

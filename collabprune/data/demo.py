@@ -15,7 +15,7 @@ The pair is written as one aligned ``A|B`` PNG in ``{split}/``, so the real
 :class:`~collabprune.data.AlignedDataset` reads it. Which task the pix2pix demo uses was chosen by
 measurement (README, "The demo task").
 
-The unpaired task (:data:`UNPAIRED_TASKS`) is written in upstream's unaligned layout, ``{split}A/``
+The unpaired tasks (:data:`UNPAIRED_TASKS`) are written in upstream's unaligned layout, ``{split}A/``
 and ``{split}B/``, for :class:`~collabprune.data.UnalignedDataset` and CycleGAN:
 
 - ``cartoon``: A images are plain photo crops; B images are cartoonised photo crops
@@ -26,6 +26,13 @@ and ``{split}B/``, for :class:`~collabprune.data.UnalignedDataset` and CycleGAN:
   (equal file names in ``{split}A`` and ``{split}B`` mean nothing). The mapping A -> B needs
   spatial context (smoothing, where the lines go) and a nonlinearity (quantisation), not a per-pixel
   colour map.
+- ``sketch``: A images are plain photo crops; B images are pencil sketches of independently drawn
+  photo crops (:func:`pencil_sketch`: the colour dodge of the grey crop with its Gaussian-blurred
+  inverse, ``grey / (1 - blur(1 - grey))`` clipped to [0, 1], sigma :data:`SKETCH_SIGMA` px at 128 px,
+  3 equal channels). Same layout, seeding and blocks as ``cartoon``. Easier to learn than ``cartoon``
+  in a CPU budget (a grey target, no palette to invent), yet not a per-pixel map: a pixel's value is
+  its ratio to the mean of its neighbourhood (about ``3 * sigma`` px), so flat regions turn white
+  whatever their tone and only the dark side of edges is drawn.
 
 Splits never share pixels: every photograph is cut into a 3x3 grid of blocks (:data:`BLOCKS`); the
 centre block is the test region, the top-right block the val region, the other seven the train
@@ -70,8 +77,9 @@ SKLEARN_SOURCES: tuple[str, ...] = ("china.jpg", "flower.jpg")
 
 #: The paired tasks (aligned ``A|B`` files); ``restore`` is the pix2pix demo's.
 PAIRED_TASKS: tuple[str, ...] = ("restore", "colourise", "edges")
-#: The unpaired tasks (unaligned ``{split}A`` / ``{split}B`` folders); ``cartoon`` is the CycleGAN demo's.
-UNPAIRED_TASKS: tuple[str, ...] = ("cartoon",)
+#: The unpaired tasks (unaligned ``{split}A`` / ``{split}B`` folders); ``sketch`` is the CycleGAN demo's
+#: (configs/cyclegan_demo.yaml), ``cartoon`` the harder alternative.
+UNPAIRED_TASKS: tuple[str, ...] = ("cartoon", "sketch")
 #: Every task the builder knows (``data.demo.task``).
 TASKS: tuple[str, ...] = PAIRED_TASKS + UNPAIRED_TASKS
 #: ``restore``: Gaussian blur sigma (pixels at a 128-pixel crop) and noise sd (in [0, 1] units).
@@ -84,6 +92,10 @@ CARTOON_TV_WEIGHT = 0.1
 CARTOON_LEVELS = 5
 CARTOON_EDGE_SIGMA = 1.5
 CARTOON_LINE_WIDTH = 1.0
+#: ``sketch``: sigma of the Gaussian blur of the inverted grey image (pixels at a 128-pixel crop), and the
+#: floor of the colour-dodge denominator (in [0, 1] units; keeps black regions black, not 0/0).
+SKETCH_SIGMA = 3.0
+SKETCH_EPS = 1.0 / 255.0
 
 #: The photograph is cut into a GRID x GRID grid of blocks; the blocks (row, column) of each split.
 GRID = 3
@@ -196,6 +208,32 @@ def cartoonise(photo: Image.Image, size: int) -> Image.Image:
     return Image.fromarray(np.round(flat * 255).astype(np.uint8))
 
 
+def pencil_sketch(photo: Image.Image, size: int) -> Image.Image:
+    """A pencil sketch of a ``size x size`` RGB crop (the B domain of ``sketch``).
+
+    The classic "colour dodge" pencil-sketch recipe (as in GIMP's / Photoshop's Colour Dodge blend
+    mode applied to a grey layer and its blurred inverted copy): ``g`` = the crop's luminance in [0, 1]
+    (ITU-R 601-2 weights 0.299, 0.587, 0.114), ``b`` = Gaussian blur of ``1 - g`` with sigma
+    :data:`SKETCH_SIGMA` px scaled by ``size / 128`` (scipy ``gaussian_filter``, reflected borders), and
+    ``sketch = clip(g / max(1 - b, SKETCH_EPS), 0, 1)``. Since ``1 - b`` is the local mean of ``g``, a
+    pixel is white where it is at least as bright as its neighbourhood and dark in proportion to how much
+    darker it is (outlines and shading along edges, flat regions white): the output at a pixel depends
+    on a neighbourhood of about ``3 * sigma`` px, not on the pixel alone. Returned as 3 equal channels.
+    Deterministic.
+
+    :param photo: the crop, RGB.
+    :param size: its side, pixels (scales the blur).
+    :returns: the sketch, RGB (3 equal channels), same size.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float64) / 255.0
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    blur = gaussian_filter(1.0 - grey, sigma=SKETCH_SIGMA * size / 128, mode="reflect")
+    sketch = np.clip(grey / np.maximum(1.0 - blur, SKETCH_EPS), 0.0, 1.0)
+    return Image.fromarray(np.round(sketch * 255).astype(np.uint8)).convert("RGB")
+
+
 _INPUTS = {"colourise": _grey, "restore": _degrade, "edges": _edges}
 _DESCRIPTIONS = {
     "colourise": "A = grey (luminance) copy of B, B = photo crop; aligned A|B PNG",
@@ -206,6 +244,9 @@ _DESCRIPTIONS = {
     f"{CARTOON_TV_WEIGHT:g}, {CARTOON_LEVELS} levels per channel, black Canny edges {CARTOON_LINE_WIDTH:g} px "
     "wide per 64 px); unpaired, "
     "{split}A / {split}B folders",
+    "sketch": f"A = photo crop, B = an independently drawn photo crop as a pencil sketch (grey / (1 - Gaussian "
+    f"blur of the inverted grey, sigma {SKETCH_SIGMA:g} px at 128 px), clipped to [0, 1], 3 equal channels); "
+    "unpaired, {split}A / {split}B folders",
 }
 
 
@@ -285,6 +326,8 @@ def _params(size: int, crops_per_image: int, seed: int, task: str) -> dict[str, 
     if task == "cartoon":
         params["cartoon"] = {"tv_weight": CARTOON_TV_WEIGHT, "levels": CARTOON_LEVELS, "edge_sigma": CARTOON_EDGE_SIGMA,
                              "line_width": CARTOON_LINE_WIDTH}
+    if task == "sketch":
+        params["sketch"] = {"sigma": SKETCH_SIGMA, "eps": SKETCH_EPS}
     return params
 
 
@@ -352,8 +395,10 @@ def _write_paired(tmp: Path, photos: dict[str, Image.Image], size: int, crops_pe
 
 def _write_unpaired(tmp: Path, photos: dict[str, Image.Image], size: int, crops_per_image: int, seed: int,
                     task: str, counts: dict[str, int], boxes: dict[str, list[list]]) -> None:
-    """Write the ``cartoon`` images into ``tmp/{split}A`` (photo crops) and ``tmp/{split}B``
-    (cartoonised crops of independently drawn boxes); fill ``counts`` and ``boxes`` per folder."""
+    """Write an unpaired task's images into ``tmp/{split}A`` (photo crops) and ``tmp/{split}B``
+    (crops of independently drawn boxes, cartoonised for ``cartoon``, pencil-sketched for ``sketch``);
+    fill ``counts`` and ``boxes`` per folder."""
+    make_b = _B_IMAGES[task]
     for split in SPLITS:
         for domain in "AB":
             folder = f"{split}{domain}"
@@ -362,10 +407,14 @@ def _write_unpaired(tmp: Path, photos: dict[str, Image.Image], size: int, crops_
             for stem, photo in photos.items():
                 crops = _crops(photo, stem, split, split_crops(split, crops_per_image), size, seed, stream=domain)
                 for k, (crop, box) in enumerate(crops):
-                    image = crop if domain == "A" else cartoonise(crop, size)
+                    image = crop if domain == "A" else make_b(crop, size)
                     image.save(tmp / folder / f"{stem}_{k:03d}.png", format="PNG")
                     boxes[folder].append([stem, *box])
                     counts[folder] += 1
+
+
+#: The B-image function of each unpaired task (A images are the plain crops).
+_B_IMAGES = {"cartoon": cartoonise, "sketch": pencil_sketch}
 
 
 def _write(tmp: Path, size: int, crops_per_image: int, seed: int, task: str) -> dict:
