@@ -34,7 +34,8 @@ fractions, and the paired per-seed differences in test L1 against uniform and ag
 bootstrap 95% intervals (10 000 resamples of the per-seed differences) and the count of seeds won.
 Per-evaluation logs of every search are kept in ``benchmarks/results/quality_logs/`` and the best-so-far
 search reward against evaluations is plotted (mean and band over seeds) to
-``benchmarks/results/quality_curves_<budget>.png``. Everything is cached under ``--work``: re-running
+``benchmarks/results/quality_curves_<budget>.png`` (``--tag T``: ``quality_logs_T/`` and
+``quality_curves_<budget>_T.png``, for runs under another config). Everything is cached under ``--work``: re-running
 the same command continues where a killed one stopped.
 
     python -m benchmarks.quality [CONFIG] [--set k=v] [--budgets 0.25,0.1] [--seeds 0,1,2,3,4]
@@ -91,6 +92,16 @@ AGENT_SEARCHES = {
 LOGS_DIR = RESULTS_DIR / "quality_logs"
 
 
+def logs_dir(tag: str) -> Path:
+    """Folder of the per-evaluation logs: ``quality_logs`` (``quality_logs_<tag>`` with ``--tag``)."""
+    return LOGS_DIR.with_name(f"{LOGS_DIR.name}_{tag}") if tag else LOGS_DIR
+
+
+def curves_path(budget: float, tag: str) -> Path:
+    """The curves PNG of a budget: ``quality_curves_<budget>[_<tag>].png`` in ``benchmarks/results``."""
+    return RESULTS_DIR / f"quality_curves_{budget:g}{'_' + tag if tag else ''}.png"
+
+
 def parse_args() -> Any:
     parser = base_parser("quality", __doc__.split("\n")[0])
     parser.add_argument("--budgets", default="0.25,0.1", help="generator MACs budgets (default 0.25,0.1)")
@@ -100,6 +111,8 @@ def parse_args() -> Any:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--tp-steps", type=int, default=200, help="torch-pruning iterative steps of global_l1")
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "quality_work", help="cache of runs and finalists")
+    parser.add_argument("--tag", default="", help="suffix of the curves PNGs and the per-evaluation logs folder, "
+                        "for runs under another config or settings (pair it with its own --work and --out)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, seed 0, first budget, 1 final seed")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate only the (method, seed) runs whose finalist is cached; search nothing")
@@ -256,8 +269,9 @@ def export_log(run_dir: Path, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- finalists
-def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_steps: int) -> dict[str, Any]:
-    """The finalist of one method for one (budget, seed); cached in ``work/finalist_<method>.json``."""
+def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_steps: int, tag: str = "") -> dict[str, Any]:
+    """The finalist of one method for one (budget, seed); cached in ``work/finalist_<method>.json``;
+    a search's per-evaluation log is copied to :func:`logs_dir` (``tag``)."""
     path = work / f"finalist_{method}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -272,8 +286,8 @@ def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_step
     else:
         run_dir = work / f"search_{method}"
         entry = local_search(method, cfg, run_dir) if method in LOCAL_SEARCHES else agent_search(cfg, run_dir)
-        LOGS_DIR.mkdir(parents=True, exist_ok=True)
-        export_log(run_dir, LOGS_DIR / f"budget_{budget:g}_{method}_seed{cfg.search.seed}.jsonl")
+        logs_dir(tag).mkdir(parents=True, exist_ok=True)
+        export_log(run_dir, logs_dir(tag) / f"budget_{budget:g}_{method}_seed{cfg.search.seed}.jsonl")
     entry["find_s"] = time.time() - t0
     atomic_write_json(path, entry)
     return entry
@@ -319,8 +333,9 @@ def paired(per_seed: dict[int, dict[str, float]], method: str, reference: str,
             "diffs": diffs}
 
 
-def plot_curves(budget: float, methods: Sequence[str], seeds: Sequence[int], path: Path) -> Path | None:
-    """Best-so-far search reward against evaluations, mean and min-max band over seeds, one line per method."""
+def plot_curves(budget: float, methods: Sequence[str], seeds: Sequence[int], path: Path, tag: str = "") -> Path | None:
+    """Best-so-far search reward against evaluations, mean and min-max band over seeds, one line per method
+    (from the logs in :func:`logs_dir` of ``tag``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -333,7 +348,7 @@ def plot_curves(budget: float, methods: Sequence[str], seeds: Sequence[int], pat
     for method in methods:
         curves = []
         for s in seeds:
-            log = LOGS_DIR / f"budget_{budget:g}_{method}_seed{s}.jsonl"
+            log = logs_dir(tag) / f"budget_{budget:g}_{method}_seed{s}.jsonl"
             if not log.is_file():
                 continue
             rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
@@ -405,7 +420,7 @@ def main() -> None:
                     print(f"[quality] budget {budget:g} seed {seed}: {method} not cached, left out", flush=True)
                     continue
                 print(f"[quality] budget {budget:g} seed {seed}: {method}", flush=True)
-                finalist = find_finalist(method, make_cfg, budget, work, args.tp_steps)
+                finalist = find_finalist(method, make_cfg, budget, work, args.tp_steps, args.tag)
                 if held is None:
                     held = HeldoutEvaluator(make_cfg([]), args.work / f"budget_{budget:g}" / "heldout_cache")
                     if not teacher:
@@ -440,7 +455,7 @@ def main() -> None:
             summary.append(row)
         comparisons[str(budget)] = {"per_seed": per_seed,
                                     "curves": str(plot_curves(budget, [m for m in methods if m in AGENT_SEARCHES or m in LOCAL_SEARCHES],
-                                                              seeds, RESULTS_DIR / f"quality_curves_{budget:g}.png"))}
+                                                              seeds, curves_path(budget, args.tag), args.tag))}
 
     table = Table(title=f"Quality at equal G MACs: test split after {base.finetune.final_steps} final fine-tuning steps "
                         f"x {final_n} seeds (mean ± std over search seeds {seeds}); paired test-{primary} improvement "

@@ -27,6 +27,7 @@ from collabprune.models import build_discriminator, build_generator, load_subnet
 from collabprune.summary import summarise_run
 from collabprune.teacher_checkpoints import WARMUP_DIR, load_teacher, teacher_files
 from ray_head import RayHead
+from tiny import short_eval_net
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 2
@@ -123,7 +124,8 @@ def test_released_generator_loads_strict_and_d_is_warmed_up_once(cyclegan_setup:
     assert teacher_files(mine) == type(files)(g=own / "latest_net_G_A.pth", d=own / "latest_net_D_A.pth")
 
 
-def test_tiny_unpaired_search_runs_end_to_end(cyclegan_setup: Path, tmp_path: Path, ray_head: RayHead) -> None:
+def test_tiny_unpaired_search_runs_end_to_end(cyclegan_setup: Path, tmp_path: Path, ray_head: RayHead,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """search (CLI, the session's Ray head) -> held-out summary on fd_eval -> export."""
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -140,6 +142,7 @@ def test_tiny_unpaired_search_runs_end_to_end(cyclegan_setup: Path, tmp_path: Pa
     assert all(not r["diverged"] and r["reward"] is not None and r["metrics"]["fd_teacher_d"] is not None
                and r["metrics"]["l_kde"] is not None for r in searched)
 
+    short_eval_net(monkeypatch)
     held = summarise_run(load_config(cyclegan_setup, ["finetune.final_steps=2", "finetune.final_seeds=1"]), run_dir)
     assert held.verdict.metric == "fd_eval"  # unpaired: no L1 to a ground truth
     assert all(r.l1 is None and r.fd_eval is not None for r in held.uniform + held.best)

@@ -29,6 +29,7 @@ from collabprune.pruning.space import ChannelSpace
 from collabprune.runs import candidate_dir
 from collabprune.summary import FINAL_DIR, FINAL_UNIFORM_DIR, HELDOUT_DIR, summarise_run
 from ray_head import RayHead, session_pids
+from tiny import short_eval_net
 
 ROUNDS = 5
 KILL_AFTER = 3  # search rounds in the log when the search is killed
@@ -91,8 +92,8 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, tmp_path: Path,
-                                                             ray_head: RayHead) -> None:
+def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, tmp_path: Path, ray_head: RayHead,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
     log = run_dir / "evaluations.jsonl"
     proc = _cli(str(tiny_setup), "--out", str(run_dir), "--address", ray_head.gcs_address)
@@ -169,6 +170,7 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, t
 
     # the demo's held-out summary of the finished run: uniform and best get the same final fine-tuning
     # under each final seed, are measured on the test split, and the first seed's pairs are kept
+    short_eval_net(monkeypatch)
     held = summarise_run(load_config(tiny_setup, ["finetune.final_steps=2"]), run_dir)
     assert len(held.uniform) == len(held.best) == 2 and held.teacher.steps == 0
     assert held.verdict.best_is_uniform == (best["round"] == -1)

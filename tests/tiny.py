@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import pytest
+
+from collabprune import heldout
 from collabprune.config import RunConfig, load_config
 from collabprune.data.demo import build_demo_dataset
+from collabprune.metrics import eval_net
 from collabprune.teacher import teacher_files_exist, train_teacher
 
 TINY_OVERRIDES = [
@@ -30,3 +35,11 @@ def tiny_config(root: Path, extra: list[str] | None = None) -> RunConfig:
     if not teacher_files_exist(cfg):
         train_teacher(cfg, progress=False)
     return cfg
+
+
+def short_eval_net(monkeypatch: pytest.MonkeyPatch, steps: int = 40) -> None:
+    """Make the held-out evaluator train its evaluation network for ``steps`` steps instead of 400 (the
+    real network, training and cache, only shorter). For end-to-end tests of the summary's plumbing;
+    tests/test_heldout_metrics.py checks the network itself."""
+    monkeypatch.setattr(heldout, "load_or_train_eval_net",
+                        functools.partial(eval_net.load_or_train_eval_net, steps=steps))
