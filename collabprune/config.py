@@ -28,10 +28,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: The demo dataset's paired tasks (aligned ``A|B`` files, ``collabprune.data.demo``).
+PAIRED_TASKS: tuple[str, ...] = ("restore", "colourise", "edges")
+#: Its unpaired tasks (unaligned ``{split}A`` / ``{split}B`` folders).
+UNPAIRED_TASKS: tuple[str, ...] = ("cartoon", "sketch")
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """``("a", "b", "c")`` -> ``"a, b or c"``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
 class DemoDataConfig(_Section):
     """How ``collabprune data demo`` builds the demo dataset (``collabprune.data.demo``)."""
 
-    task: Literal["restore", "colourise", "edges", "cartoon", "sketch"] = Field(
+    task: Literal[PAIRED_TASKS + UNPAIRED_TASKS] = Field(  # type: ignore[valid-type]
         "restore", description="paired (aligned layout): blurred+noisy -> clean, grey -> colour, or edges -> photo; "
         "unpaired (unaligned layout): cartoon or sketch, photo crops -> independently drawn cartoonised or "
         "pencil-sketched crops. Left out, "
@@ -77,9 +88,9 @@ class DataConfig(_Section):
     def _demo_task_fits_layout(self) -> "DataConfig":
         """The demo task writes the layout ``dataset_mode`` reads: cartoon and sketch unaligned, the others
         aligned."""
-        need = "unaligned" if self.demo.task in ("cartoon", "sketch") else "aligned"
+        need = "unaligned" if self.demo.task in UNPAIRED_TASKS else "aligned"
         if self.dataset_mode != need:
-            other = "cartoon or sketch" if need == "aligned" else "restore, colourise or edges"
+            other = _one_of(UNPAIRED_TASKS if need == "aligned" else PAIRED_TASKS)
             raise ValueError(f"demo.task={self.demo.task} writes {need} data, but dataset_mode={self.dataset_mode}; "
                              f"allowed: dataset_mode={need}, or demo.task={other}")
         return self

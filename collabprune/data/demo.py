@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from collabprune.config import PAIRED_TASKS, UNPAIRED_TASKS
 from collabprune.errors import DatasetError
 
 #: Source photographs (file names in ``skimage/data``): the colour photographs that load without a
@@ -75,11 +76,9 @@ SOURCES: tuple[str, ...] = (
 #: scikit-learn's sample photographs (``sklearn/datasets/images``), used when scikit-learn is installed.
 SKLEARN_SOURCES: tuple[str, ...] = ("china.jpg", "flower.jpg")
 
-#: The paired tasks (aligned ``A|B`` files); ``restore`` is the pix2pix demo's.
-PAIRED_TASKS: tuple[str, ...] = ("restore", "colourise", "edges")
-#: The unpaired tasks (unaligned ``{split}A`` / ``{split}B`` folders); ``sketch`` is the CycleGAN demo's
-#: (configs/cyclegan_demo.yaml), ``cartoon`` the harder alternative.
-UNPAIRED_TASKS: tuple[str, ...] = ("cartoon", "sketch")
+# PAIRED_TASKS (aligned ``A|B`` files; ``restore`` is the pix2pix demo's) and UNPAIRED_TASKS (unaligned
+# ``{split}A`` / ``{split}B`` folders; ``sketch`` is the CycleGAN demo's, ``cartoon`` the harder
+# alternative) are the config's vocabulary (``data.demo.task``), imported above.
 #: Every task the builder knows (``data.demo.task``).
 TASKS: tuple[str, ...] = PAIRED_TASKS + UNPAIRED_TASKS
 #: ``restore``: Gaussian blur sigma (pixels at a 128-pixel crop) and noise sd (in [0, 1] units).
