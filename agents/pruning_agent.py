@@ -254,8 +254,9 @@ class AgentCore:
         assert isinstance(self.model, EpisodeCreditMixin)  # on the critical path: counted in agent_s
         self.model.train_round(self.vec_env.round, self.slots, part="before")
 
-    def learn_while_waiting(self, round_index: int) -> None:
-        """Round ``round_index`` is being evaluated: train on rounds ``0..round_index-1`` meanwhile.
+    def learn_while_waiting(self, round_index: int, part: str = "during") -> None:
+        """Round ``round_index`` is being evaluated: train on rounds ``0..round_index-1`` meanwhile
+        (``part="all"`` after the last round, when nothing was taken before proposing).
 
         The random streams were seeded for this round at the rollout's start (:class:`SearchCallback`),
         so a replayed round trains exactly as the original did. Time spent here is the agent's
@@ -263,7 +264,7 @@ class AgentCore:
         """
         t0 = time.time()
         assert isinstance(self.model, EpisodeCreditMixin)
-        self.model.train_round(round_index, self.slots, part="during")
+        self.model.train_round(round_index, self.slots, part=part)
         self.times["learn_s"] += time.time() - t0
 
     def record_round(self, logger: Logger) -> None:
@@ -324,9 +325,7 @@ class AgentCore:
             )
             if self.learns_during_evaluation:  # the last round's gradient steps are still pending
                 self.model.set_random_seed(self._seed(self.vec_env.round))
-                t0 = time.time()
-                self.model.train_round(self.vec_env.round, self.slots, part="all")
-                self.times["learn_s"] += time.time() - t0
+                self.learn_while_waiting(self.vec_env.round, part="all")
         if self.vec_env.round != self._last_saved:
             self.save_checkpoint()
         return {

@@ -286,8 +286,9 @@ def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_step
     else:
         run_dir = work / f"search_{method}"
         entry = local_search(method, cfg, run_dir) if method in LOCAL_SEARCHES else agent_search(cfg, run_dir)
-        logs_dir(tag).mkdir(parents=True, exist_ok=True)
-        export_log(run_dir, logs_dir(tag) / f"budget_{budget:g}_{method}_seed{cfg.search.seed}.jsonl")
+        logs = logs_dir(tag)
+        logs.mkdir(parents=True, exist_ok=True)
+        export_log(run_dir, logs / f"budget_{budget:g}_{method}_seed{cfg.search.seed}.jsonl")
     entry["find_s"] = time.time() - t0
     atomic_write_json(path, entry)
     return entry
