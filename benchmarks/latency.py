@@ -10,14 +10,24 @@ forward latency (:func:`collabprune.metrics.latency.measure_latency`, median of 
 batch 1 and 8, on the CPU and, when present, on CUDA. The table shows the speed-up over the teacher, the MACs
 reduction, and their ratio (1.0 = latency falls exactly as MACs do).
 
+``--int8`` adds the int8 rows (:mod:`collabprune.quantize`, onnxruntime static quantization): for each
+``--model``, its uniform candidate at ``--int8-budget`` is exported to ONNX and quantized, calibrated on
+random inputs (random weights: latency only), and timed in PyTorch fp32, onnxruntime fp32 and
+onnxruntime int8 at each batch size; with ``--int8-run RUN_DIR`` (a finished run, e.g. ``runs/demo``
+after the demo) the run's exported student is quantized as ``collabprune export --int8`` does it,
+calibrated on training images, and its held-out metrics in fp32 and int8 are reported beside its latency.
+Each int8 row says how many ops onnxruntime runs in integers and which stay fp32.
+
     python -m benchmarks.latency [CONFIG] [--set k=v] [--model config,unet_256,resnet_9blocks]
                                  [--budgets 0.75,0.5,0.25,0.125] [--batches 1,8] [--repeats 10]
+                                 [--int8 [--int8-budget 0.25] [--int8-run RUN_DIR]]
                                  [--out benchmarks/results/latency.json]
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +47,10 @@ from collabprune.errors import BudgetError
 from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import build_generator, generator_kwargs
+from collabprune.onnx_export import ONNX_FILE, ort_latency_ms, write_onnx
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.space import ChannelSpace
+from collabprune.quantize import INT8_FILE, cpu_session, quantize_generator, runtime_precision
 
 #: ``--model unet_256``: pix2pix's full-size generator (upstream defaults, GPU rounding of 8).
 UNET_256 = [
@@ -68,6 +80,10 @@ def parse_args() -> Any:
     parser.add_argument("--warmup", type=int, default=3, help="untimed forwards first")
     parser.add_argument("--devices", default=None, help="comma list (default: cpu, plus cuda when present)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up, budgets 0.5")
+    parser.add_argument("--int8", action="store_true", help="add the int8 rows (onnxruntime static quantization)")
+    parser.add_argument("--int8-budget", type=float, default=0.25, help="budget of the --model int8 rows (default 0.25)")
+    parser.add_argument("--int8-run", type=Path, default=None, metavar="RUN_DIR",
+                        help="a finished run whose exported student gets an int8 row with held-out metrics")
     return parser.parse_args()
 
 
@@ -97,6 +113,84 @@ def pruned_generators(cfg: RunConfig, budgets: list[float]) -> list[dict[str, An
                                 generator_kwargs(cfg, inplace=False))
         out.append({"budget": budget, "ratio": ratio, "net": net.eval(), "kept": spec.kept})
     return out
+
+
+def _ort_ms(session: Any, shape: tuple[int, ...], args: Any) -> float:
+    x = (torch.rand(shape) * 2 - 1).numpy()
+    return ort_latency_ms(session, x, warmup=args.warmup, repeats=args.repeats)
+
+
+def _int8_timings(net: torch.nn.Module, fp32: Path, int8: Path, channels: int, size: int, batches: list[int],
+                  args: Any) -> dict[str, dict[str, float]]:
+    """Per batch size: PyTorch fp32, onnxruntime fp32 and onnxruntime int8 latency, ms (medians)."""
+    sessions = {"ort_fp32_ms": cpu_session(fp32), "ort_int8_ms": cpu_session(int8)}
+    out = {}
+    for batch in batches:
+        shape = (batch, channels, size, size)
+        row = {"torch_fp32_ms": 1e3 * measure_latency(net, shape, "cpu", args.warmup, args.repeats)["median_s"]}
+        row.update({k: _ort_ms(s, shape, args) for k, s in sessions.items()})
+        out[str(batch)] = row
+    return out
+
+
+def int8_rows(args: Any, batches: list[int]) -> list[dict[str, Any]]:
+    """The int8 rows (see the module docstring): one per ``--model`` entry, plus ``--int8-run``'s student."""
+    rows: list[dict[str, Any]] = []
+    for which in parse_list(args.model, str):
+        cfg = model_config(args, which)
+        cands = pruned_generators(cfg, [args.int8_budget])
+        if len(cands) < 2:
+            continue
+        net, size, c = cands[1]["net"], cfg.data.crop_size, cfg.data.input_nc
+        print(f"[latency] int8: {cfg.model.net_g}/{cfg.model.ngf}@{size} at budget {args.int8_budget:g}")
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32, int8 = Path(tmp) / "g.onnx", Path(tmp) / "g.int8.onnx"
+            write_onnx(net, torch.zeros(1, c, size, size), fp32)
+            gen = torch.Generator().manual_seed(0)
+            calib = [(torch.rand(8, c, size, size, generator=gen) * 2 - 1).numpy() for _ in range(2)]
+            quantize_generator(fp32, int8, calib)
+            int8_ops, fp32_ops = runtime_precision(int8)
+            rows.append({"model": which, "name": f"{cfg.model.net_g}/{cfg.model.ngf}@{size}", "budget": args.int8_budget,
+                         "weights": "random (latency only)", "calibration": "16 random inputs",
+                         "int8_ops": int8_ops, "fp32_ops": fp32_ops, "heldout_fp32": None, "heldout_int8": None,
+                         "latency": _int8_timings(net, fp32, int8, c, size, batches, args)})
+    if args.int8_run is not None:
+        from collabprune.export import export_best
+        from collabprune.models import load_subnet
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = export_best(args.int8_run, tmp, int8=True)
+            cfg = load_cfg(Path(args.int8_run) / "config.yaml", [])
+            net, _ = load_subnet(tmp)
+            q = info["int8"]
+            rows.append({"model": str(args.int8_run), "name": f"{cfg.model.net_g}/{cfg.model.ngf}@{cfg.data.crop_size} "
+                         f"(searched)", "budget": info["generator"]["macs_fraction"], "weights": info["weights"],
+                         "calibration": f"{q['calibration_images']} training images", "int8_ops": q["int8_ops"],
+                         "fp32_ops": q["fp32_ops"], "heldout_fp32": q["heldout_fp32"], "heldout_int8": q["heldout_int8"],
+                         "latency": _int8_timings(net, Path(tmp) / ONNX_FILE, Path(tmp) / INT8_FILE, cfg.data.input_nc,
+                                                  cfg.data.crop_size, batches, args)})
+    return rows
+
+
+def int8_table(rows: list[dict[str, Any]]) -> Table:
+    """The int8 rows as a table: latency per batch, held-out metrics fp32 -> int8, ops in int8 / fp32."""
+    table = Table(title="int8 students (onnxruntime static quantization, CPU): latency (ms, median) and held-out metrics")
+    for col in ("model", "budget", "batch", "torch fp32", "ort fp32", "ort int8", "int8 speed-up", "test L1 fp32 -> int8",
+                "fd_eval fp32 -> int8", "ops int8 | fp32"):
+        table.add_column(col, justify="left" if col in ("model", "ops int8 | fp32") else "right")
+
+    def pair(r: dict[str, Any], metric: str) -> str:
+        a, b = (r["heldout_fp32"] or {}).get(metric), (r["heldout_int8"] or {}).get(metric)
+        return f"{fmt(a)} -> {fmt(b)}" if a is not None and b is not None else "-"
+
+    for r in rows:
+        ops = ", ".join(f"{k} {v}" for k, v in r["int8_ops"].items()) + " | " + ", ".join(
+            f"{k} {v}" for k, v in r["fp32_ops"].items())
+        for batch, t in r["latency"].items():
+            table.add_row(r["name"], fmt(r["budget"], 3), batch, fmt(t["torch_fp32_ms"]), fmt(t["ort_fp32_ms"]),
+                          fmt(t["ort_int8_ms"]), fmt(t["ort_fp32_ms"] / t["ort_int8_ms"], 3), pair(r, "l1"),
+                          pair(r, "fd_eval"), ops)
+    return table
 
 
 def main() -> None:
@@ -149,6 +243,9 @@ def main() -> None:
                       fmt(r["latency_ms"]), fmt(r["speedup"], 3), fmt(r["macs_reduction"], 3),
                       fmt(r["speedup_per_macs_reduction"], 3))
     print_table(table)
+    q_rows = int8_rows(args, batches) if args.int8 else []
+    if q_rows:
+        print_table(int8_table(q_rows))
     write_results(args.out, {
         "benchmark": "latency",
         "config": args.config,
@@ -162,6 +259,7 @@ def main() -> None:
             "speed-up and MACs reduction are relative to the unpruned teacher of the same model",
         ],
         "rows": rows,
+        "int8_rows": q_rows,
         "wall_s": time.time() - t_start,
     })
     print(f"wrote {args.out}")

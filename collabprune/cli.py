@@ -98,9 +98,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``collabprune export RUN_DIR --out DIR [--onnx]``: the best pair as a loadable sub-network."""
     from collabprune.export import export_best
 
-    info = export_best(args.run_dir, args.out, onnx=args.onnx)
+    if args.calibration_images < 1:
+        raise ConfigError(f"export: --calibration-images must be >= 1, got {args.calibration_images}")
+    info = export_best(args.run_dir, args.out, onnx=args.onnx, int8=args.int8, calibration_images=args.calibration_images)
     print(f"exported to {args.out}: G {info['generator']['macs'] / 1e9:.3f} GMACs, "
           f"{info['generator']['params'] / 1e6:.2f} M params")
+    if args.int8:
+        from collabprune.quantize import Int8Export
+
+        print(Int8Export(**info["int8"]).summary())
     return 0
 
 
@@ -235,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--onnx", action="store_true", help="also write generator.onnx")
+    p.add_argument("--int8", action="store_true", help="also write generator.int8.onnx (onnxruntime static "
+                   "quantization; implies --onnx) with its held-out metrics and latency beside fp32")
+    p.add_argument("--calibration-images", type=int, default=64, metavar="N",
+                   help="training images that calibrate the int8 activation ranges (default 64)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", parents=[common], help="the agents' policies per prunable group, and search plots")

@@ -47,14 +47,19 @@ def _network_entry(spec: SubnetSpec, net: torch.nn.Module, shape: tuple[int, ...
     }
 
 
-def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dict[str, Any]:
+def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False, int8: bool = False,
+                calibration_images: int = 64) -> dict[str, Any]:
     """Export the best pair of ``run_dir`` to ``out``.
 
     :param run_dir: a run directory with a ``best.json`` and the best round's saved candidate.
     :param out: export folder (created; existing export files are replaced atomically).
     :param onnx: also write ``generator.onnx`` (needs the ``onnx`` extra).
+    :param int8: also write ``generator.int8.onnx`` (implies ``onnx``) and record its held-out metrics
+        and latency beside the fp32 student's (:func:`collabprune.quantize.export_int8`).
+    :param calibration_images: training images the int8 activation ranges are calibrated on.
     :returns: the content of ``subnet.json``.
     :raises RunDirError: no best pair yet, or its saved weights are missing.
+    :raises OnnxExportError: the ONNX export or the quantization fails, or the ``onnx`` extra is missing.
     """
     run_dir, out = Path(run_dir), Path(out)
     cfg = resume_config(run_dir)
@@ -85,10 +90,15 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False) -> dic
         with atomic_path(out / weights) as tmp:
             shutil.copyfile(folder / weights, tmp)
     atomic_write_json(out / SUBNET_FILE, info)
-    if onnx:
+    if onnx or int8:
         from collabprune.onnx_export import export_onnx
 
         info["onnx"] = export_onnx(out, cfg)
+        atomic_write_json(out / SUBNET_FILE, info)
+    if int8:
+        from collabprune.quantize import export_int8
+
+        info["int8"] = export_int8(out, cfg, run_dir, calibration_images).to_dict()
         atomic_write_json(out / SUBNET_FILE, info)
     return info
 

@@ -32,7 +32,7 @@ TOLERANCE = 1e-4
 _HINT = "install the onnx extra: pip install collabprune[onnx]"
 
 
-def _require_onnx() -> tuple[Any, Any]:
+def require_onnx() -> tuple[Any, Any]:
     """Import ``onnx`` and ``onnxruntime``.
 
     :raises OnnxExportError: either is not installed.
@@ -45,8 +45,14 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def _export(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Write ``net`` as ONNX to ``path`` (legacy exporter, dynamic batch axis)."""
+def write_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Write ``net`` as ONNX to ``path`` (legacy exporter, opset :data:`OPSET`, input ``input`` and
+    output ``output`` with a dynamic batch axis); no check, no rename (:func:`export_onnx` does both).
+
+    :param net: a generator in eval mode.
+    :param example: an input (B, C_in, H, W) that fixes C, H and W.
+    :param path: the file to write.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
@@ -62,8 +68,14 @@ def _export(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         )
 
 
-def _ort_latency_ms(session: Any, x: np.ndarray, warmup: int = 3, repeats: int = 20) -> float:
-    """Median wall-clock time of one onnxruntime run, milliseconds."""
+def ort_latency_ms(session: Any, x: np.ndarray, warmup: int = 3, repeats: int = 20) -> float:
+    """Median wall-clock time of one onnxruntime run of ``x`` (B, C, H, W), milliseconds.
+
+    :param session: an ``onnxruntime.InferenceSession`` with one input.
+    :param x: the input batch, float32.
+    :param warmup: untimed runs first.
+    :param repeats: timed runs.
+    """
     feed = {session.get_inputs()[0].name: x}
     for _ in range(warmup):
         session.run(None, feed)
@@ -88,7 +100,7 @@ def export_onnx(out: Path, cfg: RunConfig) -> dict[str, Any]:
         output differs from PyTorch's by more than :data:`TOLERANCE` (no file is left behind).
     :raises CheckpointError: the export folder is missing files or its weights do not fit.
     """
-    onnx, ort = _require_onnx()
+    onnx, ort = require_onnx()
     out = Path(out)
     generator, _ = load_subnet(out)
     generator.eval()
@@ -99,7 +111,7 @@ def export_onnx(out: Path, cfg: RunConfig) -> dict[str, Any]:
     target = out / ONNX_FILE
     with atomic_path(target) as tmp:
         try:
-            _export(generator, example, tmp)
+            write_onnx(generator, example, tmp)
             onnx.checker.check_model(str(tmp))
         except Exception as err:  # the exporter raises many types
             raise OnnxExportError(f"{target}: ONNX export failed ({type(err).__name__}: {err})".split("\n")[0]) from None
@@ -118,7 +130,7 @@ def export_onnx(out: Path, cfg: RunConfig) -> dict[str, Any]:
             raise OnnxExportError(
                 f"{target}: onnxruntime and PyTorch outputs differ by {diff:.2e} (tolerance {TOLERANCE:.0e})"
             )
-        ort_ms = _ort_latency_ms(session, example.numpy())
+        ort_ms = ort_latency_ms(session, example.numpy())
     torch_ms = 1e3 * measure_latency(generator, shape, "cpu", warmup=3, repeats=20)["median_s"]
     return {
         "file": ONNX_FILE,
@@ -132,4 +144,4 @@ def export_onnx(out: Path, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["ONNX_FILE", "OPSET", "TOLERANCE", "export_onnx"]
+__all__ = ["ONNX_FILE", "OPSET", "TOLERANCE", "export_onnx", "ort_latency_ms", "require_onnx", "write_onnx"]

@@ -132,6 +132,17 @@ def _cached(held: HeldoutEvaluator, folder: Path, name: str, g: list[float], d: 
     return result
 
 
+def heldout_evaluator(cfg: RunConfig, run_dir: Path) -> HeldoutEvaluator:
+    """The held-out evaluator of a run: its caches in ``RUN_DIR/heldout/cache`` (evaluation network,
+    FID statistics), its candidates built on the search's evaluator cache in ``RUN_DIR`` (teacher
+    evaluation, FID statistics, a warmed-up teacher D).
+
+    :raises CheckpointError: missing or mismatched teacher checkpoints.
+    :raises DatasetError: missing test or train split.
+    """
+    return HeldoutEvaluator(cfg, Path(run_dir) / HELDOUT_DIR / "cache", candidates=CandidateEvaluator(cfg, run_dir))
+
+
 def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> RunSummary:
     """Held-out metrics of teacher, uniform and best found of a finished run (cached; see module docstring).
 
@@ -149,8 +160,7 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
     if best is None or uniform is None:
         raise RunDirError(f"{run_dir}: no best pair yet (the search has not evaluated the uniform candidate)")
     folder = run_dir / HELDOUT_DIR
-    # the search's evaluator cache (teacher evaluation, FID statistics, a warmed-up teacher D) is reused
-    held = HeldoutEvaluator(cfg, folder / "cache", candidates=CandidateEvaluator(cfg, run_dir))
+    held = heldout_evaluator(cfg, run_dir)
     seeds = final_seeds(cfg)
     best_is_uniform = best.round == UNIFORM_ROUND
     teacher = held.teacher()
@@ -196,4 +206,5 @@ def write_samples(held: HeldoutEvaluator, run_dir: Path, path: Path, best_is_uni
     return plot_sample_grid(columns, path)
 
 
-__all__ = ["FINAL_DIR", "HELDOUT_DIR", "HELDOUT_METRICS", "RunSummary", "Verdict", "final_seeds", "summarise_run"]
+__all__ = ["FINAL_DIR", "HELDOUT_DIR", "HELDOUT_METRICS", "RunSummary", "Verdict", "final_seeds", "heldout_evaluator",
+           "summarise_run"]

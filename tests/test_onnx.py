@@ -2,7 +2,9 @@
 
 Two students: the config's U-Net (pix2pix, BatchNorm) and a CycleGAN-style ResNet (InstanceNorm
 without affine parameters or running stats, reflection padding), pruned non-uniformly to ~25% of
-its MACs.
+its MACs. The U-Net is also quantized to int8 (onnxruntime static quantization): which ops really
+run int8, how far the outputs move from fp32, and the error paths; the whole ``export --int8`` path
+of a searched run, with its held-out metrics, is exercised in tests/test_search_e2e.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from collabprune.onnx_export import ONNX_FILE, OPSET, TOLERANCE, export_onnx  # noqa: E402
+from collabprune.quantize import INT8_FILE, OrtGenerator, export_int8, quantize_generator, runtime_precision  # noqa: E402
 
 CROP = 128  # unet_128 needs 128 x 128 inputs
 
@@ -131,6 +134,56 @@ def test_missing_extra_is_one_line_error(export_dir: Path, cfg, monkeypatch: pyt
         export_onnx(export_dir, cfg)
     assert "pip install collabprune[onnx]" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# --- int8 ------------------------------------------------------------------------------------------
+
+def _batches(n: int, seed: int) -> list[np.ndarray]:
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, 3, CROP, CROP, generator=gen) * 2 - 1).numpy()
+    return [x[i:i + 4] for i in range(0, n, 4)]
+
+
+def test_int8_runs_convolutions_in_integers_close_to_fp32(export_dir: Path, cfg, tmp_path: Path) -> None:
+    export_onnx(export_dir, cfg)
+    target = tmp_path / INT8_FILE
+    quantize_generator(export_dir / ONNX_FILE, target, _batches(16, 0))
+    int8_ops, fp32_ops = runtime_precision(target)
+    # the encoder's convolutions run as integer kernels; onnxruntime's CPU provider has none for
+    # ConvTranspose (the decoder), which runs fp32 on dequantized weights; the output Tanh stays fp32
+    assert int8_ops.get("Conv", 0) >= 5 and int8_ops.get("LeakyRelu", 0) >= 5, int8_ops
+    assert fp32_ops.get("ConvTranspose", 0) >= 5 and fp32_ops.get("Tanh") == 1, fp32_ops
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(fp32_ops)
+    plain_int8, plain_fp32 = runtime_precision(export_dir / ONNX_FILE)
+    assert plain_int8 == {} and plain_fp32.get("Conv", 0) >= 5  # the fp32 model has no integer kernel
+
+    x = torch.from_numpy(_batches(4, 1)[0])  # not the calibration images
+    want = OrtGenerator(ort.InferenceSession(str(export_dir / ONNX_FILE), providers=["CPUExecutionProvider"]))(x)
+    got = OrtGenerator(ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]))(x)
+    assert got.shape == want.shape == x.shape
+    assert want.std() > 0.1, "outputs must not be near-constant, else the comparison proves little"
+    err = float((got - want).abs().mean())
+    print(f"\nint8 test G: {int8_ops} int8, {fp32_ops} fp32; mean |int8 - fp32| {err:.4f} (output std {float(want.std()):.3f})")
+    assert 0 < err < 0.1 * float(want.std()), (err, float(want.std()))  # quantized, yet the same image
+    assert np.corrcoef(got.flatten().numpy(), want.flatten().numpy())[0, 1] > 0.98
+
+
+def test_int8_needs_the_fp32_export_and_fails_in_one_line(export_dir: Path, cfg, tmp_path: Path) -> None:
+    with pytest.raises(OnnxExportError, match="generator.onnx: missing"):
+        export_int8(tmp_path, cfg, tmp_path / "run")
+    export_onnx(export_dir, cfg)
+    wrong = [np.zeros((2, 5, CROP, CROP), np.float32)]  # 5 channels: the model takes 3
+    with pytest.raises(OnnxExportError, match="int8 quantization failed") as err:
+        quantize_generator(export_dir / ONNX_FILE, tmp_path / INT8_FILE, wrong)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_rejects_a_bad_calibration_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from collabprune.cli import main
+
+    rc = main(["export", str(tmp_path), "--out", str(tmp_path / "x"), "--int8", "--calibration-images", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--calibration-images must be >= 1" in err and len(err.strip().splitlines()) == 1
 
 
 # --- CycleGAN's ResNet generator -------------------------------------------------------------------

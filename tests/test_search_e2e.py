@@ -11,6 +11,7 @@ session.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from collabprune.cli import main
 from collabprune.config import load_config, save_config
 from collabprune.data.demo import build_demo_dataset
 from collabprune.models import build_discriminator, build_generator, load_candidate, load_subnet
@@ -93,7 +95,8 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 
 def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, tmp_path: Path, ray_head: RayHead,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     log = run_dir / "evaluations.jsonl"
     proc = _cli(str(tiny_setup), "--out", str(run_dir), "--address", ray_head.gcs_address)
@@ -180,6 +183,23 @@ def test_search_killed_and_resumed_loses_and_repeats_nothing(tiny_setup: Path, t
         final_g, _ = load_candidate(run_dir / folder)
         with torch.no_grad():
             assert final_g(x).shape == x.shape
+
+    # the final student exported as ONNX and int8 (in-process: the shortened evaluation network is
+    # the one cached by the summary), with the int8 student's held-out metrics beside fp32's
+    if importlib.util.find_spec("onnxruntime") is not None:
+        capsys.readouterr()
+        assert main(["export", str(run_dir), "--out", str(tmp_path / "export8"), "--int8",
+                     "--calibration-images", "8"]) == 0
+        printed = capsys.readouterr().out
+        info8 = json.loads((tmp_path / "export8" / "subnet.json").read_text())
+        int8 = info8["int8"]
+        assert info8["weights"].startswith("final fine-tuning") and (tmp_path / "export8" / "generator.int8.onnx").is_file()
+        assert int8["calibration_images"] == 8 and int8["int8_ops"].get("Conv", 0) > 0
+        assert int8["fp32_ops"].get("ConvTranspose", 0) > 0  # the ResNet's up-sampling stays fp32
+        assert int8["heldout_fp32"]["l1"] == pytest.approx(held.best[0].l1, abs=1e-4)  # fp32 ONNX == PyTorch
+        assert abs(int8["heldout_int8"]["l1"] - int8["heldout_fp32"]["l1"]) < 0.05
+        assert 0 < int8["mean_abs_diff"] <= int8["max_abs_diff"] and int8["latency_ms"]["int8"] > 0
+        assert "int8 generator.int8.onnx: test l1 " in printed and "ops run int8: " in printed
 
     # inspect the finished run: a table per agent and the three kinds of PNG
     plots = tmp_path / "plots"
