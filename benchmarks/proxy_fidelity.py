@@ -55,7 +55,7 @@ from scipy.stats import spearmanr
 from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.config import RunConfig
 from collabprune.evaluation import CandidateEvaluator
-from collabprune.heldout import PRIMARY_METRIC, HeldoutEvaluator, higher_is_better
+from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
 from collabprune.pruning.space import ChannelSpace
 
@@ -141,6 +141,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
     _, ud = cand.uniform_ratios()
     held = HeldoutEvaluator(cfg, work, candidates=cand)
     teacher = held.teacher().to_dict()
+    primary = primary_metric(cfg)  # test L1 (pix2pix), fd_eval or FID (unpaired CycleGAN data)
 
     heldout: dict[str, list[dict[str, Any]]] = {}
     for name, g in names_ratios.items():
@@ -153,7 +154,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
                 t0 = time.time()
                 result = held.evaluate(g, ud, s).to_dict()
                 atomic_write_json(path, result)
-                print(f"  [heldout] {budget:g} {name} seed {s}: {PRIMARY_METRIC} {result[PRIMARY_METRIC]} "
+                print(f"  [heldout] {budget:g} {name} seed {s}: {primary} {result[primary]} "
                       f"({time.time() - t0:.0f} s)", flush=True)
             heldout[name].append(result)
 
@@ -180,14 +181,14 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         print(f"  [proxy] {budget:g} seed {s} done", flush=True)
 
     names = list(names_ratios)
-    sign = 1.0 if higher_is_better(PRIMARY_METRIC) else -1.0
+    sign = 1.0 if higher_is_better(primary) else -1.0
 
-    def held_mean(name: str, metric: str = PRIMARY_METRIC) -> float | None:
+    def held_mean(name: str, metric: str = primary) -> float | None:
         vals = [r[metric] for r in heldout[name] if r.get(metric) is not None]
         return statistics.fmean(vals) if vals else None
 
     def held_std(name: str) -> float:
-        vals = [r[PRIMARY_METRIC] for r in heldout[name] if r.get(PRIMARY_METRIC) is not None]
+        vals = [r[primary] for r in heldout[name] if r.get(primary) is not None]
         return statistics.stdev(vals) if len(vals) > 1 else 0.0
 
     goodness = [None if held_mean(n) is None else sign * held_mean(n) for n in names]  # higher = better
@@ -248,11 +249,12 @@ def main() -> None:
     seeds = parse_list(args.seeds, int)
     final_seeds = parse_list(args.final_seeds, int)
     results = [run_budget(args, b, seeds, final_seeds) for b in budgets]
+    primary = primary_metric(base)
 
     summary = Table(title=f"Reward fidelity (proxy: finetune.steps={base.finetune.steps}; held-out: "
-                          f"final_steps={base.finetune.final_steps}, test {PRIMARY_METRIC}) {args.tag}")
+                          f"final_steps={base.finetune.final_steps}, test {primary}) {args.tag}")
     for col in ("budget", "Spearman seed 0 (>= 0.7)", "Spearman mean", "test-retest (>= 0.8)", "top-3 overlap",
-                "held-out rank of proxy's best", "winner drop", "proxy spread", f"held-out noise (std {PRIMARY_METRIC})",
+                "held-out rank of proxy's best", "winner drop", "proxy spread", f"held-out noise (std {primary})",
                 "beat uniform", "s / candidate"):
         summary.add_column(col, justify="right")
     for r in results:
@@ -266,9 +268,10 @@ def main() -> None:
         t = r["teacher"]
         table = Table(title=f"Panel at {r['budget']:g} of G MACs (teacher: L1 {fmt(t['l1'])}, PSNR {fmt(t['psnr'])}, "
                             f"SSIM {fmt(t['ssim'])}, fd_eval {fmt(t['fd_eval'])})")
-        for col in ("candidate", "G MACs frac", "test L1", "± (seeds)", "PSNR", "SSIM", "fd_eval", "proxy per seed"):
+        for col in ("candidate", "G MACs frac", "test L1", f"± (seeds, {primary})", "PSNR", "SSIM", "fd_eval", "proxy per seed"):
             table.add_column(col, justify="left" if col == "candidate" else "right")
-        for row in sorted(r["rows"], key=lambda x: x["heldout"][PRIMARY_METRIC] or 0.0):
+        best_first = -1.0 if higher_is_better(primary) else 1.0
+        for row in sorted(r["rows"], key=lambda x: best_first * (x["heldout"][primary] or 0.0)):
             h = row["heldout"]
             table.add_row(row["name"], fmt(row["g_macs_fraction"], 4), fmt(h["l1"]), fmt(row["heldout_std"], 2),
                           fmt(h["psnr"]), fmt(h["ssim"]), fmt(h["fd_eval"]), " ".join(fmt(p, 4) for p in row["proxy"]))
@@ -279,7 +282,7 @@ def main() -> None:
     write_results(out, {"benchmark": "proxy_fidelity", "tag": args.tag, "config": args.config,
                         "overrides": args.overrides, "seeds": seeds, "final_seeds": final_seeds,
                         "finetune_steps": base.finetune.steps, "final_steps": base.finetune.final_steps,
-                        "primary_metric": PRIMARY_METRIC, "machine": machine_info(), "description": __doc__,
+                        "primary_metric": primary, "machine": machine_info(), "description": __doc__,
                         "results": results, "wall_s": time.time() - t0})
     print(f"wrote {out}")
 
