@@ -132,7 +132,7 @@ class PeerBlocks:
             return PeerInfo(reward_terms=terms, rho_ratio=rho_ratio)
         space = self.spaces[peer]
         actions = tuple(space.ratio_to_action(r) for r in peer_ratios)
-        return PeerInfo(actions=actions, macs_fraction=space.macs_fraction(peer_ratios), budget=space.budget,
+        return PeerInfo(actions=actions, macs_fraction=space.budget_fraction(peer_ratios), budget=space.budget,
                         reward_terms=terms, rho_ratio=rho_ratio, same_round=1.0 if same_round else 0.0)
 
 

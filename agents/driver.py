@@ -45,6 +45,8 @@ from agents.pruning_agent import PruningAgent
 from collabprune.config import RunConfig
 from collabprune.errors import CollabPruneError, SpaceMismatchError
 from collabprune.io import atomic_write_json
+from collabprune.latency_budget import describe as describe_latency_model
+from collabprune.latency_budget import ensure_latency_model, latency_budget
 from collabprune.records import EvaluationRecord
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
 from collabprune.selection import EvaluateMany, reevaluate_top
@@ -320,6 +322,9 @@ def run_search(
     """
     t0 = time.time()
     run_dir = Path(run_dir)
+    if not resume and latency_budget(cfg) is not None and cfg.pruning.latency_model is None:
+        cfg = ensure_latency_model(cfg, run_dir)  # timed once, here; the run's config points at it
+        print(describe_latency_model(cfg), flush=True)
     spaces = [RoleSpace.from_config(role, cfg) for role in ROLES]  # BudgetError before anything starts
     peer_len = peer_length(spaces)
     run = RunDir.open(run_dir, cfg) if resume else None

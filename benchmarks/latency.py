@@ -18,9 +18,16 @@ after the demo) the run's exported student is quantized as ``collabprune export 
 calibrated on training images, and its held-out metrics in fp32 and int8 are reported beside its latency.
 Each int8 row says how many ops onnxruntime runs in integers and which stay fp32.
 
+``--table`` checks the latency model that latency budgets project with
+(:mod:`collabprune.pruning.latency_model`): for each ``--model`` and ``--table-backends`` entry it is
+fitted as a search fits it (``pruning.latency_samples`` timed sub-networks), then 20 other random
+sub-networks (``--table-test``) are pruned, timed and predicted; the table reports the mean and the
+largest |predicted - measured| / measured.
+
     python -m benchmarks.latency [CONFIG] [--set k=v] [--model config,unet_256,resnet_9blocks]
                                  [--budgets 0.75,0.5,0.25,0.125] [--batches 1,8] [--repeats 10]
                                  [--int8 [--int8-budget 0.25] [--int8-run RUN_DIR]]
+                                 [--table [--table-backends torch-cpu,onnxruntime-cpu] [--table-test 20]]
                                  [--out benchmarks/results/latency.json]
 """
 
@@ -44,10 +51,11 @@ from rich.table import Table
 from benchmarks._shared import base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
 from collabprune.config import RunConfig
 from collabprune.errors import BudgetError
-from collabprune.metrics.latency import measure_latency
+from collabprune.metrics.latency import backend_latency_s, measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import build_generator, generator_kwargs
 from collabprune.onnx_export import ONNX_FILE, ort_latency_ms, write_onnx
+from collabprune.pruning.latency_model import fit_latency_model, sample_allocations
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.space import ChannelSpace
 from collabprune.quantize import INT8_FILE, cpu_session, quantize_generator, runtime_precision
@@ -84,6 +92,9 @@ def parse_args() -> Any:
     parser.add_argument("--int8-budget", type=float, default=0.25, help="budget of the --model int8 rows (default 0.25)")
     parser.add_argument("--int8-run", type=Path, default=None, metavar="RUN_DIR",
                         help="a finished run whose exported student gets an int8 row with held-out metrics")
+    parser.add_argument("--table", action="store_true", help="check the latency model: predicted vs measured")
+    parser.add_argument("--table-backends", default="torch-cpu,onnxruntime-cpu", help="backends of --table")
+    parser.add_argument("--table-test", type=int, default=20, help="random sub-networks --table predicts")
     return parser.parse_args()
 
 
@@ -172,6 +183,53 @@ def int8_rows(args: Any, batches: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def latency_model_rows(args: Any) -> list[dict[str, Any]]:
+    """Fit each ``--model``'s latency model per backend, then predict ``--table-test`` other random
+    sub-networks and time them (see the module docstring)."""
+    import numpy as np
+
+    rows = []
+    for which in parse_list(args.model, str):
+        cfg = model_config(args, which)
+        teacher = build_generator(cfg, inplace=False).eval()
+        shape = (1, cfg.data.input_nc, cfg.data.crop_size, cfg.data.crop_size)
+        space = ChannelSpace.of("g", teacher, shape, cfg.pruning)
+        for backend in parse_list(args.table_backends, str):
+            t0 = time.time()
+            model = fit_latency_model(teacher, space.table, shape, cfg.pruning, backend, 1, cfg.pruning.latency_samples)
+            fit_s = time.time() - t0
+            tests = sample_allocations(space.table.channels.tolist(), cfg.pruning, args.table_test + 1, seed=1)[1:]
+            rng = np.random.default_rng(2)
+            pred, meas = [], []
+            for ratios in tests:
+                ratios = [float(np.clip(r * 2.0 ** rng.uniform(-0.5, 0.5), cfg.pruning.r_min, 1.0)) for r in ratios]
+                net, spec = prune_model(teacher, torch.zeros(shape), ratios, cfg.pruning)
+                pred.append(model.predict_ms(space.table, spec.kept))
+                meas.append(1e3 * backend_latency_s(net, shape, backend))
+            err = np.abs(np.asarray(pred) - np.asarray(meas)) / np.asarray(meas)
+            rows.append({"model": which, "name": f"{cfg.model.net_g}/{cfg.model.ngf}@{cfg.data.crop_size}",
+                         "backend": backend, "fit_samples": model.fit_samples, "fit_error_pct": model.fit_error_pct,
+                         "fit_s": fit_s, "teacher_ms": model.teacher_ms, "test_n": len(tests),
+                         "test_mean_error_pct": float(100 * err.mean()), "test_max_error_pct": float(100 * err.max()),
+                         "test_measured_ms": [float(v) for v in meas], "test_predicted_ms": [float(v) for v in pred],
+                         "coef_ms": list(model.coef_ms)})
+            print(f"[latency] table {which} {backend}: fit {model.fit_error_pct:.1f}%, "
+                  f"test mean {100 * err.mean():.1f}% max {100 * err.max():.1f}%")
+    return rows
+
+
+def latency_model_table(rows: list[dict[str, Any]]) -> Table:
+    """Predicted vs measured latency of random sub-networks, per model and backend."""
+    table = Table(title="Latency model (latency budgets): predicted vs measured, batch 1, random sub-networks")
+    for col in ("model", "backend", "teacher ms", "fit samples", "fit error %", "test sub-networks",
+                "mean |error| %", "max |error| %", "fit s"):
+        table.add_column(col, justify="left" if col in ("model", "backend") else "right")
+    for r in rows:
+        table.add_row(r["name"], r["backend"], fmt(r["teacher_ms"]), str(r["fit_samples"]), fmt(r["fit_error_pct"], 3),
+                      str(r["test_n"]), fmt(r["test_mean_error_pct"], 3), fmt(r["test_max_error_pct"], 3), fmt(r["fit_s"], 3))
+    return table
+
+
 def int8_table(rows: list[dict[str, Any]]) -> Table:
     """The int8 rows as a table: latency per batch, held-out metrics fp32 -> int8, ops in int8 / fp32."""
     table = Table(title="int8 students (onnxruntime static quantization, CPU): latency (ms, median) and held-out metrics")
@@ -246,6 +304,9 @@ def main() -> None:
     q_rows = int8_rows(args, batches) if args.int8 else []
     if q_rows:
         print_table(int8_table(q_rows))
+    t_rows = latency_model_rows(args) if args.table else []
+    if t_rows:
+        print_table(latency_model_table(t_rows))
     write_results(args.out, {
         "benchmark": "latency",
         "config": args.config,
@@ -260,6 +321,7 @@ def main() -> None:
         ],
         "rows": rows,
         "int8_rows": q_rows,
+        "latency_model_rows": t_rows,
         "wall_s": time.time() - t_start,
     })
     print(f"wrote {args.out}")

@@ -144,11 +144,34 @@ class TeacherConfig(_Section):
         "that train a discriminator against the frozen teacher G; the result is cached in the run")
 
 
-class BudgetConfig(_Section):
-    """MACs budgets as fractions of the teacher's physical MACs (DESIGN.md §3)."""
+#: backends a latency budget can be measured on (collabprune.metrics.latency.BACKENDS)
+LATENCY_BACKENDS: tuple[str, ...] = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
 
-    generator: float = Field(0.25, gt=0.0, le=1.0)
+
+class LatencyBudget(_Section):
+    """A generator budget in measured latency on a named backend (``pruning.budget.generator:
+    {latency_ms: 4.0, batch: 1, backend: torch-cpu}``). The search measures a latency model of the
+    teacher's sub-networks on that backend (:mod:`collabprune.pruning.latency_model`) and projects
+    every proposal onto ``latency_ms`` as predicted by it."""
+
+    latency_ms: float = Field(gt=0.0, description="latency target of one forward pass, milliseconds")
+    batch: int = Field(1, ge=1, description="batch size the latency is for")
+    backend: Literal["torch-cpu", "onnxruntime-cpu", "torch-cuda"] = "torch-cpu"
+
+
+class BudgetConfig(_Section):
+    """Budgets (DESIGN.md §3): fractions of the teacher's physical MACs, or for the generator a
+    :class:`LatencyBudget`."""
+
+    generator: Annotated[float, Field(gt=0.0, le=1.0)] | LatencyBudget = 0.25
     discriminator: float = Field(0.5, gt=0.0, le=1.0)
+
+    def generator_text(self) -> str:
+        """The generator budget in words: ``25% of the teacher's G MACs`` or ``4 ms on torch-cpu at batch 1``."""
+        g = self.generator
+        if isinstance(g, LatencyBudget):
+            return f"{g.latency_ms:g} ms on {g.backend} at batch {g.batch}"
+        return f"{g:.0%} of the teacher's G MACs"
 
 
 class PruningConfig(_Section):
@@ -160,6 +183,9 @@ class PruningConfig(_Section):
     round_to: int = Field(8, ge=1, description="kept channels are a multiple of this")
     min_channels: int = Field(8, ge=1, description="never keep fewer channels in a group")
     importance: Literal["l1", "l2", "random"] = "l1"
+    latency_model: Path | None = Field(None, description="the measured latency model of a latency budget "
+                                       "(JSON); the search measures it into RUN_DIR/latency_model.json and sets this")
+    latency_samples: int = Field(24, ge=4, description="sub-networks timed to fit a latency model")
 
     @model_validator(mode="after")
     def _range(self) -> "PruningConfig":
@@ -371,12 +397,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _format_error(err: ValidationError, source: str) -> str:
     """One line naming the first bad field, its value and what is allowed."""
-    def field(e: Any) -> str:  # a union field's errors end in a branch tag ("constrained-int", "literal['auto']")
-        return ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("-" in p or "[" in p)))
+    def field(e: Any) -> str:  # a union field's errors end in a branch tag ("constrained-int", "literal['auto']",
+        # a section's class name): field names are lower case
+        return ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("-" in p or "[" in p or p[:1].isupper())))
 
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
+    if isinstance(first.get("input"), dict):  # a section given for a union: the section's own error says more
+        first = next((e for e in errors if not isinstance(e.get("input"), dict)), first)
     loc = field(first) or "<root>"
-    msg = ", or ".join(e["msg"] for e in err.errors() if field(e) == field(first))  # every branch of a union
+    msg = ", or ".join(e["msg"] for e in errors if field(e) == field(first))  # every branch of a union
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field '{loc}'"
     value = first.get("input")

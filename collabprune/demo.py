@@ -26,7 +26,7 @@ from collabprune.export import export_best
 from collabprune.heldout import HeldoutResult
 from collabprune.metrics.latency import measure_latency
 from collabprune.models import load_candidate
-from collabprune.runs import META_FILE
+from collabprune.runs import META_FILE, resume_config
 from collabprune.summary import RunSummary, summarise_run
 from collabprune.teacher import read_report, teacher_files_exist, train_teacher
 from collabprune.teacher_checkpoints import load_teacher_generator
@@ -121,6 +121,7 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     t = time.perf_counter()
     console.print(f"[bold]held-out[/bold] final fine-tuning ({cfg.finetune.final_steps} steps, "
                   f"{cfg.finetune.final_seeds} seeds) of uniform and best found, test-split metrics")
+    cfg = resume_config(run_dir)  # the run's own config (a latency budget's measured model included)
     summary = summarise_run(cfg, run_dir)
     timings["heldout_s"] = time.perf_counter() - t
 
@@ -138,7 +139,7 @@ def run_demo(cfg: RunConfig, search: SearchFn, progress: bool = True, console: C
     best = summary.best_record
     where = "uniform" if summary.verdict.best_is_uniform else f"round {best.round} slot {best.slot or 0}"
     console.print(summary_table(summary, latency, title=f"demo: teacher vs uniform vs best found ({where}) at "
-                                f"{cfg.pruning.budget.generator:.0%} of the teacher's G MACs"))
+                                f"{cfg.pruning.budget.generator_text()}"))
     console.print(summary.verdict.sentence())
     reeval = best.reeval
     if reeval is not None:

@@ -156,8 +156,9 @@ class CandidateEvaluator:
         self.g_shape, self.d_shape = g_role.input_shape, d_role.input_shape
         self.g_space = ChannelSpace.of("g", self.teacher_g, self.g_shape, cfg.pruning)
         self.d_space = ChannelSpace.of("d", self.teacher_d, self.d_shape, cfg.pruning)
-        self.g_space.check_budget(cfg.pruning.budget.generator)
-        self.d_space.check_budget(cfg.pruning.budget.discriminator)
+        self.g_budget, self.d_budget = g_role.budget, d_role.budget
+        self.g_space.check_budget(self.g_budget)
+        self.d_space.check_budget(self.d_budget)
         self.train_data = train_split(cfg.data, train=True)
         held = reward_split(cfg.data)
         n = min(len(held), cfg.reward.fid.max_images)
@@ -189,8 +190,7 @@ class CandidateEvaluator:
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         """The uniform candidate of each role at its budget (:meth:`ChannelSpace.uniform_candidate`:
         one keep ratio for every group, projected so that it uses the budget like every candidate)."""
-        b = self.cfg.pruning.budget
-        return self.g_space.uniform_candidate(b.generator), self.d_space.uniform_candidate(b.discriminator)
+        return self.g_space.uniform_candidate(self.g_budget), self.d_space.uniform_candidate(self.d_budget)
 
     def _score(self, net_g: nn.Module) -> dict[str, float]:
         """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded)."""

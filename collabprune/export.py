@@ -3,7 +3,8 @@
 ``OUT/subnet.json`` holds, per network, the :class:`~collabprune.models.spec.SubnetSpec`, the
 channels kept per group, MACs in both conventions, params and the MACs fraction of the teacher;
 plus every metric and the reward of the best pair, the teacher checkpoints' SHA-256, the package
-versions, the measured CPU latency of teacher and pruned G, and a schema version.
+versions, the measured CPU latency of teacher and pruned G (and, for a latency budget, the target,
+the predicted and the measured latency on the budget's backend: ``latency.budget``), and a schema version.
 ``OUT/generator.pt`` / ``OUT/discriminator.pt`` are the fine-tuned state dicts: after the held-out
 summary (:func:`collabprune.summary.summarise_run`) the best pair's final fine-tuning
 (``finetune.final_steps``, first final seed, ``RUN_DIR/final``) with its held-out metrics, else the
@@ -22,6 +23,7 @@ import torch
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
 from collabprune.io import atomic_path, atomic_write_json, file_sha256
+from collabprune.latency_budget import export_latency
 from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import build_discriminator, load_candidate
@@ -117,7 +119,11 @@ def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord, run_dir: Pat
     d_file = files.d if files.d is not None else run_dir / WARMUP_DIR / D_FILE  # warmed up in the run
     teacher_lat = measure_latency(teacher_g, shapes["generator"], "cpu")
     student_lat = measure_latency(nets["generator"], shapes["generator"], "cpu")
-    latency = {"cpu": {"teacher_g_ms": 1e3 * teacher_lat["median_s"], "pruned_g_ms": 1e3 * student_lat["median_s"]}}
+    latency: dict[str, Any] = {"cpu": {"teacher_g_ms": 1e3 * teacher_lat["median_s"],
+                                       "pruned_g_ms": 1e3 * student_lat["median_s"]}}
+    budget = export_latency(cfg, teacher_g, nets["generator"], specs["generator"].kept)
+    if budget is not None:
+        latency["budget"] = budget
     if torch.cuda.is_available():
         t = measure_latency(teacher_g, shapes["generator"], "cuda")
         s = measure_latency(nets["generator"], shapes["generator"], "cuda")

@@ -66,7 +66,8 @@ class PeerInfo:
 
     :param actions: the peer's proposal as actions (log2 multipliers on its uniform ratio / k, in
         [-1, 1]), network order, any length <= peer_len.
-    :param macs_fraction: the peer's MACs as a fraction of its teacher's.
+    :param macs_fraction: the peer's cost as a fraction of its teacher's in its budget's unit (physical
+        MACs, or predicted latency under a latency budget), compared with ``budget``.
     :param budget: the peer's budget fraction (0 = unknown).
     :param reward_terms: the last evaluated round's (fid, kde, bal) terms, each ``x_s / x_u``
         (1 = as good as uniform; 0 = unknown).
@@ -137,18 +138,19 @@ def _squash(x: float) -> float:
     return x / (1.0 + x)
 
 
-#: ``submit(round, ratios, macs_fraction) -> (team reward, peer info for the next round)``.
+#: ``submit(round, ratios, budget_fraction) -> (team reward, peer info for the next round)``; the budget
+#: fraction is the candidate's cost over the teacher's in the budget's unit (MACs, or predicted latency).
 SubmitFn = Callable[[int, list[float], float], "tuple[float, PeerInfo]"]
 
 
 def budget_use_reward(space: RoleSpace) -> SubmitFn:
-    """A cheap standalone ``submit``: reward = MACs fraction / budget (1 = the budget is used fully).
+    """A cheap standalone ``submit``: reward = budget fraction / budget (1 = the budget is used fully).
 
     For the env checkers and tests only; a search uses the Coordinator's team reward.
     """
 
-    def submit(round_index: int, ratios: list[float], macs_fraction: float) -> tuple[float, PeerInfo]:
-        return macs_fraction / space.budget, PeerInfo()
+    def submit(round_index: int, ratios: list[float], budget_fraction: float) -> tuple[float, PeerInfo]:
+        return budget_fraction / space.budget, PeerInfo()
 
     return submit
 
@@ -251,7 +253,7 @@ class ChannelPruningEnv(gym.Env):
             obs[:N_STATIC] = self._static[t]
         else:
             obs[0] = 1.0
-        fraction = s.macs_fraction(self.executed) if t >= self.n and self.executed else s.partial_fraction(self._requested)
+        fraction = s.budget_fraction(self.executed) if t >= self.n and self.executed else s.partial_fraction(self._requested)
         obs[N_STATIC:N_GROUP_FEATURES] = (
             float(np.mean(self._actions)) if self._actions else 0.0,
             self._actions[-1] if self._actions else 0.0,
@@ -342,7 +344,7 @@ class ChannelPruningEnv(gym.Env):
                                 "actions": list(self._actions), "macs_fraction": frac, "replay": replay}
         reward = 0.0
         if self.submit is not None:
-            reward, peer = self.submit(self.round, list(self.executed), frac)
+            reward, peer = self.submit(self.round, list(self.executed), self.space.budget_fraction(self.executed))
             info["reward"] = float(reward)
             self.finish(float(reward), peer)
         else:

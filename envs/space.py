@@ -88,7 +88,7 @@ class RoleSpace:
 
     @property
     def budget(self) -> float:
-        """MACs budget, fraction of the teacher's physical MACs."""
+        """The budget, a fraction of the teacher's cost (physical MACs, or predicted latency)."""
         return self.role.budget
 
     @property
@@ -152,14 +152,19 @@ class RoleSpace:
         """Physical MACs of the candidate as a fraction of the teacher's (exact, via the table)."""
         return self.channels.macs_fraction(ratios)
 
+    def budget_fraction(self, ratios: Sequence[float]) -> float:
+        """The candidate's cost as a fraction of the teacher's, in the budget's unit (MACs, or
+        predicted latency under a latency budget): what :attr:`budget` bounds."""
+        return self.channels.cost_fraction(ratios)
+
     def partial_fraction(self, decided: Sequence[float]) -> float:
-        """MACs fraction with ``decided`` ratios for the first decisions and the uniform ratio for the rest."""
+        """Budget fraction with ``decided`` ratios for the first decisions and the uniform ratio for the rest."""
         rest = [self.uniform] * (self.n_decisions - len(decided))
-        return self.macs_fraction(self.expand(list(decided) + rest))
+        return self.budget_fraction(self.expand(list(decided) + rest))
 
     def fits(self, ratios: Sequence[float]) -> bool:
-        """Whether a full ratio vector is within the MACs budget."""
-        return self.channels.macs_of_kept(self.kept(ratios)) <= self.budget * self.teacher_macs * (1 + 1e-12)
+        """Whether a full ratio vector is within the budget."""
+        return self.budget_fraction(ratios) <= self.budget * (1 + 1e-12)
 
 
 def mirrored_levels(groups: Sequence[PrunableGroup]) -> tuple[tuple[int, ...], ...]:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+import yaml
 import ray.cloudpickle
 
 import fake_evaluator
@@ -451,3 +452,33 @@ def test_coordinator_refuses_a_proposal_from_another_channel_space(tmp_path: Pat
     with pytest.raises(SpaceMismatchError, match="round 0 slot 0: the generator agent's channel space"):
         asyncio.run(core.submit("generator", 0, [proposal]))
     assert [r.round for r in RunDir(tmp_path, run.digest).search_records()] == []
+
+
+def test_search_with_a_latency_budget(ray_session: None, tmp_path: Path) -> None:
+    """A G budget in milliseconds: the driver measures the latency model into the run before anything
+    starts (here it finds one for the same network and reuses it), the run's config points at it, and
+    every logged G candidate is within the target as the model predicts it; D keeps its MACs budget."""
+    from collabprune.latency_budget import ensure_latency_model
+
+    run_dir = tmp_path / "run"
+    probe = RunConfig.model_validate({**tiny_cfg().to_dict(), "pruning": {
+        **tiny_cfg().pruning.model_dump(), "latency_samples": 6, "budget": {"generator": {"latency_ms": 1e3}}}})
+    probe = ensure_latency_model(probe, run_dir)
+    space = RoleSpace.from_config("generator", probe).channels
+    target = space.teacher_cost * (1 + space.min_fraction()) / 2  # feasible, and well below the teacher
+    data = probe.to_dict()
+    data["pruning"].update(latency_model=None, budget={"generator": {"latency_ms": target}, "discriminator": 0.5})
+    cfg = RunConfig.model_validate(data)
+    summary = _run(cfg, run_dir)
+    assert summary["rounds"] == 4
+    saved = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert saved.pruning.latency_model == (run_dir / "latency_model.json").resolve()
+    g = RoleSpace.from_config("generator", saved)
+    d = RoleSpace.from_config("discriminator", saved)
+    records = [json.loads(x) for x in (run_dir / EVALUATIONS_FILE).read_text().splitlines()]
+    searched = [r for r in records if r["round"] >= -1]  # the uniform candidate and every search round
+    assert len(searched) == 5
+    for r in searched:
+        predicted = g.channels.cost_of_kept(g.kept(r["g_ratios"]))
+        assert predicted <= target * (1 + 1e-9), (r["round"], predicted, target)
+        assert d.channels.macs_fraction(r["d_ratios"]) <= 0.5 + 1e-9

@@ -71,4 +71,60 @@ def measure_latency(
     }
 
 
-__all__ = ["measure_latency"]
+
+#: latency backends a budget or a table can name (DESIGN.md §3; issue "Budgets users think in")
+BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
+
+
+def backend_latency_s(model: nn.Module, input_shape: Sequence[int], backend: str, warmup: int = 2,
+                      repeats: int = 7) -> float:
+    """Median seconds of one forward pass of ``model`` on ``input_shape`` (B, C, H, W) on a named backend.
+
+    ``torch-cpu`` and ``torch-cuda`` time the module itself (:func:`measure_latency`);
+    ``onnxruntime-cpu`` exports it to ONNX in memory (TorchScript exporter, opset 17) and times an
+    onnxruntime CPU session on a random input.
+
+    :param model: the network (eval mode is used; its flags are restored).
+    :param input_shape: (B, C, H, W).
+    :param backend: one of :data:`BACKENDS`.
+    :param warmup: untimed runs first.
+    :param repeats: timed runs.
+    :raises ValueError: unknown backend.
+    :raises RuntimeError: ``torch-cuda`` without a CUDA device, or ``onnxruntime-cpu`` without onnxruntime.
+    """
+    if backend == "torch-cpu":
+        return measure_latency(model, input_shape, "cpu", warmup, repeats)["median_s"]
+    if backend == "torch-cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("latency backend torch-cuda: no CUDA device visible to this process")
+        return measure_latency(model, input_shape, "cuda", warmup, repeats)["median_s"]
+    if backend != "onnxruntime-cpu":
+        raise ValueError(f"unknown latency backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    import io
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise RuntimeError(f"latency backend onnxruntime-cpu needs onnxruntime ({err})") from None
+    shape = tuple(int(s) for s in input_shape)
+    buf = io.BytesIO()
+    with eval_mode(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(shape),), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"], do_constant_folding=True)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    feed = {"input": np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+__all__ = ["BACKENDS", "backend_latency_s", "measure_latency"]

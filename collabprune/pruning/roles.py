@@ -22,7 +22,9 @@ class Role:
     :param peer: the other role's name.
     :param input_shape: (1, C, H, W) the network is traced and its MACs counted with; the pix2pix D
         sees ``cat(input, output)``, so C = input_nc + output_nc; CycleGAN's D_B C = output_nc.
-    :param budget: MACs budget as a fraction of the teacher's physical MACs.
+    :param budget: the budget as a fraction of the teacher's cost: physical MACs, or for a generator
+        latency budget, ``latency_ms`` over the teacher's latency predicted by the run's latency model
+        (capped at 1: a target above the teacher's latency keeps everything).
     """
 
     name: str
@@ -36,13 +38,14 @@ class Role:
         """The role ``name`` of a run config.
 
         :raises ValueError: unknown role name.
+        :raises ConfigError: a generator latency budget whose latency model is not measured yet or unreadable.
         """
         if name not in ROLE_NAMES:
             raise ValueError(f"role {name!r} is not one of {ROLE_NAMES}")
         size = cfg.data.crop_size
         if name == "generator":
             shape = (1, cfg.data.input_nc, size, size)
-            budget = cfg.pruning.budget.generator
+            budget = generator_budget_fraction(cfg)
         else:
             from collabprune.models.family import family_of
 
@@ -55,6 +58,22 @@ class Role:
     def leads(self) -> bool:
         """Whether this role proposes first in a round (the generator); the other sees its proposal."""
         return self.name == ROLE_NAMES[0]
+
+
+def generator_budget_fraction(cfg: "RunConfig") -> float:
+    """The generator's budget as a fraction of the teacher's cost (see :attr:`Role.budget`).
+
+    :raises ConfigError: a latency budget whose latency model is not measured yet or unreadable.
+    """
+    from collabprune.config import LatencyBudget
+
+    budget = cfg.pruning.budget.generator
+    if not isinstance(budget, LatencyBudget):
+        return float(budget)
+    from collabprune.pruning.latency_model import load_latency_model
+
+    model = load_latency_model(cfg.pruning.latency_model)
+    return min(1.0, budget.latency_ms / model.teacher_predicted_ms)
 
 
 def roles(cfg: "RunConfig") -> tuple[Role, Role]:

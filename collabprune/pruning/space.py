@@ -2,6 +2,12 @@
 
 Used by the environment (every step) and by the evaluation (uniform candidate), so a keep-ratio
 vector maps to the same kept channels and MACs everywhere (DESIGN.md §3).
+
+A budget is a fraction of the teacher's *cost*: its physical MACs, or, when the generator has a
+latency budget (``pruning.budget.generator: {latency_ms: ...}``), its latency as predicted by the
+run's measured :class:`~collabprune.pruning.latency_model.LatencyModel`. Projection, uniform ratio
+and feasibility are the same arithmetic on either cost (both are monotone in every group's kept
+channels).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from collabprune.config import PruningConfig
-from collabprune.errors import BudgetError
+from collabprune.config import LatencyBudget, PruningConfig
+from collabprune.errors import BudgetError, ConfigError
 from collabprune.pruning.costs import MacsTable, estimate_macs, group_macs_table
 from collabprune.pruning.groups import PrunableGroup, discover_groups
+from collabprune.pruning.latency_model import LatencyModel, load_latency_model
 from collabprune.pruning.prune import kept_channels
 
 
@@ -34,6 +41,8 @@ class ChannelSpace:
     :param teacher_macs: physical MACs of the unpruned network for ``input_shape``.
     :param input_shape: (B, C, H, W) the MACs are counted for.
     :param cfg: the pruning config (keep-ratio range, rounding).
+    :param latency: the latency model budgets are costed with (a generator's latency budget), or
+        None for MACs budgets.
     """
 
     role: str
@@ -42,19 +51,53 @@ class ChannelSpace:
     teacher_macs: int
     input_shape: tuple[int, int, int, int]
     cfg: PruningConfig
+    latency: LatencyModel | None = None
 
     @classmethod
     def of(cls, role: str, model: nn.Module, input_shape: Sequence[int], cfg: PruningConfig) -> "ChannelSpace":
         """Discover the groups of ``model`` (built with ``inplace=False``) and tabulate its MACs.
 
         :param input_shape: (B, C, H, W), e.g. (1, 3, 128, 128) for G, (1, 6, 128, 128) for D.
+        :raises ConfigError: the generator has a latency budget and its latency model is not measured
+            yet, unreadable, or was measured on another network, backend or batch size.
         """
         shape = tuple(int(s) for s in input_shape)
         device = next(model.parameters()).device
         groups = tuple(discover_groups(model, torch.zeros(shape, device=device)))
         table = group_macs_table(model, groups, shape)
         full = estimate_macs(table, [g.channels for g in groups])
-        return cls(role, groups, table, full, shape, cfg)  # type: ignore[arg-type]
+        latency = None
+        budget = cfg.budget.generator
+        if role == "g" and isinstance(budget, LatencyBudget):
+            latency = load_latency_model(cfg.latency_model)
+            latency.check_table(table, f"pruning.latency_model {cfg.latency_model}")
+            if (latency.backend, latency.batch) != (budget.backend, budget.batch):
+                raise ConfigError(f"pruning.latency_model {cfg.latency_model}: measured on {latency.backend} at batch "
+                                  f"{latency.batch}, the budget asks for {budget.backend} at batch {budget.batch}")
+        return cls(role, groups, table, full, shape, cfg, latency)  # type: ignore[arg-type]
+
+    @property
+    def unit(self) -> str:
+        """What budgets of this space are fractions of, for messages."""
+        if self.latency is None:
+            return "teacher MACs"
+        return f"the teacher's predicted {self.latency.backend} latency ({self.latency.teacher_predicted_ms:.3g} ms)"
+
+    @property
+    def teacher_cost(self) -> float:
+        """The unpruned network's cost: physical MACs, or predicted latency in ms."""
+        return float(self.teacher_macs) if self.latency is None else self.latency.teacher_predicted_ms
+
+    def cost_of_kept(self, kept: Sequence[int] | np.ndarray) -> Any:
+        """Cost of sub-networks keeping ``kept`` channels per group, (G,) or (M, G): physical MACs
+        (exact int), or predicted latency in ms under a latency budget."""
+        if self.latency is None:
+            return estimate_macs(self.table, kept)
+        return self.latency.predict_ms(self.table, kept)
+
+    def cost_fraction(self, ratios: Sequence[float]) -> float:
+        """The candidate's cost as a fraction of the teacher's (what budgets bound)."""
+        return float(self.cost_of_kept(self.kept(ratios))) / self.teacher_cost
 
     @property
     def num_groups(self) -> int:
@@ -74,6 +117,7 @@ class ChannelSpace:
             "table": {k: getattr(self.table, k).tolist() for k in ("unit", "unit_published", "in_fixed", "out_fixed",
                                                                  "in_map", "out_map", "channels")},
             "layers": list(self.table.layers), "cfg": self.cfg.model_dump(mode="json"),
+            "latency": None if self.latency is None else self.latency.to_dict(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -92,21 +136,22 @@ class ChannelSpace:
         return self.macs_of_kept(self.kept(ratios)) / self.teacher_macs
 
     def min_fraction(self) -> float:
-        """The smallest MACs fraction reachable within ``[r_min, r_max]`` (every group at r_min)."""
-        return self.macs_fraction([self.cfg.r_min] * self.num_groups)
+        """The smallest cost fraction reachable within ``[r_min, r_max]`` (every group at r_min)."""
+        return self.cost_fraction([self.cfg.r_min] * self.num_groups)
 
     def check_budget(self, budget: float) -> None:
         """:raises BudgetError: when even every group at ``r_min`` exceeds ``budget``."""
         floor = self.min_fraction()
         if floor > budget + 1e-12:
             raise BudgetError(
-                f"pruning.budget for {self.role}: {budget:.3f} of teacher MACs is infeasible; every group at "
+                f"pruning.budget for {self.role}: {budget:.3f} of {self.unit} is infeasible; every group at "
                 f"r_min={self.cfg.r_min} still costs {floor:.3f}",
                 hint="raise the budget, lower pruning.r_min, or lower round_to / min_channels",
             )
 
     def project(self, ratios: Sequence[float], budget: float, iters: int = 50) -> list[float]:
-        """Project a requested keep-ratio vector onto a MACs budget (DESIGN.md §5, "Budget").
+        """Project a requested keep-ratio vector onto a budget (DESIGN.md §5, "Budget"): MACs, or
+        predicted latency under a latency budget (:meth:`cost_of_kept`).
 
         1. One common scale ``s`` on the requested ratios: ``q_i = clip(s * r_i, r_min, r_max)``,
            the largest ``s`` (bisection) whose rounded candidate fits ``budget``. Groups pinned at
@@ -122,7 +167,7 @@ class ChannelSpace:
 
         :param ratios: requested keep ratios, one per group (any positive numbers; clipped to
             ``[r_min, r_max]``).
-        :param budget: MACs budget as a fraction of the unpruned network's physical MACs.
+        :param budget: the budget as a fraction of the unpruned network's cost (:attr:`teacher_cost`).
         :returns: keep ratios ``kept_i / channels_i`` (exactly representable kept counts), within
             the budget.
         :raises BudgetError: the budget is infeasible (every group at ``r_min`` exceeds it).
@@ -135,11 +180,9 @@ class ChannelSpace:
         if not all(math.isfinite(r) and r > 0 for r in req):
             raise ValueError(f"{self.role}: keep ratios must be positive and finite, got {req}")
         lo_r, hi_r = self.cfg.r_min, self.cfg.r_max
-        limit = budget * self.teacher_macs * (1 + 1e-12)
+        limit = budget * self.teacher_cost * (1 + 1e-12)
         chan = self.table.channels
-
-        def cost(kept: Sequence[int] | np.ndarray) -> Any:
-            return estimate_macs(self.table, kept)
+        cost = self.cost_of_kept
 
         def scaled(i: int, scale: float) -> float:
             return min(hi_r, max(lo_r, scale * req[i]))
@@ -195,13 +238,13 @@ class ChannelSpace:
                 # step; ties: the cheaper step, then the earlier group
                 key = np.where(ok, (kept - target) / chan, np.inf)
                 tied = key == key.min()
-                i = int(np.argmin(np.where(tied, extra - base, np.iinfo(np.int64).max)))
+                i = int(np.argmin(np.where(tied, extra - base, np.inf)))
                 kept = trials[i]
 
         kept = fill(np.asarray(kept_at(lo), dtype=np.int64))
         # Few, coarse groups (a PatchGAN D, a thin ResNet's residual stream) can stop short of 98%:
         # trade one or two steps of some groups for cheaper steps elsewhere while that gets closer.
-        while cost(kept) < 0.98 * budget * self.teacher_macs:
+        while cost(kept) < 0.98 * budget * self.teacher_cost:
             moves = []
             for i in range(self.num_groups):
                 for j in range(i, self.num_groups):
@@ -235,18 +278,18 @@ class ChannelSpace:
     def uniform_ratio(self, budget: float, iters: int = 40) -> float:
         """The largest single keep ratio (same for every group) whose candidate meets ``budget``.
 
-        Bisection on ``r`` in ``[r_min, r_max]`` over the rounded MACs fraction (monotone in r).
+        Bisection on ``r`` in ``[r_min, r_max]`` over the rounded cost fraction (monotone in r).
 
-        :param budget: MACs budget as a fraction of the teacher's physical MACs.
+        :param budget: the budget as a fraction of the teacher's cost (MACs, or predicted latency).
         :raises BudgetError: the budget is infeasible.
         """
         self.check_budget(budget)
         lo, hi = self.cfg.r_min, self.cfg.r_max
-        if self.macs_fraction([hi] * self.num_groups) <= budget:
+        if self.cost_fraction([hi] * self.num_groups) <= budget:
             return hi
         for _ in range(iters):
             mid = 0.5 * (lo + hi)
-            if self.macs_fraction([mid] * self.num_groups) <= budget:
+            if self.cost_fraction([mid] * self.num_groups) <= budget:
                 lo = mid
             else:
                 hi = mid
