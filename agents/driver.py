@@ -2,8 +2,10 @@
 
 Steps (DESIGN.md §5, §6):
 
-1. Check both budgets (``BudgetError`` before anything starts) and create or reopen the run
-   directory (``resume=True`` checks the config digest and repairs a torn log line).
+1. A generator latency budget gets its latency model: the run's own ``latency_model.json``, or
+   timed here on the budget's backend (:mod:`collabprune.latency_budget`). Check both budgets
+   (``BudgetError`` before anything starts) and create or reopen the run directory (``resume=True``
+   checks the config digest and repairs a torn log line).
 2. Connect to Ray: an embedded instance by default (``ray.init(address="local")``, all local CPUs,
    no dashboard), the cluster of ``address`` (or of ``RAY_ADDRESS``, e.g. inside a Ray job) otherwise.
    An already-initialised Ray (tests, notebooks) is reused and left running.
@@ -322,8 +324,10 @@ def run_search(
     """
     t0 = time.time()
     run_dir = Path(run_dir)
-    if not resume and latency_budget(cfg) is not None and cfg.pruning.latency_model is None:
-        cfg = ensure_latency_model(cfg, run_dir)  # timed once, here; the run's config points at it
+    if not resume:
+        RunDir.check_free(run_dir)  # before anything is written into it
+    if latency_budget(cfg) is not None:  # its latency model: the run's own, or timed here, once
+        cfg = ensure_latency_model(cfg, run_dir)
         print(describe_latency_model(cfg), flush=True)
     spaces = [RoleSpace.from_config(role, cfg) for role in ROLES]  # BudgetError before anything starts
     peer_len = peer_length(spaces)

@@ -49,9 +49,10 @@ import torch
 from rich.table import Table
 
 from benchmarks._shared import base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
+from collabprune.backends import backend_latency_s
 from collabprune.config import RunConfig
 from collabprune.errors import BudgetError
-from collabprune.metrics.latency import backend_latency_s, measure_latency
+from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import build_generator, generator_kwargs
 from collabprune.onnx_export import ONNX_FILE, ort_latency_ms, write_onnx
@@ -100,10 +101,12 @@ def parse_args() -> Any:
 
 def model_config(args: Any, which: str) -> RunConfig:
     """The run config of one ``--model`` entry."""
+    # the budgets here are MACs fractions (--budgets): a config's latency target is replaced
+    macs_budget = ["pruning.budget.generator=0.25", "pruning.latency_model=null"]
     if which == "config":
-        return load_cfg(args.config, args.overrides)
+        return load_cfg(args.config, args.overrides, macs_budget)
     if which in MODELS:
-        return load_cfg(args.config, args.overrides, MODELS[which])
+        return load_cfg(args.config, args.overrides, [*MODELS[which], *macs_budget])
     raise SystemExit(f"--model: unknown entry {which!r} (allowed: config, {', '.join(MODELS)})")
 
 

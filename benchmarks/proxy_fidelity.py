@@ -245,6 +245,8 @@ def main() -> None:
     args = parse_args()
     t0 = time.time()
     base = load_cfg(args.config, args.overrides)
+    if not args.budgets and not isinstance(base.pruning.budget.generator, float):
+        raise SystemExit("--budgets: the config's generator budget is a latency target; give MACs budgets")
     budgets = parse_list(args.budgets) if args.budgets else [base.pruning.budget.generator]
     seeds = parse_list(args.seeds, int)
     final_seeds = parse_list(args.final_seeds, int)

@@ -144,7 +144,7 @@ class TeacherConfig(_Section):
         "that train a discriminator against the frozen teacher G; the result is cached in the run")
 
 
-#: backends a latency budget can be measured on (collabprune.metrics.latency.BACKENDS)
+#: Backends a latency budget can be measured on (``collabprune.metrics.latency.backend_latency_s``).
 LATENCY_BACKENDS: tuple[str, ...] = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
 
 
@@ -156,7 +156,7 @@ class LatencyBudget(_Section):
 
     latency_ms: float = Field(gt=0.0, description="latency target of one forward pass, milliseconds")
     batch: int = Field(1, ge=1, description="batch size the latency is for")
-    backend: Literal["torch-cpu", "onnxruntime-cpu", "torch-cuda"] = "torch-cpu"
+    backend: Literal[LATENCY_BACKENDS] = "torch-cpu"  # type: ignore[valid-type]
 
 
 class BudgetConfig(_Section):
@@ -403,12 +403,14 @@ def _format_error(err: ValidationError, source: str) -> str:
 
     errors = err.errors()
     first = errors[0]
-    if isinstance(first.get("input"), dict):  # a section given for a union: the section's own error says more
-        first = next((e for e in errors if not isinstance(e.get("input"), dict)), first)
+    if isinstance(first.get("input"), dict):  # a section given for a union: the section branch's error says more
+        first = next((e for e in errors if any(isinstance(p, str) and p[:1].isupper() for p in e["loc"])), first)
     loc = field(first) or "<root>"
     msg = ", or ".join(e["msg"] for e in errors if field(e) == field(first))  # every branch of a union
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field '{loc}'"
+    if first["type"] == "missing":
+        return f"{source}: field '{loc}' is required"
     value = first.get("input")
     if first["type"] == "value_error":  # a validator across fields: its message names them and the rule
         where = "" if loc == "<root>" else f"section '{loc}': "

@@ -155,7 +155,15 @@ class HeldoutEvaluator:
         :returns: ``{"l1", "psnr", "ssim", "fd_eval", "fid"}`` (``None`` where not applicable).
         :raises ValueError: the outputs hold NaN/inf.
         """
-        fake = self.outputs(net_g)
+        return self.measure_outputs(self.outputs(net_g))
+
+    def measure_outputs(self, fake: torch.Tensor) -> dict[str, float | None]:
+        """The held-out metrics of a generator's test-split outputs (:meth:`outputs`).
+
+        :param fake: (N, C_out, H, W) in [-1, 1], one per test image, in test order.
+        :returns: ``{"l1", "psnr", "ssim", "fd_eval", "fid"}`` (``None`` where not applicable).
+        :raises ValueError: the outputs hold NaN/inf.
+        """
         out: dict[str, float | None] = {"l1": None, "psnr": None, "ssim": None}
         if self.paired:
             out.update({k: v for k, v in paired_scores(fake, self.test_b).to_dict().items() if k != "images"})

@@ -240,6 +240,7 @@ def job_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     data.data.root = _absolute(data.data.root)
     data.teacher.checkpoint_dir = _absolute(data.teacher.checkpoint_dir)
     data.reward.fid.weights = _absolute(data.reward.fid.weights)
+    data.pruning.latency_model = _absolute(data.pruning.latency_model)
     data.output.run_dir = run_dir
     return data
 

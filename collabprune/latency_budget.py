@@ -18,9 +18,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from collabprune.backends import backend_latency_s
 from collabprune.config import LatencyBudget, RunConfig
 from collabprune.errors import ConfigError
-from collabprune.metrics.latency import backend_latency_s
 from collabprune.pruning.costs import group_macs_table
 from collabprune.pruning.groups import discover_groups
 from collabprune.pruning.latency_model import LATENCY_MODEL_FILE, LatencyModel, fit_latency_model, load_latency_model
@@ -59,7 +59,7 @@ def ensure_latency_model(cfg: RunConfig, run_dir: Path, progress: Callable[[int,
     if path.is_file():
         try:
             model = load_latency_model(path)
-            model.check_table(table, str(path))
+            model.check_table(table, shape, str(path))
             if (model.backend, model.batch) != (budget.backend, budget.batch):
                 model = None
         except ConfigError:
@@ -69,7 +69,7 @@ def ensure_latency_model(cfg: RunConfig, run_dir: Path, progress: Callable[[int,
             model = fit_latency_model(teacher, table, shape, cfg.pruning, budget.backend, budget.batch,
                                       cfg.pruning.latency_samples, progress=progress)
         except RuntimeError as err:
-            raise ConfigError(f"pruning.budget.generator.backend={budget.backend}: {err}") from None
+            raise ConfigError(f"pruning.budget.generator.backend={budget.backend}: {err}".split("\n")[0]) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)
     out = cfg.model_copy(deep=True)
@@ -84,8 +84,9 @@ def export_latency(cfg: RunConfig, teacher_g: nn.Module, net_g: nn.Module, kept:
     :param teacher_g: the unpruned G.
     :param net_g: the exported (pruned) G.
     :param kept: its kept channels per group.
-    :returns: ``{"backend", "batch", "target_ms", "predicted_ms", "measured_ms", "teacher_predicted_ms",
-        "teacher_measured_ms", "model"}``, or None for a MACs budget.
+    :returns: ``{"backend", "batch", "target_ms", "predicted_ms", "measured_ms", "not_measured",
+        "teacher_predicted_ms", "teacher_measured_ms", "model"}``, or None for a MACs budget;
+        ``measured_ms`` is None (and ``not_measured`` says why) where the backend is not available.
     """
     budget = latency_budget(cfg)
     if budget is None:
@@ -94,10 +95,14 @@ def export_latency(cfg: RunConfig, teacher_g: nn.Module, net_g: nn.Module, kept:
     space = ChannelSpace.of("g", teacher_g, role.input_shape, cfg.pruning)
     model: LatencyModel = space.latency  # type: ignore[assignment]
     shape = (budget.batch, *role.input_shape[1:])
+    try:
+        measured: float | None = 1e3 * backend_latency_s(net_g, shape, budget.backend, repeats=20)
+        why = None
+    except RuntimeError as err:  # exported where the backend is missing (no GPU, no onnxruntime)
+        measured, why = None, str(err).split("\n")[0]
     return {
         "backend": budget.backend, "batch": budget.batch, "target_ms": budget.latency_ms,
-        "predicted_ms": float(space.cost_of_kept(kept)),
-        "measured_ms": 1e3 * backend_latency_s(net_g, shape, budget.backend, repeats=20),
+        "predicted_ms": float(space.cost_of_kept(kept)), "measured_ms": measured, "not_measured": why,
         "teacher_predicted_ms": model.teacher_predicted_ms, "teacher_measured_ms": model.teacher_ms,
         "model": str(cfg.pruning.latency_model),
     }
@@ -106,9 +111,10 @@ def export_latency(cfg: RunConfig, teacher_g: nn.Module, net_g: nn.Module, kept:
 def describe(cfg: RunConfig) -> str:
     """One line about a run's measured latency model: backend, teacher latency, fit error, machine, file."""
     m = load_latency_model(cfg.pruning.latency_model)
+    where = m.machine.get("cuda_device") if m.backend == "torch-cuda" else m.machine.get("cpu_model")
     return (f"latency model ({m.backend}, batch {m.batch}): teacher {m.teacher_ms:.2f} ms measured, "
             f"{m.teacher_predicted_ms:.2f} ms predicted; fit error {m.fit_error_pct:.1f}% over {m.fit_samples} "
-            f"sub-networks on {m.machine.get('cpu_model')} ({cfg.pruning.latency_model})")
+            f"sub-networks on {where} ({cfg.pruning.latency_model})")
 
 
 __all__ = ["describe", "ensure_latency_model", "export_latency", "latency_budget"]

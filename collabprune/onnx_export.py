@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -45,20 +45,20 @@ def require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def write_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def write_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path | BinaryIO) -> None:
     """Write ``net`` as ONNX to ``path`` (legacy exporter, opset :data:`OPSET`, input ``input`` and
     output ``output`` with a dynamic batch axis); no check, no rename (:func:`export_onnx` does both).
 
     :param net: a generator in eval mode.
     :param example: an input (B, C_in, H, W) that fixes C, H and W.
-    :param path: the file to write.
+    :param path: the file to write, or a binary buffer (``io.BytesIO``).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             net,
             (example,),
-            str(path),
+            path if hasattr(path, "write") else str(path),
             dynamo=False,
             opset_version=OPSET,
             input_names=["input"],

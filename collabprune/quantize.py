@@ -245,7 +245,7 @@ def export_int8(out: Path, cfg: RunConfig, run_dir: Path, calibration_images: in
         fp32_net, int8_net = OrtGenerator(cpu_session(fp32_path)), OrtGenerator(cpu_session(tmp))
         want, got = held.outputs(fp32_net), held.outputs(int8_net)
         diff = (got - want).abs()
-        heldout = {"fp32": held.measure(fp32_net), "int8": held.measure(int8_net)}
+        heldout = {"fp32": held.measure_outputs(want), "int8": held.measure_outputs(got)}
         x = held.test_a[:1].float().numpy()
         latency = {"fp32": ort_latency_ms(fp32_net.session, x), "int8": ort_latency_ms(int8_net.session, x)}
     return Int8Export(

@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from collabprune.config import RunConfig, load_config, save_config
 from collabprune.errors import RunDirError
-from collabprune.io import atomic_write_json
+from collabprune.io import atomic_write_json, file_sha256
+from collabprune.pruning.latency_model import LATENCY_MODEL_FILE
 from collabprune.records import EvaluationRecord, ReevalRecord
 
 CONFIG_FILE = "config.yaml"
@@ -74,6 +75,8 @@ LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("teacher", "lambda_identity", 0.5),
     ("teacher", "pool_size", 50),
     ("teacher", "d_warmup_steps", 300),
+    ("pruning", "latency_model", None),
+    ("pruning", "latency_samples", 24),
 )
 
 
@@ -82,7 +85,8 @@ def run_digest(cfg: RunConfig) -> str:
 
     It is :meth:`RunConfig.digest` of the config without the ``output`` section (a run directory
     may be moved), without :data:`OPERATIONAL_FIELDS`, and without :data:`LATER_FIELDS_AT_OLD_VALUE`
-    where they hold their old value.
+    where they hold their old value. A latency budget's measured model counts by its content, not
+    its path (the run's own ``latency_model.json`` moves with the run).
 
     :param cfg: the run config.
     :returns: 16 hexadecimal characters.
@@ -95,6 +99,9 @@ def run_digest(cfg: RunConfig) -> str:
     for section, name, old_value in LATER_FIELDS_AT_OLD_VALUE:
         if data.get(section, {}).get(name) == old_value:
             data[section].pop(name)
+    model = cfg.pruning.latency_model
+    if model is not None:
+        data["pruning"]["latency_model"] = file_sha256(model) if Path(model).is_file() else str(model)
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -141,7 +148,11 @@ def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | None =
     if not (path / CONFIG_FILE).is_file():
         raise RunDirError(f"{path}: not a run directory (no {CONFIG_FILE})",
                           hint="give the folder a previous `collabprune search` wrote")
-    return load_config(path / CONFIG_FILE, overrides)
+    cfg = load_config(path / CONFIG_FILE, overrides)
+    own = path / LATENCY_MODEL_FILE
+    if cfg.pruning.latency_model is not None and own.is_file():  # the run's own model, wherever the run now is
+        cfg.pruning.latency_model = own.resolve()
+    return cfg
 
 
 def _parse(cls: Any, data: Any, where: str, what: str) -> Any:
@@ -239,9 +250,7 @@ class RunDir:
         :raises RunDirError: the folder already holds a run (resume it instead).
         """
         path = Path(path)
-        if (path / EVALUATIONS_FILE).exists() or (path / META_FILE).exists():
-            raise RunDirError(f"{path}: already holds a run", hint=f"resume it with --resume {path}, "
-                              "or choose another --out")
+        cls.check_free(path)
         path.mkdir(parents=True, exist_ok=True)
         digest = run_digest(cfg)
         save_config(cfg, path / CONFIG_FILE)
@@ -249,6 +258,14 @@ class RunDir:
                                              "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                              "versions": package_versions()})
         return cls(path, digest)
+
+    @staticmethod
+    def check_free(path: str | os.PathLike[str]) -> None:
+        """:raises RunDirError: the folder already holds a run (a new run must not start there)."""
+        path = Path(path)
+        if (path / EVALUATIONS_FILE).exists() or (path / META_FILE).exists():
+            raise RunDirError(f"{path}: already holds a run", hint=f"resume it with --resume {path}, "
+                              "or choose another --out")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], cfg: RunConfig) -> "RunDir":

@@ -4,13 +4,14 @@ One episode = one candidate of one search round = one pass over the role's pruna
 order (or over its mirrored levels, an encoder group and its decoder group decided together, with
 ``search.tie_levels``). At step ``t`` the action (Box(-1, 1, (1,))) is a log2 multiplier on the role's uniform keep
 ratio (:meth:`RoleSpace.action_to_ratio`): the zero action asks for the uniform ratio. After the last
-group the requested ratios are projected onto the MACs budget (:meth:`RoleSpace.project`); the
+group the requested ratios are projected onto the budget (MACs, or a latency budget's predicted
+latency; :meth:`RoleSpace.project`); the
 projected (executed) ratios are the proposal. Rewards are 0 before the last step; the last step's
 reward is the team reward of the evaluated pair (AMC style; the learner credits it to every step of
 the episode).
 
 Who delivers the reward: standalone (env checkers, tests) the env calls ``submit(round, ratios,
-macs_fraction) -> (reward, PeerInfo)`` itself; in a search ``submit`` is ``None`` and the
+budget_fraction) -> (reward, PeerInfo)`` itself; in a search ``submit`` is ``None`` and the
 :class:`~agents.vec_env.RoundVecEnv` collects the proposals of all its envs at the last step, hands
 them to the Coordinator in one call and writes the rewards back (:meth:`finish`).
 
@@ -26,7 +27,7 @@ Observation (float32, every entry in [-1, 1]), ``N_GROUP_FEATURES + peer_len + N
      7  macs_share                    share of the teacher's MACs attributed to the group
      8  mean action so far            of groups 0..t-1 (0 at t = 0)
      9  previous action               the action at t-1 (0 at t = 0)
-    10  MACs vs budget so far         decided groups as requested, the rest uniform: fraction / budget - 1
+    10  cost vs budget so far         decided groups as requested, the rest uniform: fraction / budget - 1
     11  MACs share still to decide    sum of macs_share of groups t..n-1
     12  budget                        the role's budget fraction
     13  uniform ratio                 the role's uniform keep ratio u

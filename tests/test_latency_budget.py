@@ -9,6 +9,7 @@ tests/test_agents.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,34 @@ def test_latency_budget_errors(measured: RunConfig) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="backend=torch-cuda: latency backend torch-cuda: no CUDA device"):
             ensure_latency_model(_cfg(1.0, backend="torch-cuda"), measured.pruning.latency_model.parent)
+
+
+def test_a_latency_run_resumes_where_it_moves_and_rejects_another_network(measured: RunConfig, tmp_path: Path) -> None:
+    """The run digest counts the model by its content, not its path, and ``resume_config`` points a
+    moved run at its own ``latency_model.json``; a model of another network is refused."""
+    import shutil
+
+    from collabprune.runs import RunDir, resume_config, run_digest
+
+    model = load_latency_model(measured.pruning.latency_model)
+    cfg = _cfg(0.8 * model.teacher_predicted_ms, model=measured.pruning.latency_model)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(measured.pruning.latency_model, run / LATENCY_MODEL_FILE)
+    cfg.pruning.latency_model = (run / LATENCY_MODEL_FILE).resolve()
+    RunDir.create(run, cfg)
+    digest = run_digest(cfg)
+    moved = tmp_path / "moved"
+    shutil.move(str(run), str(moved))
+    again = resume_config(moved)
+    assert again.pruning.latency_model == (moved / LATENCY_MODEL_FILE).resolve()
+    assert run_digest(again) == digest
+    RunDir.open(moved, again)  # resumes: same digest
+    data = load_latency_model(again.pruning.latency_model).to_dict()
+    data["coef_ms"] = [data["coef_ms"][0] + 1.0, *data["coef_ms"][1:]]
+    (moved / LATENCY_MODEL_FILE).write_text(json.dumps(data))
+    assert run_digest(resume_config(moved)) != digest  # another model: another experiment
+
+    wider = RunConfig.model_validate({**again.to_dict(), "model": {**cfg.model.model_dump(), "ngf": 12}})
+    with pytest.raises(ConfigError, match="measured on another network"):
+        RoleSpace.from_config("generator", wider)

@@ -182,7 +182,8 @@ def test_a_field_added_later_keeps_the_digest_of_older_run_directories(tmp_path:
 
     from collabprune.runs import LATER_FIELDS_AT_OLD_VALUE
 
-    assert {("agents", "learn_during_evaluation"), ("model", "family"), ("teacher", "d_warmup_steps")} <= {
+    assert {("agents", "learn_during_evaluation"), ("model", "family"), ("teacher", "d_warmup_steps"),
+            ("pruning", "latency_model"), ("pruning", "latency_samples")} <= {
         (s, n) for s, n, _ in LATER_FIELDS_AT_OLD_VALUE}
     c = cfg()
     older = c.to_dict()

@@ -14,8 +14,8 @@ on a CPU a MAC at 4x4 is slower than a MAC at 128x128), ``act`` the elements eve
 writes (memory traffic of the layers after it), and every ``c >= 0`` (non-negative least squares), so
 the prediction never falls when a group keeps more channels: the budget projection's bisection and
 fill stay exact. The fit uses ``samples`` sub-networks: the teacher, uniform candidates from 0.9
-down to ``r_min`` and random allocations around them, each pruned physically
-(:func:`~collabprune.pruning.prune.prune_model`) and timed (:func:`~collabprune.metrics.latency.backend_latency_s`).
+down to ``max(r_min, 0.05)`` and random allocations around them, each pruned physically
+(:func:`~collabprune.pruning.prune.prune_model`) and timed (:func:`~collabprune.backends.backend_latency_s`).
 
 A model is measured once per run, on the machine that starts the search, and kept in
 ``RUN_DIR/latency_model.json`` with the machine's description (``pruning.latency_model`` points at it).
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from collabprune.backends import backend_latency_s
 from collabprune.config import PruningConfig
 from collabprune.errors import ConfigError
 from collabprune.io import atomic_write_json
-from collabprune.metrics.latency import backend_latency_s
 from collabprune.metrics.macs import conv_layer_costs, example_input
 from collabprune.pruning.costs import MacsTable
 
@@ -54,6 +54,7 @@ class LatencyModel:
     :param batch: B of the timed input.
     :param input_shape: (B, C, H, W) timed.
     :param layers: the convolution names of the :class:`MacsTable` it was fitted on (forward order).
+    :param channels: (G,) the unpruned channels of each prunable group it was fitted on.
     :param layer_level: (L,) index of each layer's output feature-map size (0 = the largest).
     :param layer_act: (L,) output elements per output channel of each layer (B * H * W).
     :param scale: (F,) the teacher's value of each feature (they are normalised by it).
@@ -68,6 +69,7 @@ class LatencyModel:
     batch: int
     input_shape: tuple[int, ...]
     layers: tuple[str, ...]
+    channels: tuple[int, ...]
     layer_level: tuple[int, ...]
     layer_act: tuple[int, ...]
     scale: tuple[float, ...]
@@ -89,7 +91,7 @@ class LatencyModel:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencyModel":
         """Inverse of :meth:`to_dict`."""
-        tuples = ("input_shape", "layers", "layer_level", "layer_act", "scale", "coef_ms")
+        tuples = ("input_shape", "layers", "channels", "layer_level", "layer_act", "scale", "coef_ms")
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
     def save(self, path: Path) -> None:
@@ -107,11 +109,15 @@ class LatencyModel:
         out = self.coef_ms[0] + (feats / np.asarray(self.scale)) @ np.asarray(self.coef_ms[1:])
         return float(out) if np.ndim(out) == 0 else out
 
-    def check_table(self, table: MacsTable, where: str) -> None:
-        """:raises ConfigError: the model was fitted on another network (other convolution layers)."""
-        if tuple(table.layers) != tuple(self.layers):
-            raise ConfigError(f"{where}: the latency model was measured on another network "
-                              f"({len(self.layers)} convolutions, this one has {len(table.layers)}); measure it again")
+    def check_table(self, table: MacsTable, input_shape: Sequence[int], where: str) -> None:
+        """:raises ConfigError: the model was fitted on another network: other convolutions, group
+        widths or input (C, H, W)."""
+        same = (tuple(table.layers) == tuple(self.layers) and tuple(int(c) for c in table.channels) == self.channels
+                and tuple(int(s) for s in input_shape[1:]) == tuple(self.input_shape[1:]))
+        if not same:
+            raise ConfigError(f"{where}: the latency model was measured on another network ({len(self.layers)} "
+                              f"convolutions, input {list(self.input_shape[1:])}; this one: {len(table.layers)}, "
+                              f"{list(input_shape[1:])}); remove it to measure again")
 
 
 def features(table: MacsTable, kept: np.ndarray, layer_level: Sequence[int], layer_act: Sequence[int]) -> np.ndarray:
@@ -161,7 +167,7 @@ def machine_description(backend: str) -> dict[str, Any]:
 
 
 def sample_allocations(channels: Sequence[int], cfg: PruningConfig, samples: int, seed: int) -> list[list[float]]:
-    """Keep-ratio vectors to time: the teacher (all 1), uniform ratios from 0.9 down to ``r_min``,
+    """Keep-ratio vectors to time: the teacher (all 1), uniform ratios from 0.9 down to ``max(r_min, 0.05)``,
     then random log2 multipliers in [-1, 1] around random uniform ratios (clipped to [r_min, r_max])."""
     rng = np.random.default_rng(seed)
     n = len(channels)
@@ -232,6 +238,7 @@ def fit_latency_model(
     pred = design @ coef
     return LatencyModel(
         backend=backend, batch=int(batch), input_shape=timed, layers=tuple(table.layers),
+        channels=tuple(int(c) for c in table.channels),
         layer_level=tuple(int(v) for v in level), layer_act=tuple(int(v) for v in act),
         scale=tuple(float(v) for v in scale), coef_ms=tuple(float(v) for v in coef), teacher_ms=float(y[0]),
         fit_samples=len(y), fit_error_pct=float(100 * np.mean(np.abs(pred - y) / y)),

@@ -70,7 +70,7 @@ class ChannelSpace:
         budget = cfg.budget.generator
         if role == "g" and isinstance(budget, LatencyBudget):
             latency = load_latency_model(cfg.latency_model)
-            latency.check_table(table, f"pruning.latency_model {cfg.latency_model}")
+            latency.check_table(table, shape, f"pruning.latency_model {cfg.latency_model}")
             if (latency.backend, latency.batch) != (budget.backend, budget.batch):
                 raise ConfigError(f"pruning.latency_model {cfg.latency_model}: measured on {latency.backend} at batch "
                                   f"{latency.batch}, the budget asks for {budget.backend} at batch {budget.batch}")
@@ -225,7 +225,7 @@ class ChannelSpace:
         rows = np.arange(len(chan))
 
         def fill(kept: np.ndarray) -> np.ndarray:
-            # every group's next step is costed in one batch (int64, exact)
+            # every group's next step is costed in one batch (MACs: int64, exact)
             while True:
                 base = cost(kept)
                 trials = np.repeat(kept[None, :], len(chan), axis=0)
