@@ -69,7 +69,7 @@ UNET_256 = [
 #: ``--model resnet_9blocks``: CycleGAN's full-size generator (upstream defaults: ngf=64, InstanceNorm
 #: without affine parameters, no dropout, 3 -> 3 channels at 256x256; GPU rounding of 8).
 RESNET_9BLOCKS = [
-    "model.family=cyclegan", "data.dataset_mode=unaligned",
+    "model.family=cyclegan", "data.dataset_mode=unaligned", "data.demo.task=sketch",  # no data is read
     "model.net_g=resnet_9blocks", "model.ngf=64", "model.norm=instance", "model.use_dropout=false",
     "data.input_nc=3", "data.output_nc=3", "data.load_size=286", "data.crop_size=256",
     "pruning.round_to=8", "pruning.min_channels=8",

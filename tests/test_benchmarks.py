@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.latency import MODELS, model_config
 from benchmarks.search_scale import analyse
 from collabprune.records import EvaluationRecord, RoundTimes
 
@@ -25,3 +26,18 @@ def test_search_scale_analysis_of_a_known_log() -> None:
     assert out["share_not_evaluation"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="at least 3"):
         analyse(records[:4], evaluators=2)
+
+
+@pytest.mark.parametrize("which", ["config", *MODELS])
+def test_latency_models_load_on_the_default_config(which: str) -> None:
+    """Every ``benchmarks.latency --model`` entry is a valid config on top of configs/demo.yaml (the
+    CycleGAN ResNet needs the unpaired layout), and its budget is a MACs fraction."""
+    import argparse
+
+    from benchmarks._shared import DEFAULT_CONFIG
+
+    args = argparse.Namespace(config=str(DEFAULT_CONFIG), overrides=[])
+    cfg = model_config(args, which)
+    assert isinstance(cfg.pruning.budget.generator, float) and cfg.pruning.latency_model is None
+    if which != "config":
+        assert cfg.model.net_g == which and cfg.model.ngf == 64 and cfg.data.crop_size == 256
