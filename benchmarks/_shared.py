@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from collabprune.backends import machine_info  # noqa: F401  (the benchmarks' machine description)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -54,37 +55,6 @@ def load_cfg(config: str | os.PathLike[str], overrides: Sequence[str], extra: Se
 def parse_list(text: str, kind: Callable[[str], Any] = float) -> list[Any]:
     """``"0.25,0.5"`` -> ``[0.25, 0.5]`` (empty items dropped)."""
     return [kind(item.strip()) for item in text.split(",") if item.strip()]
-
-
-def cpu_model() -> str:
-    """The CPU model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers were taken: CPU, cores, torch and its threads, CUDA device, load average."""
-    import torch
-
-    info: dict[str, Any] = {
-        "cpu_model": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        info["load_average_at_start"] = list(os.getloadavg())
-    except OSError:
-        pass
-    return info
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

@@ -55,11 +55,11 @@ from collabprune.errors import BudgetError
 from collabprune.metrics.latency import measure_latency
 from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import build_generator, generator_kwargs
-from collabprune.onnx_export import ONNX_FILE, ort_latency_ms, write_onnx
+from collabprune.onnx_export import ONNX_FILE, cpu_session, ort_latency_ms, write_onnx
 from collabprune.pruning.latency_model import fit_latency_model, sample_allocations
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.space import ChannelSpace
-from collabprune.quantize import INT8_FILE, cpu_session, quantize_generator, runtime_precision
+from collabprune.quantize import INT8_FILE, quantize_generator, runtime_precision
 
 #: ``--model unet_256``: pix2pix's full-size generator (upstream defaults, GPU rounding of 8).
 UNET_256 = [

@@ -144,7 +144,7 @@ class TeacherConfig(_Section):
         "that train a discriminator against the frozen teacher G; the result is cached in the run")
 
 
-#: Backends a latency budget can be measured on (``collabprune.metrics.latency.backend_latency_s``).
+#: Backends a latency budget can be measured on (``collabprune.backends.backend_latency_s``).
 LATENCY_BACKENDS: tuple[str, ...] = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
 
 

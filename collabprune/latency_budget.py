@@ -13,7 +13,7 @@ evaluators) projects proposals with the same model, and a resume reuses it. At e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,9 +23,10 @@ from collabprune.config import LatencyBudget, RunConfig
 from collabprune.errors import ConfigError
 from collabprune.pruning.costs import group_macs_table
 from collabprune.pruning.groups import discover_groups
-from collabprune.pruning.latency_model import LATENCY_MODEL_FILE, LatencyModel, fit_latency_model, load_latency_model
+from collabprune.pruning.latency_model import LatencyModel, fit_latency_model, load_latency_model
 from collabprune.pruning.roles import Role
 from collabprune.pruning.space import ChannelSpace
+from collabprune.runs import LATENCY_MODEL_FILE
 
 
 def latency_budget(cfg: RunConfig) -> LatencyBudget | None:
@@ -34,14 +35,13 @@ def latency_budget(cfg: RunConfig) -> LatencyBudget | None:
     return g if isinstance(g, LatencyBudget) else None
 
 
-def ensure_latency_model(cfg: RunConfig, run_dir: Path, progress: Callable[[int, int], None] | None = None) -> RunConfig:
+def ensure_latency_model(cfg: RunConfig, run_dir: Path) -> RunConfig:
     """The config a new search runs with: with a latency budget and no ``pruning.latency_model``,
     the model is measured into ``RUN_DIR/latency_model.json`` (reused when one for the same network,
     backend and batch is already there) and the returned config points at it. Otherwise ``cfg``.
 
     :param cfg: the resolved run config.
     :param run_dir: the run directory (created if needed).
-    :param progress: called with (done, total) after each timed sub-network.
     :raises ConfigError: the backend is not available on this machine (``torch-cuda`` without a GPU,
         ``onnxruntime-cpu`` without onnxruntime).
     """
@@ -67,7 +67,7 @@ def ensure_latency_model(cfg: RunConfig, run_dir: Path, progress: Callable[[int,
     if model is None:
         try:
             model = fit_latency_model(teacher, table, shape, cfg.pruning, budget.backend, budget.batch,
-                                      cfg.pruning.latency_samples, progress=progress)
+                                      cfg.pruning.latency_samples)
         except RuntimeError as err:
             raise ConfigError(f"pruning.budget.generator.backend={budget.backend}: {err}".split("\n")[0]) from None
         path.parent.mkdir(parents=True, exist_ok=True)

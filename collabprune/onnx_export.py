@@ -45,6 +45,18 @@ def require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
+def cpu_session(model: Path | bytes) -> Any:
+    """An onnxruntime CPU session of an ONNX model (a file, or its bytes), warnings silenced.
+
+    :raises OnnxExportError: onnx/onnxruntime are not installed.
+    """
+    ort = require_onnx()[1]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def write_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path | BinaryIO) -> None:
     """Write ``net`` as ONNX to ``path`` (legacy exporter, opset :data:`OPSET`, input ``input`` and
     output ``output`` with a dynamic batch axis); no check, no rename (:func:`export_onnx` does both).
@@ -115,9 +127,7 @@ def export_onnx(out: Path, cfg: RunConfig) -> dict[str, Any]:
             onnx.checker.check_model(str(tmp))
         except Exception as err:  # the exporter raises many types
             raise OnnxExportError(f"{target}: ONNX export failed ({type(err).__name__}: {err})".split("\n")[0]) from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(tmp)
         diff = 0.0
         with torch.inference_mode():
             for x in (example, check):
@@ -144,4 +154,4 @@ def export_onnx(out: Path, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["ONNX_FILE", "OPSET", "TOLERANCE", "export_onnx", "ort_latency_ms", "require_onnx", "write_onnx"]
+__all__ = ["ONNX_FILE", "OPSET", "TOLERANCE", "cpu_session", "export_onnx", "ort_latency_ms", "require_onnx", "write_onnx"]

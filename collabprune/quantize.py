@@ -39,7 +39,7 @@ from torch import nn
 from collabprune.config import RunConfig
 from collabprune.errors import OnnxExportError
 from collabprune.io import atomic_path
-from collabprune.onnx_export import ONNX_FILE, ort_latency_ms, require_onnx
+from collabprune.onnx_export import ONNX_FILE, cpu_session, ort_latency_ms, require_onnx
 from collabprune.summary import heldout_evaluator
 
 INT8_FILE = "generator.int8.onnx"
@@ -208,17 +208,6 @@ def runtime_precision(model: Path) -> tuple[dict[str, int], dict[str, int]]:
     return dict(sorted(int8.items())), dict(sorted(fp32.items()))
 
 
-def cpu_session(path: Path) -> Any:
-    """An onnxruntime CPU session of the model file ``path`` (warnings silenced).
-
-    :raises OnnxExportError: onnxruntime is not installed.
-    """
-    ort = require_onnx()[1]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def export_int8(out: Path, cfg: RunConfig, run_dir: Path, calibration_images: int = 64) -> Int8Export:
     """Write ``out/generator.int8.onnx`` beside ``out/generator.onnx`` and measure it against fp32.
 
@@ -263,6 +252,5 @@ def export_int8(out: Path, cfg: RunConfig, run_dir: Path, calibration_images: in
     )
 
 
-__all__ = ["INT8_FILE", "Int8Export", "OrtGenerator", "calibration_batches", "cpu_session", "export_int8",
-           "quantize_generator",
+__all__ = ["INT8_FILE", "Int8Export", "OrtGenerator", "calibration_batches", "export_int8", "quantize_generator",
            "runtime_precision"]

@@ -40,10 +40,11 @@ from typing import Any, Callable, Iterator, Sequence
 from collabprune.config import RunConfig, load_config, save_config
 from collabprune.errors import RunDirError
 from collabprune.io import atomic_write_json, file_sha256
-from collabprune.pruning.latency_model import LATENCY_MODEL_FILE
 from collabprune.records import EvaluationRecord, ReevalRecord
 
 CONFIG_FILE = "config.yaml"
+#: a latency budget's measured latency model (:mod:`collabprune.latency_budget`)
+LATENCY_MODEL_FILE = "latency_model.json"
 META_FILE = "run.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
 REEVALUATIONS_FILE = "reevaluations.jsonl"

@@ -63,7 +63,6 @@ class RoleSpace:
     def __post_init__(self) -> None:
         self.channels.check_budget(self.budget)
         self.uniform = float(self.channels.uniform_ratio(self.budget))
-        self.teacher_macs = float(self.channels.teacher_macs)
         self._uniform_candidate = self.channels.project([self.uniform] * self.n_groups, self.budget)
         self.decisions = mirrored_levels(self.groups) if self.tie_levels else tuple((i,) for i in range(self.n_groups))
 

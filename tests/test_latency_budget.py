@@ -20,9 +20,10 @@ from collabprune.config import RunConfig
 from collabprune.errors import BudgetError, ConfigError
 from collabprune.latency_budget import ensure_latency_model, export_latency
 from collabprune.models import build_generator
-from collabprune.pruning.latency_model import LATENCY_MODEL_FILE, load_latency_model
+from collabprune.pruning.latency_model import load_latency_model
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.roles import Role
+from collabprune.runs import LATENCY_MODEL_FILE
 from envs.space import RoleSpace
 
 SAMPLES = 8

@@ -71,6 +71,4 @@ def measure_latency(
     }
 
 
-
-
 __all__ = ["measure_latency"]

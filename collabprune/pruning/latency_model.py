@@ -25,25 +25,21 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from collabprune.backends import backend_latency_s
+from collabprune.backends import backend_latency_s, machine_info
 from collabprune.config import PruningConfig
 from collabprune.errors import ConfigError
 from collabprune.io import atomic_write_json
 from collabprune.metrics.macs import conv_layer_costs, example_input
 from collabprune.pruning.costs import MacsTable
-
-LATENCY_MODEL_FILE = "latency_model.json"
 
 
 @dataclass(frozen=True)
@@ -149,23 +145,6 @@ def layer_geometry(model: nn.Module, table: MacsTable, input_shape: Sequence[int
     return [order.index(hw) for hw in hws], [batch * hw[0] * hw[1] for hw in hws]
 
 
-def machine_description(backend: str) -> dict[str, Any]:
-    """CPU model, cores, platform, torch version and the CUDA device (for ``torch-cuda``)."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {"cpu_model": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "platform": platform.platform(), "torch": torch.__version__}
-    if backend == "torch-cuda" and torch.cuda.is_available():
-        out["cuda_device"] = torch.cuda.get_device_name()
-    return out
-
-
 def sample_allocations(channels: Sequence[int], cfg: PruningConfig, samples: int, seed: int) -> list[list[float]]:
     """Keep-ratio vectors to time: the teacher (all 1), uniform ratios from 0.9 down to ``max(r_min, 0.05)``,
     then random log2 multipliers in [-1, 1] around random uniform ratios (clipped to [r_min, r_max])."""
@@ -189,8 +168,6 @@ def fit_latency_model(
     batch: int = 1,
     samples: int = 24,
     seed: int = 0,
-    prune: Callable[[nn.Module, Sequence[float]], tuple[nn.Module, Any]] | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> LatencyModel:
     """Time ``samples`` sub-networks of ``model`` on ``backend`` and fit the latency model.
 
@@ -201,10 +178,8 @@ def fit_latency_model(
     :param backend: ``torch-cpu`` | ``onnxruntime-cpu`` | ``torch-cuda``.
     :param batch: B of the timed input.
     :param samples: sub-networks to time (>= 4).
-    :param seed: seed of the random allocations.
-    :param prune: ``prune(model, ratios) -> (pruned, spec)``; :func:`~collabprune.pruning.prune.prune_model`
-        with ``cfg`` when omitted.
-    :param progress: called with (done, total) after each timed sub-network.
+    :param seed: seed of the random allocations (each is pruned with
+        :func:`~collabprune.pruning.prune.prune_model`).
     :raises ValueError: ``samples < 4``.
     :raises RuntimeError: the backend is not available here.
     """
@@ -217,19 +192,13 @@ def fit_latency_model(
     shape1 = tuple(int(s) for s in input_shape)
     timed = (batch, *shape1[1:])
     example = torch.zeros(shape1)
-    if prune is None:
-        def prune(net: nn.Module, ratios: Sequence[float]) -> tuple[nn.Module, Any]:
-            return prune_model(net, example, list(ratios), cfg)
-    level, act = layer_geometry(model, table, (batch, *shape1[1:]))
+    level, act = layer_geometry(model, table, timed)
     rows, times = [], []
-    allocations = sample_allocations(table.channels.tolist(), cfg, samples, seed)
-    for i, ratios in enumerate(allocations):
-        net, spec = (model, None) if i == 0 else prune(model, ratios)
+    for i, ratios in enumerate(sample_allocations(table.channels.tolist(), cfg, samples, seed)):
+        net, spec = (model, None) if i == 0 else prune_model(model, example, ratios, cfg)
         kept = np.asarray(table.channels if spec is None else spec.kept, dtype=np.int64)
         rows.append(features(table, kept, level, act))
         times.append(1e3 * backend_latency_s(net, timed, backend))
-        if progress is not None:
-            progress(i + 1, len(allocations))
     x = np.asarray(rows)
     scale = np.maximum(x[0], 1e-12)
     design = np.concatenate([np.ones((len(x), 1)), x / scale], axis=1)
@@ -242,7 +211,7 @@ def fit_latency_model(
         layer_level=tuple(int(v) for v in level), layer_act=tuple(int(v) for v in act),
         scale=tuple(float(v) for v in scale), coef_ms=tuple(float(v) for v in coef), teacher_ms=float(y[0]),
         fit_samples=len(y), fit_error_pct=float(100 * np.mean(np.abs(pred - y) / y)),
-        machine={**machine_description(backend), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        machine={**machine_info(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")},
     )
 
 
@@ -266,5 +235,5 @@ def load_latency_model(path: Path | str | None, where: str = "pruning.latency_mo
         raise ConfigError(f"{where}: cannot read the latency model {p} ({type(err).__name__}: {err})") from None
 
 
-__all__ = ["LATENCY_MODEL_FILE", "LatencyModel", "features", "fit_latency_model", "layer_geometry", "load_latency_model",
-           "machine_description", "sample_allocations"]
+__all__ = ["LatencyModel", "features", "fit_latency_model", "layer_geometry", "load_latency_model",
+           "sample_allocations"]
