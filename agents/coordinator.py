@@ -1,6 +1,9 @@
 """The Coordinator: pairs the agents' proposals of each round, evaluates them, logs them and replies.
 
-One round, top to bottom (N = slots = candidates per round; G leads, D follows):
+One round, top to bottom (N = slots = candidates per round; G leads, D follows). In a multi-budget
+search (``search.budgets``, K budgets) slot s searches generator budget s mod K: its G env projects
+onto that budget, its reward is against that budget's uniform candidate (round -1, slot s mod K),
+and its record carries the budget.
 
 1. The G agent's N envs finish their episodes; its :class:`~agents.vec_env.RoundVecEnv` calls
    ``await submit("generator", k, proposals)`` with the N projected G proposals. They are stored.
@@ -42,7 +45,7 @@ import ray
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError, SpaceMismatchError
 from collabprune.evaluation import reward_ratios
-from collabprune.pruning.roles import ROLE_NAMES, Role
+from collabprune.pruning.roles import ROLE_NAMES, Role, generator_budgets, slot_budget
 from collabprune.records import EvaluationRecord, Metrics, ProposalInfo, RoundTimes, finite_number
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
 from envs.channel_env import PeerInfo
@@ -91,27 +94,38 @@ class PeerBlocks:
     :param cfg: the run config (``agents.exchange``, ``reward.c_max``).
     :param run: the run directory (teacher and uniform records logged).
     :param spaces: both roles' :class:`RoleSpace` (actions of the peer's ratios, MACs fractions).
-    :raises RunDirError: the teacher or uniform record is missing.
+    :raises RunDirError: the teacher or a uniform record is missing.
     """
 
     def __init__(self, cfg: RunConfig, run: RunDir, spaces: dict[str, RoleSpace]) -> None:
         teacher = run.get(TEACHER_ROUND)
-        uniform = run.get(UNIFORM_ROUND)
-        if teacher is None or uniform is None:
+        budgets = generator_budgets(cfg)
+        uniform = [run.get(UNIFORM_ROUND, slot=k) for k in range(len(budgets))]
+        if teacher is None or any(u is None for u in uniform):
             raise RunDirError(f"{run.path}: the teacher and uniform evaluations must be logged first")
         self.cfg = cfg
         self.run = run
         self.spaces = spaces
+        #: per slot, each role's space (a multi-budget generator's at the slot's budget)
+        self.slot_spaces = {name: space.slot_spaces(cfg, run.slots) for name, space in spaces.items()}
         self.rho_t: float | None = teacher.metrics.rho  # the teacher's rho is rho_t
-        self.baseline: Metrics = uniform.metrics
+        #: per budget (``generator_budgets`` order), the uniform candidate's metrics: the reward baseline
+        self.baselines: list[Metrics] = [u.metrics for u in uniform if u is not None]
+        #: per slot, the generator budget it searches (``None`` for a single-budget run's records)
+        self.slot_budgets: list[float | None] = [
+            slot_budget(budgets, s) if cfg.search.budgets is not None else None for s in range(run.slots)]
         self.exchange = cfg.agents.exchange
+
+    def baseline(self, slot: int) -> Metrics:
+        """The reward baseline of a slot: the uniform candidate's metrics at the slot's budget."""
+        return self.baselines[slot % len(self.baselines)]
 
     def outcome(self, round_index: int, slot: int) -> tuple[tuple[float, float, float], float]:
         """(reward terms, rho_s / rho_t) of a logged evaluation; zeros when there is none."""
         record = self.run.get(round_index, slot=slot) if round_index >= 0 else None
         if record is None or record.diverged:
             return (0.0, 0.0, 0.0), 0.0
-        terms = reward_terms(record, self.baseline, self.cfg.reward.c_max)
+        terms = reward_terms(record, self.baseline(slot), self.cfg.reward.c_max)
         rho, rho_t = finite_number(record.metrics.rho), finite_number(self.rho_t)
         ratio = rho / rho_t if rho is not None and rho_t else 0.0
         clean = tuple(t if math.isfinite(t) else 0.0 for t in terms)
@@ -130,7 +144,7 @@ class PeerBlocks:
         terms, rho_ratio = self.outcome(round_index - 1, slot)
         if peer_ratios is None:
             return PeerInfo(reward_terms=terms, rho_ratio=rho_ratio)
-        space = self.spaces[peer]
+        space = self.slot_spaces[peer][slot]
         actions = tuple(space.ratio_to_action(r) for r in peer_ratios)
         return PeerInfo(actions=actions, macs_fraction=space.budget_fraction(peer_ratios), budget=space.budget,
                         reward_terms=terms, rho_ratio=rho_ratio, same_round=1.0 if same_round else 0.0)
@@ -163,7 +177,6 @@ class CoordinatorCore:
         self.cfg = RunConfig.model_validate(cfg)
         self.run = RunDir(Path(run_dir), run_digest(self.cfg))
         self.blocks = PeerBlocks(self.cfg, self.run, {name: RoleSpace.from_config(name, self.cfg) for name in ROLE_NAMES})
-        self.baseline = self.blocks.baseline
         self.exchange = self.cfg.agents.exchange
         self.deadlines = Deadlines.of(self.cfg)
         self.slots = self.run.slots
@@ -325,7 +338,7 @@ class CoordinatorCore:
         t_start = time.time()
         try:
             save_dir = str(candidate_dir(self.run.path, round_index, slot))
-            ref = handle.evaluate.remote(g["ratios"], d["ratios"], seed, self.baseline, save_dir)
+            ref = handle.evaluate.remote(g["ratios"], d["ratios"], seed, self.blocks.baseline(slot), save_dir)
             result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=self.deadlines.evaluation_s)
         except asyncio.TimeoutError:
             raise TimeoutError(f"round {round_index} slot {slot}: evaluation took longer than "
@@ -341,6 +354,7 @@ class CoordinatorCore:
             seed=seed,
             g_ratios=g["ratios"],
             d_ratios=d["ratios"],
+            budget=self.blocks.slot_budgets[slot],
             proposals={
                 short: ProposalInfo(requested=p.get("requested"), actions=p.get("actions"), macs_fraction=p["macs_fraction"])
                 for short, p in (("g", g), ("d", d))

@@ -9,10 +9,13 @@ Steps (DESIGN.md §5, §6):
 2. Connect to Ray: an embedded instance by default (``ray.init(address="local")``, all local CPUs,
    no dashboard), the cluster of ``address`` (or of ``RAY_ADDRESS``, e.g. inside a Ray job) otherwise.
    An already-initialised Ray (tests, notebooks) is reused and left running.
-3. Start the evaluator pool (its size fixes the run's slots: candidates per round); evaluate the
-   teacher pair (round -2) and the uniform candidate (round -1, averaged over
-   ``reward.uniform_seeds`` seeds) unless they are logged already. The uniform metrics are the reward
-   baseline of every later round and the uniform candidate is the first best.
+3. Start the evaluator pool (its size fixes the run's slots: candidates per round, rounded up to a
+   multiple of the number of budgets of a multi-budget search); evaluate the teacher pair (round -2)
+   and the uniform candidate (round -1, averaged over ``reward.uniform_seeds`` seeds) unless they are
+   logged already. The uniform metrics are the reward baseline of every later round and the uniform
+   candidate is the first best. A multi-budget search (``search.budgets``) has one uniform candidate
+   per generator budget (round -1, slot k for budget k, primary first): slot s of every round
+   searches budget s mod K against its own uniform baseline.
 4. Start the Coordinator and the two agents (both pinned to this node, as they write the run
    directory) and wait for both agents to play exactly ``search.rounds`` rounds, with a progress bar.
 5. Selection that survives re-evaluation (DESIGN.md §4): the ``search.reeval_top_k`` best candidates
@@ -20,7 +23,8 @@ Steps (DESIGN.md §5, §6):
    seeds (concurrently on the pool; logged in ``reevaluations.jsonl``, never repeated on resume);
    each candidate's reward under a seed is against the uniform candidate under that seed. The best
    mean wins; ``best.json`` records it with its re-evaluated score (the uniform candidate when nothing
-   beat it).
+   beat it). A multi-budget search does this per budget and writes every budget's winner to
+   ``front.json`` (``best.json`` is the primary budget's).
 6. Plot the curves, write ``summary.json``, stop the actors and return the summary.
 
 Resume after a SIGKILL at any point: every evaluation that reached ``evaluations.jsonl`` is kept and
@@ -51,6 +55,7 @@ from collabprune.latency_budget import describe as describe_latency_model
 from collabprune.latency_budget import ensure_latency_model, latency_budget
 from collabprune.records import EvaluationRecord
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
+from collabprune.pruning.roles import generator_budgets, run_slots
 from collabprune.selection import EvaluateMany, reevaluate_top
 from envs.space import ROLES, RoleSpace, peer_length
 
@@ -162,21 +167,28 @@ def _get(ref: Any, timeout: float, what: str = "a Ray call", limit: str = "searc
         raise
 
 
-def _baselines(cfg: RunConfig, run: RunDir, evaluator: Any) -> tuple[EvaluationRecord, EvaluationRecord]:
-    """Evaluate (or read from the log) the teacher pair and the seed-averaged uniform candidate."""
+def _baselines(cfg: RunConfig, run: RunDir, evaluators: list[Any]) -> tuple[EvaluationRecord, list[EvaluationRecord]]:
+    """Evaluate (or read from the log) the teacher pair and the seed-averaged uniform candidate of
+    every generator budget (round -1, slot k for budget k of :func:`generator_budgets`; a
+    multi-budget search's concurrently on the pool)."""
     timeout = cfg.search.round_timeout_s * max(1, cfg.reward.uniform_seeds)
     teacher = run.get(TEACHER_ROUND, round_seed(cfg, TEACHER_ROUND))
     if teacher is None:
-        result = _get(evaluator.evaluate_teacher.remote(), timeout, "the teacher evaluation")
+        result = _get(evaluators[0].evaluate_teacher.remote(), timeout, "the teacher evaluation")
         teacher = run.append(dataclasses.replace(result, round=TEACHER_ROUND, seed=round_seed(cfg, TEACHER_ROUND)))
     seed = round_seed(cfg, UNIFORM_ROUND)
-    uniform = run.get(UNIFORM_ROUND, seed)
-    if uniform is None:
-        save_dir = str(candidate_dir(run.path, UNIFORM_ROUND))
-        result = _get(evaluator.evaluate_uniform.remote(seed, save_dir), timeout, "the uniform evaluation")
-        uniform = run.append(dataclasses.replace(result, round=UNIFORM_ROUND, seed=seed))
-    run.update_best(uniform)
-    return teacher, uniform
+    budgets = generator_budgets(cfg)
+    multi = cfg.search.budgets is not None
+    missing = [k for k in range(len(budgets)) if run.get(UNIFORM_ROUND, seed, slot=k) is None]
+    refs = {k: evaluators[i % len(evaluators)].evaluate_uniform.remote(
+        seed, str(candidate_dir(run.path, UNIFORM_ROUND, k)), budgets[k]) for i, k in enumerate(missing)}
+    for k, ref in refs.items():  # logged in slot order
+        result = _get(ref, timeout * (1 + len(missing) // len(evaluators)), "the uniform evaluation")
+        run.append(dataclasses.replace(result, round=UNIFORM_ROUND, seed=seed, slot=k,
+                                       budget=budgets[k] if multi else None))
+    uniform = [run.get(UNIFORM_ROUND, seed, slot=k) for k in range(len(budgets))]
+    run.update_best(uniform[0])  # type: ignore[arg-type]
+    return teacher, uniform  # type: ignore[return-value]
 
 
 def pool_evaluate_many(cfg: RunConfig, evaluators: list[Any]) -> EvaluateMany:
@@ -284,6 +296,10 @@ def _summary(cfg: RunConfig, run: RunDir, agents: list[dict[str, Any]], wall_s: 
         "best_d_ratios": best.d_ratios if best.round is not None else None,
         "best_metrics": best.metrics.to_dict() if best.round is not None else None,
         "uniform_reward": uniform.reward if uniform is not None else None,
+        # a multi-budget search's best per generator budget (front.json); [] for a single budget
+        "front": [{"budget": r.budget, "round": r.round, "slot": r.slot or 0, "reward": r.reward,
+                   "reeval_reward": r.reeval.reward if r.reeval is not None else None,
+                   "g_macs_fraction": r.metrics.g_macs_fraction} for r in run.read_front()],
         "teacher_metrics": teacher.metrics.to_dict() if teacher is not None else None,
         "times": {
             "wall_s": wall_s,
@@ -339,14 +355,14 @@ def run_search(
         evaluators = make_evaluators(cfg, run_dir, evaluator_factory)
         actors += evaluators
         if run is None:
-            run = RunDir.create(run_dir, cfg, slots=len(evaluators))
+            run = RunDir.create(run_dir, cfg, slots=run_slots(len(evaluators), len(generator_budgets(cfg))))
         bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
         bar.note("starting evaluators")
         # the first answer of each evaluator waits out its start-up and says which spaces it prunes in
         _check_spaces(spaces, _get([e.space_digests.remote() for e in evaluators], cfg.search.startup_timeout_s,
                                    "evaluator start-up", "search.startup_timeout_s"))
         bar.note("evaluating the teacher pair and the uniform candidate")
-        _baselines(cfg, run, evaluators[0])
+        _baselines(cfg, run, evaluators)
         if run.completed_rounds() < cfg.search.rounds:
             bar.note("starting agents")
             cfg_data = cfg.to_dict()
@@ -373,7 +389,12 @@ def run_search(
                                f"expected {cfg.search.rounds}")
         if cfg.search.reeval_top_k > 0:
             bar.note(f"re-evaluating the top {cfg.search.reeval_top_k} with fresh seeds")
-            reevaluate_top(cfg, run, pool_evaluate_many(cfg, evaluators))
+            front = [reevaluate_top(cfg, run, pool_evaluate_many(cfg, evaluators), k)
+                     for k in range(len(generator_budgets(cfg)))]
+        else:
+            front = [run.best(b) for b in run.budgets()]
+        if cfg.search.budgets is not None:
+            run.write_front([b for b in front if b is not None])
     finally:
         if bar is not None:
             bar.close()

@@ -82,11 +82,12 @@ class EvaluatorCore:
         """Score the unpruned teacher pair (metrics incl. ``rho_t``)."""
         return self._impl.evaluate_teacher()
 
-    def evaluate_uniform(self, seed: int, save_dir: str | None = None) -> EvaluationRecord:
+    def evaluate_uniform(self, seed: int, save_dir: str | None = None, g_budget: float | None = None) -> EvaluationRecord:
         """The reward baseline: the uniform candidate averaged over ``reward.uniform_seeds`` seeds from
-        ``seed`` (see ``CandidateEvaluator.evaluate_uniform``)."""
+        ``seed``, at the generator budget ``g_budget`` (default the primary one; see
+        ``CandidateEvaluator.evaluate_uniform``)."""
         folder = Path(save_dir) if save_dir is not None else None
-        return self._impl.evaluate_uniform(int(seed), folder)
+        return self._impl.evaluate_uniform(int(seed), folder, g_budget)
 
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         """The uniform candidate: (G ratios, D ratios), one ratio per role, the largest meeting its budget."""

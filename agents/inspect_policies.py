@@ -13,6 +13,7 @@ the best pair kept. Nothing in the run directory is modified.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from agents.pruning_agent import MODEL_FILE
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError
 from collabprune.pruning.prune import kept_channels
-from collabprune.pruning.roles import Role
+from collabprune.pruning.roles import Role, generator_budgets
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, resume_config
 from envs.channel_env import ChannelPruningEnv
 from envs.space import ROLES, RoleSpace, peer_length
@@ -45,7 +46,8 @@ def _value(model: Any, obs: np.ndarray, action: np.ndarray) -> tuple[str, float]
         return "V", float(model.policy.predict_values(obs_t).item())
 
 
-def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, RoleSpace], peer_len: int) -> dict[str, Any]:
+def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, RoleSpace], peer_len: int,
+                  budget: float | None = None) -> dict[str, Any]:
     """One agent's policy, group by group (see the module docstring).
 
     :param cfg: the run's config.
@@ -53,20 +55,28 @@ def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, Role
     :param role: ``generator`` or ``discriminator``.
     :param spaces: both roles' spaces.
     :param peer_len: the peer block's action length.
-    :returns: ``{"role", "algo", "checkpoint_round", "value_kind", "executed_macs_fraction", "groups":
-        [...]}``; ``groups`` is empty and ``checkpoint_round`` None when the agent has no checkpoint yet.
+    :param budget: a multi-budget search's generator budget the generator's policy is rolled out at
+        (its observation holds the budget), with that budget's best pair as the peer context;
+        ``None``: the primary budget and ``best.json``.
+    :returns: ``{"role", "budget", "algo", "checkpoint_round", "value_kind", "executed_macs_fraction",
+        "groups": [...]}``; ``groups`` is empty and ``checkpoint_round`` None when the agent has no
+        checkpoint yet.
     """
-    space = spaces[role]
+    space = spaces[role] if budget is None else spaces[role].at_budget(budget)
     latest = run.latest_checkpoint(role)
-    out: dict[str, Any] = {"role": role, "algo": cfg.agents.algo, "checkpoint_round": None, "groups": []}
+    out: dict[str, Any] = {"role": role, "budget": budget, "algo": cfg.agents.algo, "checkpoint_round": None,
+                           "groups": []}
     if latest is None:
         return out
     rounds_done, folder = latest
     model = ALGORITHMS[cfg.agents.algo].load(folder / MODEL_FILE, device="cpu")
-    best = run.read_best() or run.best()
+    if budget is None:
+        best = run.read_best() or run.best()
+    else:
+        best = next((r for r in run.read_front() if r.budget == budget), None) or run.best(budget)
     peer = None
     if best is not None and run.get(TEACHER_ROUND) is not None and run.get(UNIFORM_ROUND) is not None:
-        blocks = PeerBlocks(cfg, run, spaces)
+        blocks = PeerBlocks(cfg, run, {name: spaces[name] for name in ROLES})
         short = Role.of(space.role.peer, cfg).short
         nxt = max(0, int(best.round or 0)) + (0 if not space.role.leads else 1)
         peer = blocks.block(role, nxt, best.slot or 0, best.ratios(short) or None, same_round=not space.role.leads)
@@ -113,11 +123,15 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
 
     :param run_dir: the run directory.
     :param roles: ``["generator"]``, ``["discriminator"]`` or both (default).
-    :param out_dir: folder for the PNGs (default ``RUN_DIR/plots``): ``reward.png``, ``macs.png``
-        and ``ratios_<role>.png`` (group-by-round heat map of keep ratios).
-    :returns: ``{"run_dir", "rounds", "best", "agents": [...], "plots": [...]}``.
+    :param out_dir: folder for the PNGs (default ``RUN_DIR/plots``): ``reward.png``, ``macs.png``,
+        ``ratios_<role>.png`` (group-by-round heat map of keep ratios) and ``front.png`` (quality
+        against MACs and measured latency of every candidate, the front highlighted:
+        :mod:`collabprune.front`).
+    :returns: ``{"run_dir", "rounds", "best", "front", "agents": [...], "plots": [...]}``; a
+        multi-budget search's generator appears once per budget in ``agents``.
     :raises RunDirError: not a run directory, or no evaluation logged yet.
     """
+    from collabprune.front import front_points, measure_front_latency, plot_front
     from collabprune.plots import plot_ratio_heatmap, plot_search
 
     cfg = resume_config(run_dir)
@@ -126,7 +140,10 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
         raise RunDirError(f"{run_dir}: no evaluation logged yet")
     spaces = {role: RoleSpace.from_config(role, cfg) for role in ROLES}
     peer_len = peer_length(list(spaces.values()))
-    agents = [inspect_agent(cfg, run, role, spaces, peer_len) for role in (roles or list(ROLES))]
+    multi = cfg.search.budgets is not None
+    agents = [inspect_agent(cfg, run, role, spaces, peer_len, budget)
+              for role in (roles or list(ROLES))
+              for budget in (generator_budgets(cfg) if multi and Role.of(role, cfg).leads else (None,))]
     records = run.search_records()
     plots_dir = Path(out_dir) if out_dir is not None else run.plots_dir
     plots = plot_search(records, plots_dir, uniform=run.get(UNIFORM_ROUND))
@@ -134,6 +151,11 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
         names = [g.name for g in spaces[role].groups]
         plots.append(plot_ratio_heatmap(records, role, names, plots_dir / f"ratios_{role}.png"))
     best = run.read_best() or run.best()
+    winners = [(int(r.round or 0), r.slot or 0) for r in run.read_front()] or (
+        [(int(best.round or 0), best.slot or 0)] if best is not None else [])
+    teacher = run.get(TEACHER_ROUND)
+    points = measure_front_latency(cfg, front_points(run.records()), run.records(), winners)
+    plots.append(plot_front(points, plots_dir / "front.png", teacher.metrics.fd_metric if teacher else "FD", winners))
     return {
         "run_dir": str(run_dir),
         "rounds": len(records),
@@ -141,6 +163,7 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
             "round": best.round, "slot": best.slot, "reward": best.reward,
             "reeval": best.reeval.to_dict() if best.reeval is not None else None,
             "g_ratios": best.g_ratios, "d_ratios": best.d_ratios},
+        "front": [dataclasses.asdict(p) for p in sorted(points, key=lambda p: p.g_macs_fraction) if p.on_front],
         "agents": agents,
         "plots": [str(p) for p in plots],
     }

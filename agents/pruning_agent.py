@@ -168,7 +168,9 @@ class AgentCore:
         self.space = RoleSpace.from_config(role, self.cfg)
         if peer_len is None:
             peer_len = peer_length([self.space, RoleSpace.from_config(self.space.role.peer, self.cfg)])
-        self.envs = [ChannelPruningEnv(self.space, peer_len, submit=None) for _ in range(self.slots)]
+        # a multi-budget search: the generator's slot s searches budget s mod K (one policy, which
+        # observes the budget)
+        self.envs = [ChannelPruningEnv(space, peer_len, submit=None) for space in self.space.slot_spaces(self.cfg, self.slots)]
         self.vec_env = RoundVecEnv(self.envs, _RoleRound(self), self.rounds)
         self.on_policy = self.cfg.agents.algo == "ppo"
         self.history: list[dict[str, Any]] = []

@@ -35,7 +35,8 @@ class RoundLink(Protocol):
 class RoundVecEnv(DummyVecEnv):
     """N envs of one role, stepped together, submitted together (see the module docstring).
 
-    :param envs: the role's envs, one per slot (same space, same round).
+    :param envs: the role's envs, one per slot (same channel space, same round; a multi-budget
+        search's generator envs each at their slot's budget).
     :param link: the Coordinator connection.
     :param rounds: the search's total rounds: after the last one no peer block is requested.
     """

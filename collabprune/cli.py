@@ -91,6 +91,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     again = f", re-evaluated {reeval['reward']:.4f} (uniform {reeval['uniform_reward']:.4f})" if reeval else ""
     print(f"search finished: {summary['rounds']} rounds ({summary['evaluations']} evaluations), best: {where}, "
           f"search reward {summary['best_reward']:.4f}{again}; run dir {run_dir}")
+    for b in summary.get("front") or []:  # a multi-budget search: each budget's best
+        at = "uniform" if b["round"] == -1 else f"round {b['round']} slot {b['slot']}"
+        score = b["reeval_reward"] if b["reeval_reward"] is not None else b["reward"]
+        print(f"  budget {b['budget']:g}: best {at}, G MACs {b['g_macs_fraction']:.3f} of the teacher's, "
+              f"reward {score:.4f} (collabprune export {run_dir} --budget {b['budget']:g} --out DIR)")
     return 0
 
 
@@ -100,7 +105,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.calibration_images < 1:
         raise ConfigError(f"export: --calibration-images must be >= 1, got {args.calibration_images}")
-    info = export_best(args.run_dir, args.out, onnx=args.onnx, int8=args.int8, calibration_images=args.calibration_images)
+    info = export_best(args.run_dir, args.out, onnx=args.onnx, int8=args.int8, calibration_images=args.calibration_images,
+                       budget=args.budget)
     print(f"exported to {args.out}: G {info['generator']['macs'] / 1e9:.3f} GMACs, "
           f"{info['generator']['params'] / 1e6:.2f} M params")
     if args.int8:
@@ -111,7 +117,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``collabprune inspect RUN_DIR [--agent g|d] [--out DIR] [--json]``: what the agents learned."""
+    """``collabprune inspect RUN_DIR [--agent g|d] [--out DIR] [--json]``: what the agents learned, and
+    the quality/cost front of every evaluated candidate (``plots/front.png``)."""
     import json
 
     from rich.console import Console
@@ -134,7 +141,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if agent["checkpoint_round"] is None:
             console.print(f"{agent['role']}: no checkpoint yet")
             continue
-        table = Table(title=f"{agent['role']} agent ({agent['algo']}, checkpoint after round "
+        at = f" at budget {agent['budget']:g}" if agent.get("budget") is not None else ""
+        table = Table(title=f"{agent['role']} agent{at} ({agent['algo']}, checkpoint after round "
                             f"{agent['checkpoint_round']}), peer block of the best pair; deterministic "
                             f"proposal uses {agent['executed_macs_fraction']:.3f} of the teacher's MACs")
         for col in ("#", "group", "channels", "action", "asks", "keeps (channels)", "spread",
@@ -146,6 +154,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                           f"{g['requested_ratio']:.3f}", f"{g['policy_ratio']:.3f} ({g['policy_channels']})",
                           f"{g['spread']:.3f}", f"{g['value']:.3f}", best_ratio, str(g["best_channels"]))
         console.print(table)
+    front = report.get("front") or []
+    if front:
+        console.print("front (Pareto: no candidate is both cheaper and closer): " + ", ".join(
+            f"{p['g_macs_fraction']:.3f} MACs -> FD {p['fd']:.3f}"
+            + (f" ({p['latency_ms']:.1f} ms)" if p.get("latency_ms") is not None else "") for p in front))
     console.print("plots: " + ", ".join(report["plots"]))
     return 0
 
@@ -245,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "quantization; implies --onnx) with its held-out metrics and latency beside fp32")
     p.add_argument("--calibration-images", type=int, default=64, metavar="N",
                    help="training images that calibrate the int8 activation ranges (default 64)")
+    p.add_argument("--budget", type=float, metavar="FRACTION", help="a multi-budget search's generator budget "
+                   "(one of search.budgets): export its best pair (default: the primary budget's best.json)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", parents=[common], help="the agents' policies per prunable group, and search plots")

@@ -281,6 +281,10 @@ class SearchConfig(_Section):
     )
     tie_levels: bool = Field(False, description="the generator agent decides one keep ratio per mirrored level "
                              "(an encoder group and the decoder group of the same feature-map size)")
+    budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
+        None, min_length=1, description="generator MACs budgets of one multi-budget search (fractions of the teacher's "
+        "G MACs): slot s of every round searches budget s mod K with one policy per role that observes the "
+        "budget; pruning.budget.generator must be one of them (the run's primary budget)")
     reeval_top_k: int = Field(3, ge=0, description="best candidates re-evaluated with fresh seeds before one is "
                               "called best (uniform is always re-evaluated with them)")
     reeval_seeds: int = Field(2, ge=1, description="fresh seeds of the top-k re-evaluation")
@@ -351,6 +355,22 @@ class RunConfig(_Section):
         if self.data.dataset_mode != mode:
             raise ValueError(f"model.family={self.model.family} reads {mode} data, but data.dataset_mode="
                              f"{self.data.dataset_mode}; allowed: data.dataset_mode={mode} (or the other family)")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_include_the_primary(self) -> "RunConfig":
+        budgets = self.search.budgets
+        if budgets is None:
+            return self
+        g = self.pruning.budget.generator
+        if isinstance(g, LatencyBudget):
+            raise ValueError(f"search.budgets={budgets} needs a MACs generator budget, but pruning.budget.generator "
+                             "is a latency budget; allowed: pruning.budget.generator=<fraction>")
+        if len(set(budgets)) != len(budgets):
+            raise ValueError(f"search.budgets={budgets} repeats a budget; allowed: distinct fractions")
+        if g not in budgets:
+            raise ValueError(f"pruning.budget.generator={g:g} is not one of search.budgets={budgets}; allowed: "
+                             "one of them (the run's primary budget: best.json, the summary, a plain export)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

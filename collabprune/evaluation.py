@@ -43,7 +43,7 @@ from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
 from collabprune.objectives import balance_rho, balance_term, teacher_d_features
 from collabprune.objectives.kde import FeatureMap, kde_loss, make_feature_map
 from collabprune.pruning.prune import prune_model
-from collabprune.pruning.roles import roles
+from collabprune.pruning.roles import generator_budgets, roles
 from collabprune.pruning.space import ChannelSpace
 from collabprune.records import EvalTimes, EvaluationRecord, Metrics, SeedResult
 from collabprune.runtime import resolve_device, seed_everything
@@ -157,7 +157,8 @@ class CandidateEvaluator:
         self.g_space = ChannelSpace.of("g", self.teacher_g, self.g_shape, cfg.pruning)
         self.d_space = ChannelSpace.of("d", self.teacher_d, self.d_shape, cfg.pruning)
         self.g_budget, self.d_budget = g_role.budget, d_role.budget
-        self.g_space.check_budget(self.g_budget)
+        for budget in generator_budgets(cfg):  # a multi-budget search's every generator budget
+            self.g_space.check_budget(budget)
         self.d_space.check_budget(self.d_budget)
         self.train_data = train_split(cfg.data, train=True)
         held = reward_split(cfg.data)
@@ -187,10 +188,15 @@ class CandidateEvaluator:
         (:attr:`collabprune.pruning.space.ChannelSpace.digest`)."""
         return {"generator": self.g_space.digest, "discriminator": self.d_space.digest}
 
-    def uniform_ratios(self) -> tuple[list[float], list[float]]:
+    def uniform_ratios(self, g_budget: float | None = None) -> tuple[list[float], list[float]]:
         """The uniform candidate of each role at its budget (:meth:`ChannelSpace.uniform_candidate`:
-        one keep ratio for every group, projected so that it uses the budget like every candidate)."""
-        return self.g_space.uniform_candidate(self.g_budget), self.d_space.uniform_candidate(self.d_budget)
+        one keep ratio for every group, projected so that it uses the budget like every candidate).
+
+        :param g_budget: the generator budget (a multi-budget search's, ``search.budgets``); default
+            the run's primary one.
+        """
+        g_budget = self.g_budget if g_budget is None else float(g_budget)
+        return self.g_space.uniform_candidate(g_budget), self.d_space.uniform_candidate(self.d_budget)
 
     def _score(self, net_g: nn.Module) -> dict[str, float]:
         """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded)."""
@@ -242,18 +248,19 @@ class CandidateEvaluator:
         """The seeds the uniform baseline is averaged over: ``seed, seed + 1, ...`` (``reward.uniform_seeds``)."""
         return [seed + i for i in range(self.cfg.reward.uniform_seeds)]
 
-    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> EvaluationRecord:
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None, g_budget: float | None = None) -> EvaluationRecord:
         """The reward baseline: the uniform candidate evaluated with :meth:`uniform_seeds`, averaged.
 
         :param seed: the first seed (the search's common seed, so the first evaluation shares the
             candidates' random numbers).
         :param save_dir: where the first seed's fine-tuned pair is saved.
+        :param g_budget: the generator budget (:meth:`uniform_ratios`); default the primary one.
         :returns: an evaluation record whose ``metrics`` are the seed averages (:func:`average_metrics`)
             and whose ``seed_results`` hold each seed's metrics; its reward is -(w_fid + w_kde + w_bal)
             up to the ratio floors. A uniform candidate that diverges under some seed is averaged
             over the others; one that diverges under every seed is returned as diverged.
         """
-        g, d = self.uniform_ratios()
+        g, d = self.uniform_ratios(g_budget)
         results = [self.evaluate(g, d, s, baseline=None, save_dir=save_dir if i == 0 else None)
                    for i, s in enumerate(self.uniform_seeds(seed))]
         ok = [r for r in results if not r.diverged]

@@ -14,6 +14,7 @@ weights the search scored; :func:`collabprune.models.load_subnet` rebuilds them 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,31 @@ def _network_entry(spec: SubnetSpec, net: torch.nn.Module, shape: tuple[int, ...
     }
 
 
+def best_for_budget(run: RunDir, budget: float | None) -> EvaluationRecord:
+    """The pair a run calls best at a generator budget.
+
+    :param run: the run directory.
+    :param budget: a fraction of the teacher's G MACs: one of a multi-budget search's
+        ``search.budgets`` (its ``front.json`` entry); ``None`` for the primary budget (``best.json``).
+    :raises RunDirError: no best pair yet, or none at that budget.
+    """
+    if budget is None:
+        best = run.read_best()
+        if best is None:
+            raise RunDirError(f"{run.path}: no best pair yet (no search round has finished)")
+        return best
+    front = run.read_front()
+    for record in front:
+        if record.budget is not None and math.isclose(record.budget, budget, rel_tol=1e-9, abs_tol=1e-12):
+            return record
+    have = ", ".join(f"{r.budget:g}" for r in front if r.budget is not None)
+    raise RunDirError(f"{run.path}: no best pair at --budget {budget:g}; " + (
+        f"this run's budgets: {have}" if have else "not a finished multi-budget search (search.budgets): "
+        "export without --budget"))
+
+
 def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False, int8: bool = False,
-                calibration_images: int = 64) -> dict[str, Any]:
+                calibration_images: int = 64, budget: float | None = None) -> dict[str, Any]:
     """Export the best pair of ``run_dir`` to ``out``.
 
     :param run_dir: a run directory with a ``best.json`` and the best round's saved candidate.
@@ -59,16 +83,16 @@ def export_best(run_dir: str | Path, out: str | Path, onnx: bool = False, int8: 
     :param int8: also write ``generator.int8.onnx`` (implies ``onnx``) and record its held-out metrics
         and latency beside the fp32 student's (:func:`collabprune.quantize.export_int8`).
     :param calibration_images: training images the int8 activation ranges are calibrated on.
+    :param budget: a multi-budget search's generator budget to export the best pair of
+        (:func:`best_for_budget`); default the primary budget's ``best.json``.
     :returns: the content of ``subnet.json``.
-    :raises RunDirError: no best pair yet, or its saved weights are missing.
+    :raises RunDirError: no best pair yet (at ``budget``), or its saved weights are missing.
     :raises OnnxExportError: the ONNX export or the quantization fails, or the ``onnx`` extra is missing.
     """
     run_dir, out = Path(run_dir), Path(out)
     cfg = resume_config(run_dir)
     run = RunDir.read(run_dir)
-    best = run.read_best()
-    if best is None:
-        raise RunDirError(f"{run_dir}: no best pair yet (no search round has finished)")
+    best = best_for_budget(run, budget)
     from collabprune.summary import FINAL_DIR, HELDOUT_DIR
 
     files = [*NETWORK_FILES.values(), *SPEC_FILES.values()]
@@ -135,6 +159,7 @@ def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord, run_dir: Pat
         "slot": best.slot or 0,
         "kind": best.kind,
         "reward": best.reward,
+        "budget": best.budget,
         "reeval": None if best.reeval is None else best.reeval.to_dict(),
         "reward_terms": dict(best.reward_terms),
         "metrics": best.metrics.to_dict(),
@@ -152,4 +177,4 @@ def _describe(cfg: RunConfig, folder: Path, best: EvaluationRecord, run_dir: Pat
     }
 
 
-__all__ = ["EXPORT_SCHEMA_VERSION", "export_best", "load_subnet"]
+__all__ = ["EXPORT_SCHEMA_VERSION", "best_for_budget", "export_best", "load_subnet"]

@@ -61,7 +61,7 @@ def plot_search(records: Sequence[EvaluationRecord], out_dir: str | os.PathLike[
     ax.set_ylabel("team reward")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    written.append(_save(fig, out / "reward.png"))
+    written.append(save_png(fig, out / "reward.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -73,12 +73,13 @@ def plot_search(records: Sequence[EvaluationRecord], out_dir: str | os.PathLike[
     ax.set_ylim(bottom=0)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    written.append(_save(fig, out / "macs.png"))
+    written.append(save_png(fig, out / "macs.png"))
     plt.close(fig)
     return written
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG (100 dpi), atomically; returns ``path``."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return path
@@ -114,7 +115,7 @@ def plot_ratio_heatmap(records: Sequence[EvaluationRecord], role: str, group_nam
     ax.set_title(f"{role} keep ratio per prunable group")
     fig.colorbar(image, ax=ax, label="keep ratio")
     fig.tight_layout()
-    out = _save(fig, Path(path))
+    out = save_png(fig, Path(path))
     plt.close(fig)
     return out
 
@@ -153,6 +154,6 @@ def plot_sample_grid(columns: Sequence[tuple[str, Any]], path: str | os.PathLike
             if i == 0:
                 ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    out = _save(fig, Path(path))
+    out = save_png(fig, Path(path))
     plt.close(fig)
     return out

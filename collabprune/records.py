@@ -335,6 +335,8 @@ class EvaluationRecord:
 
     :param seed_results: the uniform candidate's per-seed metrics (its ``metrics`` are their means).
     :param proposals: per role short name (``"g"``, ``"d"``) the proposal behind a search record.
+    :param budget: the generator budget the candidate was searched at, a fraction of the teacher's G
+        MACs (a multi-budget search, ``search.budgets``, only; a single-budget run has one).
     :param round_times: the Coordinator's timing of the round (search records of an agent search).
     :param reeval: the top-k re-evaluation (``best.json`` after the search only).
     :param extra: keys not known here, kept as read and written back after the known ones.
@@ -356,13 +358,14 @@ class EvaluationRecord:
     times: EvalTimes = field(default_factory=EvalTimes)
     seed_results: list[SeedResult] | None = None
     proposals: dict[str, ProposalInfo] | None = None
+    budget: float | None = None
     round_times: RoundTimes | None = None
     reeval: Reeval | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     #: fields left out of :meth:`to_dict` when ``None``
     OPTIONAL: ClassVar[frozenset[str]] = frozenset(
-        {"round", "slot", "kind", "seed", "digest", "seed_results", "proposals", "round_times", "reeval"})
+        {"round", "slot", "kind", "seed", "digest", "seed_results", "proposals", "budget", "round_times", "reeval"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, Metrics):

@@ -49,6 +49,8 @@ META_FILE = "run.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
 REEVALUATIONS_FILE = "reevaluations.jsonl"
 BEST_FILE = "best.json"
+#: a multi-budget search's re-evaluated best per budget (:meth:`RunDir.write_front`)
+FRONT_FILE = "front.json"
 LATEST_FILE = "latest.json"
 CANDIDATES_DIR = "candidates"
 
@@ -213,6 +215,10 @@ class RunDir:
         return self.path / BEST_FILE
 
     @property
+    def front_path(self) -> Path:
+        return self.path / FRONT_FILE
+
+    @property
     def plots_dir(self) -> Path:
         return self.path / "plots"
 
@@ -229,13 +235,15 @@ class RunDir:
         return self.path / REEVALUATIONS_FILE
 
     def prune_candidates(self, keep_top: int = 0) -> None:
-        """Delete the saved weights of logged evaluations that are neither the uniform candidate nor
-        among the ``max(1, keep_top)`` best by search reward (evaluations still running are never
-        touched)."""
+        """Delete the saved weights of logged evaluations that are neither a uniform candidate nor
+        among the ``max(1, keep_top)`` best of their budget by search reward (evaluations still
+        running are never touched)."""
         root = self.path / CANDIDATES_DIR
         if not root.is_dir():
             return
-        keep = {(UNIFORM_ROUND, 0)} | {_key(r) for r in self.top(max(1, keep_top))}
+        keep = {k for k in self._records if k[0] == UNIFORM_ROUND}
+        for budget in self.budgets():
+            keep |= {_key(r) for r in self.top(max(1, keep_top), budget)}
         for key in self._records.keys() - keep - self._pruned:
             shutil.rmtree(candidate_dir(self.path, *key), ignore_errors=True)
             self._pruned.add(key)
@@ -361,7 +369,7 @@ class RunDir:
             if not isinstance(record.round, int) or isinstance(record.round, bool) or record.seed is None:
                 raise ValueError("an evaluation record needs an integer 'round' and a 'seed'")
             rnd, slot = record.round, int(record.slot or 0)
-            if not 0 <= slot < (self.slots if rnd >= 0 else 1):
+            if not 0 <= slot < (self.slots if rnd != TEACHER_ROUND else 1):
                 raise ValueError(f"slot {slot} is outside this run's {self.slots} slot(s) per round")
             if (rnd, slot) in self._records or any(_key(r) == (rnd, slot) for r in stamped):
                 raise ValueError(f"round {rnd} slot {slot} is already in {self.evaluations_path}")
@@ -411,30 +419,56 @@ class RunDir:
         return done
 
     # ----------------------------------------------------------------------------- best pair
-    def top(self, k: int) -> list[EvaluationRecord]:
-        """The ``k`` best search records by search reward (finite rewards only), best first."""
-        scored = [r for r in self.search_records() if r.finite_reward is not None and not r.diverged]
+    def budgets(self) -> list[float | None]:
+        """The generator budgets of the logged records (``[None]`` for a single-budget run: its
+        records carry none), in the order of the uniform candidates' slots: primary first."""
+        found: list[float | None] = []
+        for record in self.records():  # (round, slot) order: the uniform candidates come first
+            if record.round != TEACHER_ROUND and record.budget not in found:
+                found.append(record.budget)
+        return found or [None]
+
+    @property
+    def primary_budget(self) -> float | None:
+        """The run's primary generator budget: the one of the uniform candidate in slot 0 (``None``
+        for a single-budget run)."""
+        uniform = self._records.get((UNIFORM_ROUND, 0))
+        return uniform.budget if uniform is not None else None
+
+    def top(self, k: int, budget: float | None = None) -> list[EvaluationRecord]:
+        """The ``k`` best search records of a generator budget by search reward (finite rewards
+        only), best first.
+
+        :param budget: a multi-budget search's budget (records carry it); ``None`` for the primary
+            budget (every record of a single-budget run).
+        """
+        budget = self.primary_budget if budget is None else budget
+        scored = [r for r in self.search_records()
+                  if r.finite_reward is not None and not r.diverged and r.budget == budget]
         return sorted(scored, key=lambda r: (-r.reward, r.round, r.slot))[:k]  # type: ignore[operator]
 
-    def best(self) -> EvaluationRecord | None:
-        """The best record so far among the uniform candidate and the search rounds, by search reward."""
+    def best(self, budget: float | None = None) -> EvaluationRecord | None:
+        """The best record so far among the uniform candidate and the search rounds of a generator
+        budget (default the primary one), by search reward."""
         best: EvaluationRecord | None = None
+        primary = self.primary_budget if budget is None else budget
         for record in self.records():
-            if record.round == TEACHER_ROUND or record.finite_reward is None:
+            if record.round == TEACHER_ROUND or record.finite_reward is None or record.budget != primary:
                 continue
             if best is None or record.reward > best.reward:  # type: ignore[operator]
                 best = record
         return best
 
     def update_best(self, record: EvaluationRecord) -> bool:
-        """Rewrite ``best.json`` (atomically) when ``record`` beats it by search reward.
+        """Rewrite ``best.json`` (atomically) when ``record``, of the primary budget, beats it by
+        search reward.
 
         :param record: a logged record.
         :returns: whether ``best.json`` changed.
         """
         current = self.read_best()
         reward = record.finite_reward
-        if reward is None:
+        if reward is None or record.budget != self.primary_budget:
             return False
         if current is not None and current.finite_reward is not None and current.finite_reward >= reward:
             return False
@@ -462,6 +496,18 @@ class RunDir:
         if not self.best_path.is_file():
             return None
         return EvaluationRecord.from_dict(json.loads(self.best_path.read_text()))
+
+    def write_front(self, records: Sequence[EvaluationRecord]) -> None:
+        """Write ``front.json`` (atomically): a multi-budget search's re-evaluated best per budget
+        (:func:`collabprune.selection.reevaluate_top`), primary budget first."""
+        atomic_write_json(self.front_path, {"best": [r.to_dict() for r in records]})
+
+    def read_front(self) -> list[EvaluationRecord]:
+        """The records of ``front.json`` (``[]`` when there is none: a single-budget run, or before
+        the search's re-evaluation)."""
+        if not self.front_path.is_file():
+            return []
+        return [EvaluationRecord.from_dict(r) for r in json.loads(self.front_path.read_text())["best"]]
 
     # ------------------------------------------------------------------------ re-evaluations
     def get_reeval(self, round_index: int, slot: int, seed: int) -> ReevalRecord | None:
@@ -540,8 +586,12 @@ class RunDir:
 
 def candidate_dir(run_dir: str | os.PathLike[str], round_index: int, slot: int = 0) -> Path:
     """Folder of an evaluation's saved candidate weights: ``candidates/round_00007_s0`` for a search
-    round's slot, ``candidates/uniform`` for the uniform candidate."""
-    name = round_kind(round_index) if round_index < 0 else f"round_{round_index:05d}_s{slot}"
+    round's slot, ``candidates/uniform`` for the uniform candidate (``uniform_s1``, ... for the uniform
+    candidates of a multi-budget search's other budgets)."""
+    if round_index == UNIFORM_ROUND and slot:  # a multi-budget search's other budgets
+        name = f"uniform_s{slot}"
+    else:
+        name = round_kind(round_index) if round_index < 0 else f"round_{round_index:05d}_s{slot}"
     return Path(run_dir) / CANDIDATES_DIR / name
 
 

@@ -33,29 +33,32 @@ def reeval_seeds(cfg: RunConfig) -> list[int]:
     return [10_000 + 100 * cfg.search.seed + i for i in range(cfg.search.reeval_seeds)]
 
 
-def reevaluate_top(cfg: RunConfig, run: RunDir, evaluate_many: EvaluateMany) -> EvaluationRecord:
-    """Re-evaluate the top-k search candidates and the uniform candidate with fresh seeds; pick the best.
+def reevaluate_top(cfg: RunConfig, run: RunDir, evaluate_many: EvaluateMany, budget_slot: int = 0) -> EvaluationRecord:
+    """Re-evaluate the top-k search candidates of a generator budget and its uniform candidate with
+    fresh seeds; pick the best.
 
     :param cfg: the run's config (``search.reeval_top_k``, ``search.reeval_seeds``, the reward).
     :param run: the run directory (search records and the uniform record logged).
     :param evaluate_many: runs the missing (candidate, seed) evaluations (see the module docstring).
-    :returns: the new ``best.json`` content: the winner's search record with its ``reeval``
-        (:class:`~collabprune.records.Reeval`: every contender's mean and per-seed rewards).
-    :raises RunDirError: no uniform record.
+    :param budget_slot: which budget: the slot of its uniform candidate (0, the primary budget; a
+        multi-budget search's other budgets 1 .. K-1, :func:`collabprune.pruning.roles.generator_budgets`).
+    :returns: the winner's search record with its ``reeval`` (:class:`~collabprune.records.Reeval`:
+        every contender's mean and per-seed rewards); for the primary budget also the new ``best.json``.
+    :raises RunDirError: no uniform record of that budget.
     """
     from collabprune.errors import RunDirError
 
     seeds = reeval_seeds(cfg)
-    uniform = run.get(UNIFORM_ROUND)
+    uniform = run.get(UNIFORM_ROUND, slot=budget_slot)
     if uniform is None:
         raise RunDirError(f"{run.path}: the uniform candidate is not logged; nothing to re-evaluate against")
-    contenders = [uniform] + run.top(cfg.search.reeval_top_k)
+    contenders = [uniform] + run.top(cfg.search.reeval_top_k, uniform.budget)
     jobs = [(c, s) for c in contenders for s in seeds if run.get_reeval(_round(c), _slot(c), s) is None]
     results = evaluate_many([(list(c.g_ratios), list(c.d_ratios), s) for c, s in jobs]) if jobs else []
     for (c, s), result in zip(jobs, results):
         run.append_reeval(ReevalRecord(round=_round(c), slot=_slot(c), seed=s, metrics=result.metrics,
                                        diverged=bool(result.diverged), g_ratios=c.g_ratios, d_ratios=c.d_ratios))
-    base = {s: run.get_reeval(UNIFORM_ROUND, 0, s) for s in seeds}
+    base = {s: run.get_reeval(UNIFORM_ROUND, budget_slot, s) for s in seeds}
     scores = []
     for c in contenders:
         rewards = []
@@ -72,7 +75,8 @@ def reevaluate_top(cfg: RunConfig, run: RunDir, evaluate_many: EvaluateMany) -> 
         candidates=[ReevalCandidate(round=_round(c), slot=_slot(c), search_reward=c.reward, reward=m, rewards=rs)
                     for m, c, rs in scores],
     ))
-    run.write_best(record)
+    if budget_slot == 0:
+        run.write_best(record)
     return record
 
 

@@ -15,6 +15,7 @@ everywhere).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -24,7 +25,7 @@ from torch import nn
 
 from collabprune.config import RunConfig
 from collabprune.pruning.groups import PrunableGroup
-from collabprune.pruning.roles import ROLE_NAMES, Role
+from collabprune.pruning.roles import ROLE_NAMES, Role, generator_budgets, slot_budget
 from collabprune.pruning.space import ChannelSpace
 
 ROLES = ROLE_NAMES
@@ -164,6 +165,25 @@ class RoleSpace:
     def fits(self, ratios: Sequence[float]) -> bool:
         """Whether a full ratio vector is within the budget."""
         return self.budget_fraction(ratios) <= self.budget * (1 + 1e-12)
+
+    def at_budget(self, budget: float) -> "RoleSpace":
+        """The same role and channel space (shared, not traced again) at another budget fraction:
+        its own uniform ratio, action map and projection.
+
+        :raises BudgetError: the budget cannot be met even with every group at ``r_min``.
+        """
+        if budget == self.budget:
+            return self
+        return dataclasses.replace(self, role=dataclasses.replace(self.role, budget=float(budget)))
+
+    def slot_spaces(self, cfg: RunConfig, slots: int) -> list["RoleSpace"]:
+        """This role's space in each slot of a round: the generator's at the slot's budget of a
+        multi-budget search (:func:`collabprune.pruning.roles.slot_budget`), the discriminator's
+        (and a single-budget generator's) this one in every slot."""
+        if not self.role.leads:
+            return [self] * slots
+        budgets = generator_budgets(cfg)
+        return [self.at_budget(slot_budget(budgets, s)) for s in range(slots)]
 
 
 def mirrored_levels(groups: Sequence[PrunableGroup]) -> tuple[tuple[int, ...], ...]:

@@ -37,8 +37,9 @@ class FakeEvaluator:
     def space_digests(self) -> dict[str, str]:
         return {r: s.channels.digest for r, s in self.spaces.items()}
 
-    def uniform_ratios(self) -> tuple[list[float], list[float]]:
-        return self.spaces["generator"].uniform_candidate(), self.spaces["discriminator"].uniform_candidate()
+    def uniform_ratios(self, g_budget: float | None = None) -> tuple[list[float], list[float]]:
+        g = self.spaces["generator"] if g_budget is None else self.spaces["generator"].at_budget(g_budget)
+        return g.uniform_candidate(), self.spaces["discriminator"].uniform_candidate()
 
     def evaluate_teacher(self) -> EvaluationRecord:
         return EvaluationRecord.from_dict({
@@ -71,8 +72,8 @@ class FakeEvaluator:
             "seed": seed, "metrics": metrics, "reward": reward, "reward_terms": terms, "diverged": False,
             "times": {"total_s": 0.0}})
 
-    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> EvaluationRecord:
-        g, d = self.uniform_ratios()
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None, g_budget: float | None = None) -> EvaluationRecord:
+        g, d = self.uniform_ratios(g_budget)
         out = self.evaluate(g, d, seed, None, save_dir)
         out.seed_results = [SeedResult(seed=seed, metrics=out.metrics, diverged=False)]
         return out

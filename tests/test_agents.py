@@ -482,3 +482,68 @@ def test_search_with_a_latency_budget(ray_session: None, tmp_path: Path) -> None
         predicted = g.channels.cost_of_kept(g.kept(r["g_ratios"]))
         assert predicted <= target * (1 + 1e-9), (r["round"], predicted, target)
         assert d.channels.macs_fraction(r["d_ratios"]) <= 0.5 + 1e-9
+
+
+def test_multi_budget_search_one_policy_per_role(ray_session: None, tmp_path: Path) -> None:
+    """``search.budgets``: slot s of every round searches budget s mod K against that budget's own
+    uniform candidate (round -1, slot k), the generator's one policy observes the budget, every G
+    proposal is projected onto its slot's budget, each budget gets its re-evaluated best in
+    ``front.json`` (``best.json`` is the primary budget's), ``export --budget`` picks it, and
+    ``inspect`` rolls the generator's policy out at every budget and draws the front."""
+    from agents.inspect_policies import inspect_run
+    from collabprune.errors import RunDirError
+    from collabprune.evaluation import compute_reward
+    from collabprune.export import best_for_budget
+
+    data = tiny_cfg(rounds=3).to_dict()
+    data["search"]["budgets"] = [0.5, 0.3, 0.15]  # the primary budget (pruning.budget.generator) is 0.3
+    cfg = RunConfig.model_validate(data)
+    run_dir = tmp_path / "run"
+    summary = _run(cfg, run_dir)
+    assert summary["slots"] == 3 and summary["evaluations"] == 9  # one evaluator, rounded up to 3 budgets
+    run = RunDir.read(run_dir)
+    budgets = [0.3, 0.5, 0.15]  # primary first, then the others as given
+    assert run.budgets() == budgets and run.primary_budget == 0.3
+    g = RoleSpace.from_config("generator", cfg)
+    uniform = [run.get(-1, slot=k) for k in range(3)]
+    for k, u in enumerate(uniform):
+        assert u is not None and u.budget == budgets[k]
+        assert u.g_ratios == g.at_budget(budgets[k]).uniform_candidate()
+    observed = set()
+    for r in run.search_records():
+        b = budgets[r.slot]
+        assert r.budget == b
+        assert 0.98 * b <= g.macs_fraction(r.g_ratios) <= b + 1e-9, (r.round, r.slot)
+        assert r.reward == pytest.approx(compute_reward(r.metrics, uniform[r.slot].metrics, cfg)[0])
+        observed.add(b)
+    assert observed == set(budgets)
+    front = run.read_front()
+    assert [r.budget for r in front] == budgets
+    assert all(r.reeval is not None for r in front)
+    assert run.read_best() == front[0]
+    assert summary["front"][2]["budget"] == 0.15
+    assert best_for_budget(run, 0.15) == front[2] and best_for_budget(run, None) == front[0]
+    with pytest.raises(RunDirError, match="this run's budgets: 0.3, 0.5, 0.15"):
+        best_for_budget(run, 0.2)
+    # the generator's one policy, rolled out at each budget (its observation holds it), proposes within it
+    report = inspect_run(run_dir, out_dir=tmp_path / "plots")
+    gen = [a for a in report["agents"] if a["role"] == "generator"]
+    assert [a["budget"] for a in gen] == budgets
+    fractions = [a["executed_macs_fraction"] for a in gen]
+    assert all(0.98 * b <= f <= b + 1e-9 for b, f in zip(budgets, fractions))
+    assert (tmp_path / "plots" / "front.png").is_file()
+    pts = [(p["g_macs_fraction"], p["fd"]) for p in report["front"]]
+    assert pts and pts == sorted(pts) and all(a[1] > b[1] for a, b in zip(pts, pts[1:]))  # cheaper = worse
+    assert all(p["latency_ms"] > 0 for p in report["front"])
+
+
+def test_pareto_front() -> None:
+    from collabprune.front import pareto_front
+
+    costs = [0.5, 0.3, 0.3, 0.1, 0.4, float("nan"), 0.2]
+    scores = [1.0, 2.0, 1.5, 3.0, 1.2, 0.1, 3.5]
+    # 0.1 -> 3.0, 0.3 -> 1.5, 0.4 -> 1.2, 0.5 -> 1.0; (0.2, 3.5) and (0.3, 2.0) are dominated; nan never
+    assert pareto_front(costs, scores) == [3, 2, 4, 0]
+    assert pareto_front([0.2, 0.2], [1.0, 1.0]) == [0]
+    with pytest.raises(ValueError):
+        pareto_front([0.1], [])

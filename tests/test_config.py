@@ -40,6 +40,10 @@ def test_digest_changes_with_content() -> None:
         (["finetune.steps=abc"], ["finetune.steps", "'abc'", "integer"]),
         (["pruning.r_min=0.9", "pruning.r_max=0.5"], ["r_min=0.9", "r_max=0.5"]),
         (["norole"], ["expected key.sub=value"]),
+        (["search.budgets=[0.5,0.1]"], ["pruning.budget.generator=0.25 is not one of search.budgets=[0.5, 0.1]"]),
+        (["search.budgets=[0.25,0.25]"], ["search.budgets=[0.25, 0.25] repeats a budget"]),
+        (["search.budgets=[0.25,1.5]"], ["search.budgets.1", "1.5", "less than or equal to 1"]),
+        (["search.budgets=[0.25]", "pruning.budget.generator={latency_ms: 2.0}"], ["needs a MACs generator budget"]),
     ],
 )
 def test_bad_values_give_one_line(overrides: list[str], fragments: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,28 @@ def generator_budget_fraction(cfg: "RunConfig") -> float:
 
     model = load_latency_model(cfg.pruning.latency_model)
     return min(1.0, budget.latency_ms / model.teacher_predicted_ms)
+
+
+def generator_budgets(cfg: "RunConfig") -> tuple[float, ...]:
+    """The generator budgets a search covers, the primary one first (:func:`generator_budget_fraction`),
+    then the other ``search.budgets`` in the order given. Slot ``s`` of every round searches
+    ``generator_budgets(cfg)[s % K]`` (:func:`slot_budget`); a single-budget run has one.
+
+    :raises ConfigError: as :func:`generator_budget_fraction`.
+    """
+    primary = generator_budget_fraction(cfg)
+    return (primary, *[float(b) for b in (cfg.search.budgets or ()) if float(b) != primary])
+
+
+def slot_budget(budgets: tuple[float, ...], slot: int) -> float:
+    """The generator budget searched in ``slot`` of every round: ``budgets[slot % len(budgets)]``."""
+    return budgets[slot % len(budgets)]
+
+
+def run_slots(evaluators: int, n_budgets: int) -> int:
+    """Candidates per round of a run: the evaluator count rounded up to a multiple of the number of
+    budgets, so that every round searches every budget equally often (at least one slot each)."""
+    return n_budgets * max(1, math.ceil(evaluators / n_budgets))
 
 
 def roles(cfg: "RunConfig") -> tuple[Role, Role]:
