@@ -221,6 +221,9 @@ class RewardConfig(_Section):
     w_fid: float = Field(1.0, ge=0)
     w_kde: float = Field(1.0, ge=0)
     w_bal: float = Field(0.5, ge=0)
+    w_l1: float = Field(0.0, ge=0, description="weight of a ground-truth term t_l1 = clip(L1_s / L1_u, 0, c_max), "
+                        "the L1 of G's outputs to the targets of the reward split (paired data only; 0, the "
+                        "default, is DESIGN.md §4's reward)")
     c_max: float = Field(3.0, gt=0, description="each term is clip(x_s / x_u, 0, c_max)")
     penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges; must be "
                            "below -(w_fid + w_kde + w_bal) * c_max, the lowest reward of a valid candidate")
@@ -232,10 +235,10 @@ class RewardConfig(_Section):
 
     @model_validator(mode="after")
     def _bounded(self) -> "RewardConfig":
-        floor = -(self.w_fid + self.w_kde + self.w_bal) * self.c_max
+        floor = -(self.w_fid + self.w_kde + self.w_bal + self.w_l1) * self.c_max
         if self.penalty >= floor:
             raise ValueError(f"penalty={self.penalty:g} is not below the lowest valid reward {floor:g}; "
-                             f"allowed: penalty < -(w_fid + w_kde + w_bal) * c_max")
+                             f"allowed: penalty < -(w_fid + w_kde + w_bal + w_l1) * c_max")
         return self
 
 
@@ -355,6 +358,15 @@ class RunConfig(_Section):
         if self.data.dataset_mode != mode:
             raise ValueError(f"model.family={self.model.family} reads {mode} data, but data.dataset_mode="
                              f"{self.data.dataset_mode}; allowed: data.dataset_mode={mode} (or the other family)")
+        return self
+
+    @model_validator(mode="after")
+    def _l1_needs_pairs(self) -> "RunConfig":
+        from collabprune.models.family import FAMILIES
+
+        if self.reward.w_l1 > 0 and not FAMILIES[self.model.family].paired:
+            raise ValueError(f"reward.w_l1={self.reward.w_l1:g} needs paired data (a ground truth per input), but "
+                             f"model.family={self.model.family} is unpaired; allowed: reward.w_l1=0")
         return self
 
     @model_validator(mode="after")

@@ -52,13 +52,14 @@ from collabprune.teacher_checkpoints import load_teacher
 TEACHER_EVAL_FILE = "teacher_eval.json"
 # Denominator floors of the reward's ratios: a uniform candidate that happens to be almost exactly
 # balanced (bal_u ~ 0) or teacher-like (L_kde_u ~ 0) must not blow the terms up.
-RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05}
+RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05, "l1": 1e-6}
 #: The metrics that the uniform baseline averages over its seeds (costs are the same for every seed).
-AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal")
+AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal", "l1")
 
 
 def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max: float = math.inf) -> dict[str, float]:
-    """The terms of DESIGN.md §4 before weighting: ``t = clip(x_s / x_u, 0, c_max)`` for FID, L_kde, bal.
+    """The terms of DESIGN.md §4 before weighting: ``t = clip(x_s / x_u, 0, c_max)`` for FID, L_kde, bal,
+    and for the reward-split ground-truth L1 (``l1``, paired data; weighted by ``reward.w_l1``).
 
     Each denominator is at least its :data:`RATIO_FLOORS` value. A metric that is missing or not
     finite (a diverged candidate) gives ``nan``.
@@ -66,10 +67,12 @@ def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
     :param baseline: the uniform candidate's metrics at the same budget (seed-averaged).
     :param c_max: the upper clip of each term (``reward.c_max``).
-    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``.
+    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``, and ``"l1"`` when both records have an ``l1``.
     """
     keys = {"fid": metrics.get("fd_metric", "fid"), "kde": "l_kde", "bal": "bal"}
-    floors = {"fid": RATIO_FLOORS["fid"], "kde": RATIO_FLOORS["l_kde"], "bal": RATIO_FLOORS["bal"]}
+    floors = {"fid": RATIO_FLOORS["fid"], "kde": RATIO_FLOORS["l_kde"], "bal": RATIO_FLOORS["bal"], "l1": RATIO_FLOORS["l1"]}
+    if metrics.get("l1") is not None or baseline.get("l1") is not None:
+        keys["l1"] = "l1"
     out = {}
     for term, key in keys.items():
         value, base = metrics.get(key), baseline.get(key)
@@ -88,9 +91,11 @@ def compute_reward(metrics: Mapping[str, Any], baseline: Mapping[str, Any], cfg:
         the reward is never below ``-(w_fid + w_kde + w_bal) * c_max``.
     """
     rc = cfg.reward
-    weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal}
+    weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal, "l1": rc.w_l1}
     ratios = reward_ratios(metrics, baseline, rc.c_max)
     terms = {term: weights[term] * ratio for term, ratio in ratios.items()}
+    if rc.w_l1 == 0:
+        terms.pop("l1", None)  # DESIGN.md §4's reward: the three terms
     return -sum(terms.values()), terms
 
 
@@ -199,18 +204,20 @@ class CandidateEvaluator:
         return self.g_space.uniform_candidate(g_budget), self.d_space.uniform_candidate(self.d_budget)
 
     def _score(self, net_g: nn.Module) -> dict[str, float]:
-        """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded)."""
+        """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded), and for
+        paired data the mean absolute difference to the split's targets (``l1``, images in [-1, 1])."""
         kc = self.cfg.reward.kde
         net_g.eval()
         t0 = time.perf_counter()
         with torch.no_grad():
             fake = torch.cat([net_g(self.real_a[i:i + 16]) for i in range(0, len(self.real_a), 16)])
             fd = self.scorer.score(fake, self.real_b, "reward_split")
+            l1 = {"l1": float((fake - self.real_b).abs().mean().item())} if self.family.paired else {}
         t1 = time.perf_counter()
         with torch.no_grad():
             l_kde = kde_loss(net_g, self.teacher_g, self.phi, self.real_a[: kc.centres], self.cfg, self.cfg.search.seed).item()
         t2 = time.perf_counter()
-        return {self.scorer.metric_name: fd, "l_kde": l_kde, "fid_s": t1 - t0, "kde_s": t2 - t1}
+        return {self.scorer.metric_name: fd, "l_kde": l_kde, **l1, "fid_s": t1 - t0, "kde_s": t2 - t1}
 
     def _costs(self, net_g: nn.Module, net_d: nn.Module) -> dict[str, float]:
         """MACs (both conventions), params and MACs fractions of a pair."""

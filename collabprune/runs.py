@@ -80,6 +80,8 @@ LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("teacher", "d_warmup_steps", 300),
     ("pruning", "latency_model", None),
     ("pruning", "latency_samples", 24),
+    ("search", "budgets", None),
+    ("reward", "w_l1", 0.0),
 )
 
 

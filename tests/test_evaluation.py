@@ -129,6 +129,23 @@ def test_compute_reward_orders_candidates(cfg: RunConfig) -> None:
     assert better > same and terms["fid"] == pytest.approx(0.5 * cfg.reward.w_fid)
 
 
+def test_ground_truth_term_is_off_by_default_and_weighted_when_on(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
+    """Paired data: every evaluation measures the reward split's L1 to the targets; it enters the
+    reward (``t_l1 = clip(L1_s / L1_u, 0, c_max)``) only with ``reward.w_l1 > 0``; unpaired data refuses it."""
+    from collabprune.errors import ConfigError
+
+    g, d = evaluator.uniform_ratios()
+    record = evaluator.evaluate(g, d, seed=0, baseline=None)
+    assert 0 < record.metrics["l1"] <= 2 and "l1" not in record.reward_terms
+    base = {"fd_metric": "fid", "fid": 10.0, "l_kde": 0.5, "bal": 0.2, "l1": 0.2}
+    on = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_l1": 2.0, "penalty": -20.0}})
+    reward, terms = compute_reward({**base, "l1": 0.1}, base, on)
+    assert terms["l1"] == pytest.approx(2.0 * 0.5)
+    assert reward == pytest.approx(compute_reward(base, base, cfg)[0] - 1.0)
+    with pytest.raises(ConfigError, match="reward.w_l1=1 needs paired data"):
+        load_config("configs/cyclegan_demo.yaml", ["reward.w_l1=1"])
+
+
 def test_reward_is_bounded_above_the_penalty(cfg: RunConfig) -> None:
     """Each term is clip(x_s / x_u, 0, c_max): the worst valid candidate scores
     -(w_fid + w_kde + w_bal) * c_max, above the penalty of a diverged one (DESIGN.md §4)."""
