@@ -53,9 +53,9 @@ from collabprune.errors import CollabPruneError, SpaceMismatchError
 from collabprune.io import atomic_write_json
 from collabprune.latency_budget import describe as describe_latency_model
 from collabprune.latency_budget import ensure_latency_model, latency_budget
+from collabprune.pruning.roles import generator_budgets, run_slots
 from collabprune.records import EvaluationRecord
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
-from collabprune.pruning.roles import generator_budgets, run_slots
 from collabprune.selection import EvaluateMany, reevaluate_top
 from envs.space import ROLES, RoleSpace, peer_length
 

@@ -292,3 +292,32 @@ def test_local_search_listens_on_loopback_only_and_survives_cpu_load(tiny_setup:
     exposed = sorted(s for s in seen if not _is_loopback(s[1]))
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 1
+
+
+def test_multi_budget_search_and_export_per_budget(tiny_setup: Path, tmp_path: Path, ray_head: RayHead) -> None:
+    """The real evaluator in a multi-budget search, as a user runs it: ``search.budgets`` gives each
+    round one slot per budget; ``collabprune search`` prints each budget's best and how to export
+    it; ``collabprune export --budget`` writes that pair (a fraction the run did not search is one
+    line and exit 2)."""
+    run_dir = tmp_path / "run"
+    proc = _cli(str(tiny_setup), "--out", str(run_dir), "--address", ray_head.gcs_address, "--set", "search.rounds=2",
+                "--set", "search.budgets=[0.3,0.15]", "--set", "search.reeval_top_k=1")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "(4 evaluations)" in out and "budget 0.15: best" in out, out
+    records = [json.loads(x) for x in _search_lines(run_dir / "evaluations.jsonl")]
+    assert [(r["round"], r["slot"], r.get("budget")) for r in records] == [
+        (-2, 0, None), (-1, 0, 0.3), (-1, 1, 0.15), (0, 0, 0.3), (0, 1, 0.15), (1, 0, 0.3), (1, 1, 0.15)]
+
+    def export(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "collabprune.cli", "export", str(run_dir), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    done = export("--budget", "0.15", "--out", str(tmp_path / "export"))
+    assert done.returncode == 0, done.stderr
+    subnet = json.loads((tmp_path / "export" / "subnet.json").read_text())
+    front = json.loads((run_dir / "front.json").read_text())["best"]
+    assert subnet["budget"] == 0.15 and (subnet["round"], subnet["slot"]) == (front[1]["round"], front[1]["slot"])
+    assert subnet["metrics"]["g_macs_fraction"] <= 0.15
+    bad = export("--budget", "0.2", "--out", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "this run's budgets: 0.3, 0.15" in bad.stderr and bad.stderr.count("\n") == 1
