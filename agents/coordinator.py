@@ -45,7 +45,7 @@ import ray
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError, SpaceMismatchError
 from collabprune.evaluation import reward_ratios
-from collabprune.pruning.roles import ROLE_NAMES, Role, generator_budgets, slot_budget
+from collabprune.pruning.roles import ROLE_NAMES, Role, generator_budgets, record_budgets, slot_budget
 from collabprune.records import EvaluationRecord, Metrics, ProposalInfo, RoundTimes, finite_number
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
 from envs.channel_env import PeerInfo
@@ -112,8 +112,7 @@ class PeerBlocks:
         #: per budget (``generator_budgets`` order), the uniform candidate's metrics: the reward baseline
         self.baselines: list[Metrics] = [u.metrics for u in uniform if u is not None]
         #: per slot, the generator budget it searches (``None`` for a single-budget run's records)
-        self.slot_budgets: list[float | None] = [
-            slot_budget(budgets, s) if cfg.search.budgets is not None else None for s in range(run.slots)]
+        self.slot_budgets: list[float | None] = [slot_budget(record_budgets(cfg), s) for s in range(run.slots)]
         self.exchange = cfg.agents.exchange
 
     def baseline(self, slot: int) -> Metrics:

@@ -53,7 +53,7 @@ from collabprune.errors import CollabPruneError, SpaceMismatchError
 from collabprune.io import atomic_write_json
 from collabprune.latency_budget import describe as describe_latency_model
 from collabprune.latency_budget import ensure_latency_model, latency_budget
-from collabprune.pruning.roles import generator_budgets, run_slots
+from collabprune.pruning.roles import generator_budgets, record_budgets, run_slots, slot_budget
 from collabprune.records import EvaluationRecord
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
 from collabprune.selection import EvaluateMany, reevaluate_top
@@ -177,15 +177,14 @@ def _baselines(cfg: RunConfig, run: RunDir, evaluators: list[Any]) -> tuple[Eval
         result = _get(evaluators[0].evaluate_teacher.remote(), timeout, "the teacher evaluation")
         teacher = run.append(dataclasses.replace(result, round=TEACHER_ROUND, seed=round_seed(cfg, TEACHER_ROUND)))
     seed = round_seed(cfg, UNIFORM_ROUND)
-    budgets = generator_budgets(cfg)
-    multi = cfg.search.budgets is not None
+    budgets, logged_as = generator_budgets(cfg), record_budgets(cfg)
     missing = [k for k in range(len(budgets)) if run.get(UNIFORM_ROUND, seed, slot=k) is None]
     refs = {k: evaluators[i % len(evaluators)].evaluate_uniform.remote(
         seed, str(candidate_dir(run.path, UNIFORM_ROUND, k)), budgets[k]) for i, k in enumerate(missing)}
     for k, ref in refs.items():  # logged in slot order
         result = _get(ref, timeout * (1 + len(missing) // len(evaluators)), "the uniform evaluation")
         run.append(dataclasses.replace(result, round=UNIFORM_ROUND, seed=seed, slot=k,
-                                       budget=budgets[k] if multi else None))
+                                       budget=slot_budget(logged_as, k)))
     uniform = [run.get(UNIFORM_ROUND, seed, slot=k) for k in range(len(budgets))]
     run.update_best(uniform[0])  # type: ignore[arg-type]
     return teacher, uniform  # type: ignore[return-value]

@@ -73,10 +73,10 @@ def inspect_agent(cfg: RunConfig, run: RunDir, role: str, spaces: dict[str, Role
     if budget is None:
         best = run.read_best() or run.best()
     else:
-        best = next((r for r in run.read_front() if r.budget == budget), None) or run.best(budget)
+        best = run.front_entry(budget) or run.best(budget)
     peer = None
     if best is not None and run.get(TEACHER_ROUND) is not None and run.get(UNIFORM_ROUND) is not None:
-        blocks = PeerBlocks(cfg, run, {name: spaces[name] for name in ROLES})
+        blocks = PeerBlocks(cfg, run, spaces)
         short = Role.of(space.role.peer, cfg).short
         nxt = max(0, int(best.round or 0)) + (0 if not space.role.leads else 1)
         peer = blocks.block(role, nxt, best.slot or 0, best.ratios(short) or None, same_round=not space.role.leads)
@@ -154,7 +154,8 @@ def inspect_run(run_dir: Path, roles: list[str] | None = None, out_dir: Path | N
     winners = [(int(r.round or 0), r.slot or 0) for r in run.read_front()] or (
         [(int(best.round or 0), best.slot or 0)] if best is not None else [])
     teacher = run.get(TEACHER_ROUND)
-    points = measure_front_latency(cfg, front_points(run.records()), run.records(), winners)
+    logged = run.records()
+    points = measure_front_latency(cfg, front_points(logged), logged, winners)
     plots.append(plot_front(points, plots_dir / "front.png", teacher.metrics.fd_metric if teacher else "FD", winners))
     return {
         "run_dir": str(run_dir),

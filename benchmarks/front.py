@@ -21,6 +21,7 @@ candidate's metric for reference. Everything is cached under ``--work`` and skip
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -71,8 +72,6 @@ def finalists(args: Any, budgets: list[float], seed: int, work: Path) -> dict[st
     cached in ``work/finalists.json``."""
     path = work / "finalists.json"
     if path.is_file():
-        import json
-
         cached = json.loads(path.read_text())
         return {m: {float(b): v for b, v in per.items()} for m, per in cached.items()}
     common = [f"search.rounds={args.rounds}", f"search.seed={seed}", "search.num_evaluators=1"]

@@ -67,7 +67,8 @@ def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
     :param baseline: the uniform candidate's metrics at the same budget (seed-averaged).
     :param c_max: the upper clip of each term (``reward.c_max``).
-    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``, and ``"l1"`` when both records have an ``l1``.
+    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``, and ``"l1"`` when either record has an ``l1``
+        (``nan`` when the other lacks it, as for any missing metric).
     """
     keys = {"fid": metrics.get("fd_metric", "fid"), "kde": "l_kde", "bal": "bal"}
     floors = {"fid": RATIO_FLOORS["fid"], "kde": RATIO_FLOORS["l_kde"], "bal": RATIO_FLOORS["bal"], "l1": RATIO_FLOORS["l1"]}
@@ -82,13 +83,13 @@ def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max
 
 
 def compute_reward(metrics: Mapping[str, Any], baseline: Mapping[str, Any], cfg: RunConfig) -> tuple[float, dict[str, float]]:
-    """The team reward of DESIGN.md §4 and its three weighted terms.
+    """The team reward of DESIGN.md §4 and its weighted terms.
 
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
     :param baseline: the uniform candidate's seed-averaged metrics at the same budget.
     :returns: ``(reward, terms)``; ``terms`` are the weighted :func:`reward_ratios` (``fid``,
-        ``kde``, ``bal``). -(w_fid + w_kde + w_bal) means "as good as uniform"; higher is better;
-        the reward is never below ``-(w_fid + w_kde + w_bal) * c_max``.
+        ``kde``, ``bal``, and ``l1`` when ``reward.w_l1 > 0``). Minus the sum of the weights means
+        "as good as uniform"; higher is better; the reward is never below minus that sum times ``c_max``.
     """
     rc = cfg.reward
     weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal, "l1": rc.w_l1}

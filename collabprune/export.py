@@ -14,7 +14,6 @@ weights the search scored; :func:`collabprune.models.load_subnet` rebuilds them 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,11 +62,10 @@ def best_for_budget(run: RunDir, budget: float | None) -> EvaluationRecord:
         if best is None:
             raise RunDirError(f"{run.path}: no best pair yet (no search round has finished)")
         return best
-    front = run.read_front()
-    for record in front:
-        if record.budget is not None and math.isclose(record.budget, budget, rel_tol=1e-9, abs_tol=1e-12):
-            return record
-    have = ", ".join(f"{r.budget:g}" for r in front if r.budget is not None)
+    record = run.front_entry(budget)
+    if record is not None:
+        return record
+    have = ", ".join(f"{r.budget:g}" for r in run.read_front() if r.budget is not None)
     raise RunDirError(f"{run.path}: no best pair at --budget {budget:g}; " + (
         f"this run's budgets: {have}" if have else "not a finished multi-budget search (search.budgets): "
         "export without --budget"))

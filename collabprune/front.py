@@ -72,7 +72,7 @@ def front_points(records: Sequence[EvaluationRecord]) -> list[FrontPoint]:
     """The candidates of a run (uniform and search records) on the quality/cost plane, with the
     front marked; records without a finite FD or MACs fraction (diverged ones) are left out."""
     usable = [r for r in records if r.round is not None and r.round >= -1 and not r.diverged
-              and _finite(r.metrics.fd) is not None and _finite(r.metrics.g_macs_fraction) is not None]
+              and r.metrics.number(r.metrics.fd_metric) is not None and r.metrics.number("g_macs_fraction") is not None]
     costs = [float(r.metrics.g_macs_fraction) for r in usable]  # type: ignore[arg-type]
     scores = [float(r.metrics.fd) for r in usable]  # type: ignore[arg-type]
     on = set(pareto_front(costs, scores))
@@ -169,14 +169,6 @@ def plot_front(points: Sequence[FrontPoint], path: str | os.PathLike[str], fd_na
     out = save_png(fig, Path(path))
     plt.close(fig)
     return out
-
-
-def _finite(x: object) -> float | None:
-    try:
-        v = float(x)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 __all__ = ["FrontPoint", "front_points", "measure_front_latency", "pareto_front", "plot_front"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -422,13 +423,10 @@ class RunDir:
 
     # ----------------------------------------------------------------------------- best pair
     def budgets(self) -> list[float | None]:
-        """The generator budgets of the logged records (``[None]`` for a single-budget run: its
-        records carry none), in the order of the uniform candidates' slots: primary first."""
-        found: list[float | None] = []
-        for record in self.records():  # (round, slot) order: the uniform candidates come first
-            if record.round != TEACHER_ROUND and record.budget not in found:
-                found.append(record.budget)
-        return found or [None]
+        """The generator budgets of the run: one per logged uniform candidate, in slot order, primary
+        first (``[None]`` for a single-budget run, whose records carry none)."""
+        uniform = [self._records[k] for k in sorted(self._records) if k[0] == UNIFORM_ROUND]
+        return [u.budget for u in uniform] or [None]
 
     @property
     def primary_budget(self) -> float | None:
@@ -503,6 +501,13 @@ class RunDir:
         """Write ``front.json`` (atomically): a multi-budget search's re-evaluated best per budget
         (:func:`collabprune.selection.reevaluate_top`), primary budget first."""
         atomic_write_json(self.front_path, {"best": [r.to_dict() for r in records]})
+
+    def front_entry(self, budget: float) -> EvaluationRecord | None:
+        """The ``front.json`` record of a generator budget (matched to 1e-9), or ``None``."""
+        for record in self.read_front():
+            if record.budget is not None and math.isclose(record.budget, budget, rel_tol=1e-9, abs_tol=1e-12):
+                return record
+        return None
 
     def read_front(self) -> list[EvaluationRecord]:
         """The records of ``front.json`` (``[]`` when there is none: a single-budget run, or before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence, TypeVar
 
 if TYPE_CHECKING:
     from collabprune.config import RunConfig
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 #: Role names in the order agents propose within a round: G first, then D (which sees G's proposal).
 ROLE_NAMES: tuple[str, str] = ("generator", "discriminator")
 _SHORT = {"generator": "g", "discriminator": "d"}
+_B = TypeVar("_B")  # a budget fraction, or what a record carries as its budget (None: single budget)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,13 @@ def generator_budgets(cfg: "RunConfig") -> tuple[float, ...]:
     return (primary, *[float(b) for b in (cfg.search.budgets or ()) if float(b) != primary])
 
 
-def slot_budget(budgets: tuple[float, ...], slot: int) -> float:
+def record_budgets(cfg: "RunConfig") -> tuple[float | None, ...]:
+    """What the records of each budget carry as ``budget``: :func:`generator_budgets` for a
+    multi-budget search, ``(None,)`` for a single-budget run (its log stays as it was)."""
+    return generator_budgets(cfg) if cfg.search.budgets is not None else (None,)
+
+
+def slot_budget(budgets: Sequence[_B], slot: int) -> _B:
     """The generator budget searched in ``slot`` of every round: ``budgets[slot % len(budgets)]``."""
     return budgets[slot % len(budgets)]
 
