@@ -30,7 +30,8 @@ A round of a search is one episode of every env of the learner's VecEnv (n_envs 
 round): rollouts are ``n_groups`` steps (``train_freq=(n_groups, "step")``), after which SB3 trains
 ``n_groups * n_envs`` gradient steps (``gradient_steps=-1``).
 
-**Learning during evaluation** (``agents.learn_during_evaluation``, off-policy learners): SB3's own
+**Learning during evaluation** (``agents.learn_during_evaluation``, off-policy learners; by default
+from 4 candidates a round, :func:`learns_during_evaluation`): SB3's own
 train step after a rollout is switched off (``gradient_steps=0``) and the agent calls
 :meth:`EpisodeCreditMixin.train_round` instead right after it has handed round ``r``'s proposals to the
 Coordinator, while they are evaluated: the gradient steps on rounds ``0..r-1`` then overlap the
@@ -63,6 +64,7 @@ __all__ = [
     "SearchTD3",
     "algo_kwargs",
     "exploration_sigma",
+    "learns_during_evaluation",
 ]
 
 
@@ -97,6 +99,8 @@ class EpisodeCreditMixin:
 
     executed_actions: Callable[[], np.ndarray] | None = None
     agents_cfg: AgentsConfig | None = None
+    #: every transition is stored with ``done=True`` (:meth:`_store_transition`)
+    terminal_transitions_only: bool = True
     episode_steps: int = 1
     explore_seed: int = 0
     _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -205,11 +209,18 @@ class CentredActorMixin:
     saturates and every proposal collapses onto the uniform candidate (seen on synthetic rewards).
     The penalty on the batch mean of mu(s) (``agents.mean_action_penalty``) pins the mean at the zero
     action, leaving the relative allocation to the critic. The last term is self-imitation
-    (``agents.self_imitation``, module docstring). Otherwise this is SB3's ``TD3.train``.
+    (``agents.self_imitation``, module docstring). Otherwise this is SB3's ``TD3.train``, except that
+    with :attr:`terminal_transitions_only` (set by :class:`EpisodeCreditMixin`, which stores every
+    transition with ``done=True``) the target ``r + (1 - done) * gamma * Q'(s', mu'(s'))`` is computed as
+    ``r``: the same numbers without the target networks' passes and Polyak updates (a quarter of a
+    gradient step's time).
     """
 
     mean_action_penalty: float = 0.0
     self_imitation: float = 0.0
+    #: every stored transition ends its episode (:class:`EpisodeCreditMixin`): the critic's target is
+    #: the reward itself, so the target networks are neither evaluated nor updated
+    terminal_transitions_only: bool = False
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         import torch as th
@@ -218,17 +229,24 @@ class CentredActorMixin:
 
         self.policy.set_training_mode(True)  # type: ignore[attr-defined]
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])  # type: ignore[attr-defined]
+        bootstrap = not self.terminal_transitions_only
         actor_losses, critic_losses = [], []
         for _ in range(gradient_steps):
             self._n_updates += 1  # type: ignore[attr-defined]
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[attr-defined]
             with th.no_grad():
+                # drawn even when unused, so the random stream is the one SB3's TD3.train draws
                 noise = data.actions.clone().data.normal_(0, self.target_policy_noise)  # type: ignore[attr-defined]
-                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)  # type: ignore[attr-defined]
-                next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)  # type: ignore[attr-defined]
-                next_q = th.cat(self.critic_target(data.next_observations, next_actions), dim=1)  # type: ignore[attr-defined]
-                next_q, _ = th.min(next_q, dim=1, keepdim=True)
-                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q  # type: ignore[attr-defined]
+                if bootstrap:
+                    noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)  # type: ignore[attr-defined]
+                    next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)  # type: ignore[attr-defined]
+                    next_q = th.cat(self.critic_target(data.next_observations, next_actions), dim=1)  # type: ignore[attr-defined]
+                    next_q, _ = th.min(next_q, dim=1, keepdim=True)
+                    target_q = data.rewards + (1 - data.dones) * self.gamma * next_q  # type: ignore[attr-defined]
+                elif not bool(data.dones.all()):
+                    raise RuntimeError("a non-terminal transition in a buffer of terminal ones")
+                else:  # every transition ends its episode: the target is the reward, as (1 - done) = 0 makes it
+                    target_q = data.rewards
             current_q = self.critic(data.observations, data.actions)  # type: ignore[attr-defined]
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
             critic_losses.append(float(critic_loss.item()))  # type: ignore[union-attr]
@@ -246,10 +264,11 @@ class CentredActorMixin:
                 self.actor.optimizer.zero_grad()  # type: ignore[attr-defined]
                 actor_loss.backward()
                 self.actor.optimizer.step()  # type: ignore[attr-defined]
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)  # type: ignore[attr-defined]
-                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)  # type: ignore[attr-defined]
-                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)  # type: ignore[attr-defined]
-                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)  # type: ignore[attr-defined]
+                if bootstrap:
+                    polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)  # type: ignore[attr-defined]
+                    polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)  # type: ignore[attr-defined]
+                    polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)  # type: ignore[attr-defined]
+                    polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)  # type: ignore[attr-defined]
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")  # type: ignore[attr-defined]
         if actor_losses:
             self.logger.record("train/actor_loss", np.mean(actor_losses))  # type: ignore[attr-defined]
@@ -272,6 +291,36 @@ class SearchSAC(EpisodeCreditMixin, SAC):
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"td3": SearchTD3, "ddpg": SearchDDPG, "sac": SearchSAC, "ppo": PPO}
 
 
+#: ``agents.learn_during_evaluation: auto`` learns during evaluation from this many candidates a round
+AUTO_DURING_EVALUATION_SLOTS = 4
+
+
+def learns_during_evaluation(agents: AgentsConfig, n_envs: int) -> bool:
+    """Whether an off-policy learner with ``n_envs`` candidates a round takes its gradient steps while the
+    next round is evaluated (module docstring), as ``agents.learn_during_evaluation`` resolves.
+
+    ``true`` / ``false`` as set; ``auto``: from :data:`AUTO_DURING_EVALUATION_SLOTS` candidates a round.
+    Sequential learning puts ``n_groups * n_envs`` gradient steps between two rounds' evaluations, so its
+    share of a round grows with the candidates a round: with the 2 s stand-in evaluation of
+    ``benchmarks/search_scale.py`` 2.5% of a round at 1 candidate, 3.6% at 2, 6.1% at 4 and 9.5% at 8,
+    against 1.5-3.2% learning during evaluation (README "Scaling the search loop"). The price is one round
+    of lag: on ``benchmarks/learning_schedule.py`` (a known best allocation, 12 seeds, 2-8 candidates a
+    round, 20-60 rounds) no measurable difference in the best allocation found (paired intervals all
+    include 0); on the learning test's config (``tests/test_agents.py``) 0.045 of the uniform
+    candidate's distance [0.001, 0.085] at 8 candidates over 20 rounds and 0.055 [0.019, 0.092] at 2
+    over 40, none measurable over 30 rounds or more. Small rounds, where the lag costs most and the
+    steps least, stay sequential. PPO always learns sequentially.
+
+    :param agents: the agents section of the config.
+    :param n_envs: candidates per round (the learner's envs).
+    """
+    if agents.algo == "ppo":
+        return False
+    if agents.learn_during_evaluation == "auto":
+        return n_envs >= AUTO_DURING_EVALUATION_SLOTS
+    return bool(agents.learn_during_evaluation)
+
+
 def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> dict[str, Any]:
     """SB3 constructor keyword arguments for ``agents.algo`` (``agents.extra`` overrides).
 
@@ -281,8 +330,9 @@ def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> 
     configured (-1: as many as env steps collected); SAC gets ``target_entropy =
     agents.sac_target_entropy``. PPO: gamma = gae_lambda = 1 (every step's return is the episode's
     reward), a rollout of ``rollout_episodes`` episodes, minibatch the largest divisor of the
-    rollout at most ``batch_size``. With ``agents.learn_during_evaluation`` SB3's own train step is off
-    (``gradient_steps=0``): the agent calls :meth:`EpisodeCreditMixin.train_round`.
+    rollout at most ``batch_size``. When the learner learns during evaluation
+    (:func:`learns_during_evaluation`) SB3's own train step is off (``gradient_steps=0``): the agent
+    calls :meth:`EpisodeCreditMixin.train_round`.
 
     :param agents: the agents section of the config.
     :param n_groups: steps per episode.
@@ -310,7 +360,7 @@ def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> 
             learning_starts=agents.warmup_episodes * n_groups * n_envs,
             train_freq=(n_groups, "step"),
             # learning during evaluation: the agent calls train_round itself (module docstring)
-            gradient_steps=0 if agents.learn_during_evaluation else agents.gradient_steps,
+            gradient_steps=0 if learns_during_evaluation(agents, n_envs) else agents.gradient_steps,
             replay_buffer_class=NormalisedReplayBuffer,
         )
         if agents.algo == "sac":

@@ -37,7 +37,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, configure
 
-from agents.learners import ALGORITHMS, EpisodeCreditMixin, algo_kwargs
+from agents.learners import ALGORITHMS, EpisodeCreditMixin, algo_kwargs, learns_during_evaluation
 from agents.vec_env import RoundVecEnv
 from collabprune.config import RunConfig
 from collabprune.pruning.roles import ROLE_NAMES
@@ -246,8 +246,8 @@ class AgentCore:
 
     @property
     def learns_during_evaluation(self) -> bool:
-        """Whether this agent trains while its round is evaluated (``agents.learn_during_evaluation``)."""
-        return self.cfg.agents.learn_during_evaluation and isinstance(self.model, EpisodeCreditMixin)
+        """Whether this agent trains while its round is evaluated (:func:`agents.learners.learns_during_evaluation`)."""
+        return learns_during_evaluation(self.cfg.agents, self.slots) and isinstance(self.model, EpisodeCreditMixin)
 
     def learn_before_proposing(self) -> None:
         """Take the first ``agents.steps_before_proposal`` gradient steps of the rounds stored so far."""

@@ -89,6 +89,36 @@ def print_table(table: Any) -> None:
     console.print(table)
 
 
+class InProcessLink:
+    """In-process :class:`agents.pruning_agent.CoordinatorLink` for one agent searching alone (benchmark
+    only): each of a round's ``slots`` proposals is scored by ``reward(ratios)``; there is no peer (an
+    empty peer block, as with the exchange off) and nothing logged to replay.
+
+    :param reward: keep ratios of one proposal -> its reward.
+    :param slots: candidates per round (the agent's envs).
+    """
+
+    def __init__(self, reward: Callable[[list[float]], float], slots: int = 1) -> None:
+        self.reward = reward
+        self.slots = slots
+
+    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]], agent_s: float,
+               while_waiting: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        from envs.channel_env import PeerInfo
+
+        if while_waiting is not None:
+            while_waiting()
+        return [{"reward": self.reward(list(p["ratios"])), "peer": PeerInfo().to_dict()} for p in proposals]
+
+    def peers(self, role: str, round_index: int) -> list[dict[str, Any]]:
+        from envs.channel_env import PeerInfo
+
+        return [PeerInfo().to_dict() for _ in range(self.slots)]
+
+    def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]:
+        return {slot: {} for slot in range(self.slots)}
+
+
 def write_results(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the machine record and timestamps when absent) as JSON, atomically."""
     from collabprune.io import atomic_write_json

@@ -14,17 +14,19 @@ excluded: it includes the agents' start-up):
 - share of a round that is not evaluation: 1 - (the round's longest evaluation) / (time between the ends
   of consecutive rounds): the agents' episodes and learning, coordination, logging, checkpoints.
 
-Each pool size runs under both learning schedules of the agents (``--learning``): ``sequential`` (SB3's
-own: the agents learn from round r, then propose round r+1, so their gradient steps sit between two
-rounds' evaluations) and ``during-evaluation`` (``agents.learn_during_evaluation``: the gradient steps
-overlap the next round's evaluation; see :mod:`agents.learners`). The agents warm up for one round only
-(``agents.warmup_episodes=1``), so the steady rounds learn.
+Each pool size runs under the agents' learning schedules (``--learning``): ``sequential`` (SB3's own:
+the agents learn from round r, then propose round r+1, so their gradient steps sit between two rounds'
+evaluations), ``during-evaluation`` (``agents.learn_during_evaluation: true``: the gradient steps overlap
+the next round's evaluation; see :mod:`agents.learners`) and ``default`` (``auto``: sequential below 4
+candidates a round, during evaluation from 4, :func:`agents.learners.learns_during_evaluation`);
+``split`` on request. The agents warm up for one round only (``agents.warmup_episodes=1``), so the
+steady rounds learn.
 
 Targets (issue: "the search scales out"): candidates/hour at 8 evaluators >= 7.2x that at 1; the share not
 evaluation <= 5%; judged per learning schedule.
 
     python -m benchmarks.search_scale [CONFIG] [--set k=v] [--evaluators 1,2,4,8] [--sleep-s 2] [--rounds 12]
-        [--learning sequential,during-evaluation]
+        [--learning default,sequential,during-evaluation]
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ TARGET_SPEEDUP_8 = 7.2
 TARGET_NOT_EVALUATION = 0.05
 #: ``--learning`` name -> the agents' learning schedule (config overrides)
 LEARNING = {
+    "default": ["agents.learn_during_evaluation=auto", "agents.steps_before_proposal=0"],
     "sequential": ["agents.learn_during_evaluation=false"],
     "during-evaluation": ["agents.learn_during_evaluation=true", "agents.steps_before_proposal=0"],
     "split": ["agents.learn_during_evaluation=true", "agents.steps_before_proposal=4"],
@@ -88,17 +91,19 @@ class SleepEvaluator:
     def space_digests(self) -> dict[str, str]:
         return {"generator": self.g_space.channels.digest, "discriminator": self.d_space.channels.digest}
 
-    def uniform_ratios(self) -> tuple[list[float], list[float]]:
-        return self.g_space.uniform_candidate(), self.d_space.uniform_candidate()
+    def uniform_ratios(self, g_budget: float | None = None) -> tuple[list[float], list[float]]:
+        g = self.g_space if g_budget is None else self.g_space.at_budget(g_budget)
+        return g.uniform_candidate(), self.d_space.uniform_candidate()
 
     def evaluate_teacher(self) -> EvaluationRecord:
         metrics = {"fd_metric": "fd_teacher_d", "fd_teacher_d": 0.0, "l_kde": 0.0, "bal": 0.0, "rho": 1.0}
         return EvaluationRecord.from_dict({"metrics": metrics, "reward": None, "diverged": False})
 
-    def evaluate(self, g: list[float], d: list[float], seed: int, baseline: dict[str, Any] | None,
+    def evaluate(self, g_ratios: list[float], d_ratios: list[float], seed: int, baseline: dict[str, Any] | None,
                  save_dir: Path | None = None) -> EvaluationRecord:
         from collabprune.evaluation import compute_reward
 
+        g, d = g_ratios, d_ratios
         t0 = time.time()
         if baseline is not None:
             time.sleep(self.sleep_s)
@@ -113,8 +118,8 @@ class SleepEvaluator:
             "d_channels": self.d_space.kept(d), "seed": seed, "metrics": metrics, "reward": reward,
             "reward_terms": terms, "diverged": False, "times": {"total_s": time.time() - t0}})
 
-    def evaluate_uniform(self, seed: int, save_dir: Path | None = None) -> EvaluationRecord:
-        out = self.evaluate(*self.uniform_ratios(), seed, None, save_dir)
+    def evaluate_uniform(self, seed: int, save_dir: Path | None = None, g_budget: float | None = None) -> EvaluationRecord:
+        out = self.evaluate(*self.uniform_ratios(g_budget), seed, None, save_dir)
         out.seed_results = [SeedResult(seed=seed, metrics=out.metrics, diverged=False)]
         return out
 
@@ -195,7 +200,7 @@ def main() -> None:
     parser.add_argument("--evaluators", default="1,2,4,8", help="pool sizes to run")
     parser.add_argument("--sleep-s", type=float, default=2.0, help="seconds of each stand-in evaluation")
     parser.add_argument("--rounds", type=int, default=12, help="search rounds per run")
-    parser.add_argument("--learning", default=",".join(LEARNING),
+    parser.add_argument("--learning", default="default,sequential,during-evaluation",
                         help=f"the agents' learning schedules to run, comma-separated: {', '.join(LEARNING)}")
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "search_scale_runs",
                         help="parent folder of the run directories (a fresh sub-folder per invocation)")

@@ -33,7 +33,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 if __name__ == "__main__" and __package__ in (None, ""):
     from _shared import script_mode_path_fix  # type: ignore[import-not-found]
@@ -43,10 +43,10 @@ if __name__ == "__main__" and __package__ in (None, ""):
 import numpy as np
 from rich.table import Table
 
-from benchmarks._shared import RESULTS_DIR, base_parser, fmt, fmt_pm, load_cfg, machine_info, print_table, write_results
+from benchmarks._shared import (RESULTS_DIR, InProcessLink, base_parser, fmt, fmt_pm, load_cfg, machine_info, print_table,
+                               write_results)
 from benchmarks.quality import bootstrap_ci
 from collabprune.config import RunConfig
-from envs.channel_env import PeerInfo
 from envs.space import RoleSpace
 
 LOGS_DIR = RESULTS_DIR / "quality_logs"
@@ -94,26 +94,6 @@ class Surrogate:
         return float(self.gp.predict(self._features(np.asarray(ratios, dtype=float)))[0])
 
 
-class SurrogateLink:
-    """In-process :class:`agents.pruning_agent.CoordinatorLink` for the G agent alone: each proposal
-    is scored by ``reward(ratios)``; there is no peer (an empty peer block, as with exchange off)."""
-
-    def __init__(self, reward: Callable[[list[float]], float]) -> None:
-        self.reward = reward
-
-    def submit(self, role: str, round_index: int, proposals: list[dict[str, Any]], agent_s: float,
-               while_waiting: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-        if while_waiting is not None:
-            while_waiting()
-        return [{"reward": self.reward(list(p["ratios"])), "peer": PeerInfo().to_dict()} for p in proposals]
-
-    def peers(self, role: str, round_index: int) -> list[dict[str, Any]]:
-        return [PeerInfo().to_dict()]
-
-    def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]:
-        return {0: {}}
-
-
 def search(method: str, cfg: RunConfig, space: RoleSpace, surrogate: Surrogate, seed: int) -> dict[str, float]:
     """One search of ``cfg.search.rounds`` evaluations; the surrogate mean of what it selects.
 
@@ -151,7 +131,7 @@ def search(method: str, cfg: RunConfig, space: RoleSpace, surrogate: Surrogate, 
 
         with tempfile.TemporaryDirectory() as tmp:
             RunDir.create(Path(tmp), cfg)
-            AgentCore("generator", cfg.to_dict(), tmp, SurrogateLink(reward)).run_rounds()
+            AgentCore("generator", cfg.to_dict(), tmp, InProcessLink(reward)).run_rounds()
     top = sorted(range(len(history)), key=lambda i: history[i][1])[-REEVAL_TOP_K:]
     scores = [statistics.fmean([history[i][1]] + [surrogate.mean(history[i][0]) + float(noise.normal(0.0, surrogate.noise_std))
                                                    for _ in range(REEVAL_DRAWS)]) for i in top]

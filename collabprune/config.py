@@ -318,12 +318,12 @@ class AgentsConfig(_Section):
     batch_size: int = Field(64, ge=1)
     buffer_size: int = Field(20000, ge=1)
     gradient_steps: int = Field(-1, description="SB3 gradient steps per round (-1: as many as env steps)")
-    learn_during_evaluation: bool = Field(
-        False, description="TD3/DDPG/SAC: take a round's gradient steps while the next round is evaluated "
+    learn_during_evaluation: bool | Literal["auto"] = Field(
+        "auto", description="TD3/DDPG/SAC: take a round's gradient steps while the next round is evaluated "
         "(its proposals come from a policy one round behind; the agents' learning leaves the round's critical "
-        "path). Ignored by PPO")
+        "path). auto: from 4 candidates a round (agents.learners.learns_during_evaluation). Ignored by PPO")
     steps_before_proposal: int = Field(
-        0, ge=0, description="with learn_during_evaluation: this many of a round's gradient steps are taken "
+        0, ge=0, description="when learning during evaluation: this many of a round's gradient steps are taken "
         "before the next round's proposals (so they learn from it), the rest while it is evaluated")
     rollout_episodes: int = Field(4, ge=1, description="PPO: rounds per rollout")
     net_arch: list[int] = [64, 64]

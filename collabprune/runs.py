@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import yaml
+
 from collabprune.config import RunConfig, load_config, save_config
 from collabprune.errors import RunDirError
 from collabprune.io import atomic_write_json, file_sha256
@@ -154,11 +156,28 @@ def resume_config(run_dir: str | os.PathLike[str], overrides: list[str] | None =
     if not (path / CONFIG_FILE).is_file():
         raise RunDirError(f"{path}: not a run directory (no {CONFIG_FILE})",
                           hint="give the folder a previous `collabprune search` wrote")
-    cfg = load_config(path / CONFIG_FILE, overrides)
+    cfg = load_config(path / CONFIG_FILE, _older_values(path / CONFIG_FILE) + list(overrides or []))
     own = path / LATENCY_MODEL_FILE
     if cfg.pruning.latency_model is not None and own.is_file():  # the run's own model, wherever the run now is
         cfg.pruning.latency_model = own.resolve()
     return cfg
+
+
+def _older_values(config_file: Path) -> list[str]:
+    """Overrides that give a stored config's missing :data:`LATER_FIELDS_AT_OLD_VALUE` their old value.
+
+    A run directory written before a field existed ran with the field's old value; read without it,
+    the field would take today's default (``agents.learn_during_evaluation`` became ``auto``).
+    An unreadable file gives none (:func:`load_config` reports it).
+    """
+    try:
+        stored = yaml.safe_load(config_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(stored, dict):
+        return []
+    return [f"{section}.{name}={json.dumps(old)}" for section, name, old in LATER_FIELDS_AT_OLD_VALUE
+            if not isinstance(stored.get(section), dict) or name not in stored[section]]
 
 
 def _parse(cls: Any, data: Any, where: str, what: str) -> Any:

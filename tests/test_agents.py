@@ -143,16 +143,13 @@ def test_learns_a_known_best_allocation(tmp_path: Path, seed: int) -> None:
         "pruning": {"round_to": 4, "min_channels": 4, "r_min": 0.1, "budget": {"generator": 0.25}},
         "search": {"rounds": 80, "checkpoint_every": 1000, "seed": seed},
     })
+    from benchmarks.learning_schedule import KnownBestReward
+
     space = RoleSpace.from_config("generator", cfg)
-    ch = np.array([g.channels for g in space.groups], dtype=float)
-    target = np.array(space.project(list(space.uniform * (ch.max() / ch) ** 0.75)))
-
-    def distance(ratios: list[float]) -> float:
-        return float(np.mean(np.abs(np.log2(np.asarray(ratios) / target))))
-
-    noise = np.random.default_rng(seed)
+    reward = KnownBestReward(space, seed, noise_std=0.05)
+    distance = reward.distance
     RunDir.create(tmp_path, cfg)
-    link = LocalLink(lambda r: -distance(r) + float(noise.normal(0.0, 0.05)))
+    link = LocalLink(reward)
     agent = AgentCore("generator", cfg.to_dict(), str(tmp_path), link)
     agent.run_rounds()
     obs, _ = agent.env.reset()
@@ -194,16 +191,55 @@ def test_self_imitation_pulls_the_actor_to_the_best_episodes(tmp_path: Path) -> 
     assert moved[10.0] > max(0.1, 2 * moved[0.0]), moved
 
 
+def test_auto_schedule_learns_during_evaluation_from_four_candidates() -> None:
+    """agents.learn_during_evaluation: auto (the default) learns sequentially below 4 candidates a round
+    and during evaluation from 4; true/false as set; PPO always sequentially."""
+    from agents.learners import learns_during_evaluation
+
+    auto = tiny_cfg().agents
+    assert auto.learn_during_evaluation == "auto"
+    assert [learns_during_evaluation(auto, n) for n in (1, 2, 3, 4, 8)] == [False, False, False, True, True]
+    assert learns_during_evaluation(tiny_cfg(learn_during_evaluation=True).agents, 1)
+    assert not learns_during_evaluation(tiny_cfg(learn_during_evaluation=False).agents, 8)
+    assert not learns_during_evaluation(tiny_cfg(algo="ppo", learn_during_evaluation=True).agents, 8)
+    assert algo_kwargs(auto, 5, 4, 0)["gradient_steps"] == 0 and algo_kwargs(auto, 5, 2, 0)["gradient_steps"] == -1
+
+
+@pytest.mark.parametrize("algo", ["td3", "ddpg"])
+def test_terminal_transitions_skip_the_target_networks_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               algo: str) -> None:
+    """Every stored transition is terminal (episode credit), so the TD3/DDPG step takes the reward as the
+    critic's target without the target networks: the same proposals and the same actor and critic as
+    SB3's bootstrapped target r + (1 - done) * gamma * Q'(s', mu'(s'))."""
+    from agents.learners import ALGORITHMS
+
+    def run(folder: Path) -> tuple[list[list[float]], list[torch.Tensor]]:
+        cfg = tiny_cfg(rounds=5, algo=algo, warmup_episodes=1)
+        RunDir.create(folder, cfg, slots=2)
+        agent = AgentCore("generator", cfg.to_dict(), str(folder), LocalLink(budget_use, slots=2), peer_len=11, slots=2)
+        out = agent.run_rounds()
+        assert agent.model._n_updates > 0
+        params = [p.detach().clone() for n, p in agent.model.policy.named_parameters() if "target" not in n]
+        return [h["ratios"] for h in out["history"]], params
+
+    shortcut = run(tmp_path / "shortcut")
+    monkeypatch.setattr(ALGORITHMS[algo], "terminal_transitions_only", False)
+    bootstrapped = run(tmp_path / "bootstrapped")
+    assert shortcut[0] == bootstrapped[0]
+    assert all(torch.equal(a, b) for a, b in zip(shortcut[1], bootstrapped[1]))
+
+
 def test_learning_during_evaluation_takes_the_same_steps_one_round_later(tmp_path: Path) -> None:
     """agents.learn_during_evaluation: at the submit of round r the steps SB3 would have taken after
     round r-1, inside the Coordinator wait except the first agents.steps_before_proposal of them, which
     come before round r's proposals; the pending ones after the last round; the same total as the
-    sequential learner."""
+    sequential learner. auto: sequential with 2 candidates a round, during evaluation with 4."""
     totals = {}
-    for overlap, first in ((False, 0), (True, 0), (True, 3)):
+    for overlap, first, slots in ((False, 0, 2), (True, 0, 2), (True, 3, 2), ("auto", 0, 2), ("auto", 2, 4)):
         cfg = tiny_cfg(rounds=4, algo="td3", warmup_episodes=1, learn_during_evaluation=overlap,
                        steps_before_proposal=first)
-        RunDir.create(tmp_path / f"{overlap}{first}", cfg, slots=2)
+        folder = tmp_path / f"{overlap}{first}{slots}"
+        RunDir.create(folder, cfg, slots=slots)
         before: dict[int, int] = {}
         during: dict[int, int] = {}
 
@@ -216,20 +252,21 @@ def test_learning_during_evaluation_takes_the_same_steps_one_round_later(tmp_pat
                 during[rnd] = agent.model._n_updates - start
                 return out
 
-        agent = AgentCore("generator", cfg.to_dict(), str(tmp_path / f"{overlap}{first}"),
-                          Recording(budget_use, slots=2), peer_len=11, slots=2)
+        agent = AgentCore("generator", cfg.to_dict(), str(folder), Recording(budget_use, slots=slots),
+                          peer_len=11, slots=slots)
         out = agent.run_rounds()
-        per_round = agent.space.n_groups * 2
+        per_round = agent.space.n_groups * slots
         assert per_round > 3
-        if overlap:
+        assert agent.learns_during_evaluation is (overlap is True or (overlap == "auto" and slots >= 4))
+        if agent.learns_during_evaluation:
             assert before == {0: 0, 1: 0, 2: first, 3: first}
             assert during == {0: 0, 1: 0, 2: per_round - first, 3: per_round - first}
             assert out["times"]["learn_s"] > 0
         else:  # SB3's loop: after rounds 1 and 2, before the next proposals; nothing while waiting
             assert before == {0: 0, 1: 0, 2: per_round, 3: per_round} and set(during.values()) == {0}
             assert out["times"]["learn_s"] == 0
-        totals[overlap, first] = agent.model._n_updates
-    assert set(totals.values()) == {3 * agent.space.n_groups * 2}
+        totals[overlap, first, slots] = agent.model._n_updates / slots
+    assert set(totals.values()) == {3 * agent.space.n_groups}
 
 
 @pytest.mark.parametrize("overlap,first", [(False, 0), (True, 0), (True, 2)],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.latency import MODELS, model_config
@@ -26,6 +28,24 @@ def test_search_scale_analysis_of_a_known_log() -> None:
     assert out["share_not_evaluation"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="at least 3"):
         analyse(records[:4], evaluators=2)
+
+
+def test_search_scale_stand_in_takes_the_evaluator_calls(tmp_path: Path) -> None:
+    """The stand-in evaluator takes the calls the pool makes of the real one (same parameters as
+    CandidateEvaluator's), and its uniform candidate follows the generator budget it is asked for."""
+    import inspect
+
+    from benchmarks._shared import DEFAULT_CONFIG, load_cfg
+    from benchmarks.search_scale import SleepEvaluator
+    from collabprune.evaluation import CandidateEvaluator
+
+    for name in ("space_digests", "uniform_ratios", "evaluate_teacher", "evaluate", "evaluate_uniform"):
+        assert (list(inspect.signature(getattr(SleepEvaluator, name)).parameters)
+                == list(inspect.signature(getattr(CandidateEvaluator, name)).parameters)), name
+    stand_in = SleepEvaluator(load_cfg(str(DEFAULT_CONFIG), []), tmp_path, sleep_s=0.0)
+    for budget in (0.5, 0.1):
+        out = stand_in.evaluate_uniform(0, None, budget)
+        assert 0.98 * budget <= out.metrics.g_macs_fraction <= budget
 
 
 @pytest.mark.parametrize("which", ["config", *MODELS])

@@ -186,6 +186,7 @@ def test_a_field_added_later_keeps_the_digest_of_older_run_directories(tmp_path:
             ("pruning", "latency_model"), ("pruning", "latency_samples")} <= {
         (s, n) for s, n, _ in LATER_FIELDS_AT_OLD_VALUE}
     c = cfg()
+    c.agents.learn_during_evaluation = False  # its old value (the default is auto now)
     older = c.to_dict()
     older.pop("output")
     for section, name, _ in LATER_FIELDS_AT_OLD_VALUE:  # what the older code hashed
@@ -198,6 +199,29 @@ def test_a_field_added_later_keeps_the_digest_of_older_run_directories(tmp_path:
     overlap.agents.learn_during_evaluation = True
     with pytest.raises(RunDirError, match="digest"):
         RunDir.open(tmp_path, overlap)
+
+
+def test_an_older_config_file_resumes_with_the_old_values_of_later_fields(tmp_path: Path) -> None:
+    """A run directory whose config.yaml predates the later fields (none of them written) resumes as it
+    ran: each at its old value (learning sequential, not today's auto), under the digest it was made
+    with; an override still wins."""
+    import yaml
+
+    from collabprune.runs import CONFIG_FILE, LATER_FIELDS_AT_OLD_VALUE
+
+    c = cfg()
+    for section, name, old in LATER_FIELDS_AT_OLD_VALUE:
+        setattr(getattr(c, section), name, old)
+    RunDir.create(tmp_path, c)
+    stored = yaml.safe_load((tmp_path / CONFIG_FILE).read_text())
+    for section, name, _ in LATER_FIELDS_AT_OLD_VALUE:
+        stored[section].pop(name)
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(stored))
+    assert RunConfig.model_validate(stored).agents.learn_during_evaluation == "auto"
+    back = resume_config(tmp_path)
+    assert back.agents.learn_during_evaluation is False
+    assert RunDir.open(tmp_path, back).digest == run_digest(c)
+    assert resume_config(tmp_path, ["agents.learn_during_evaluation=true"]).agents.learn_during_evaluation is True
 
 
 def test_new_run_in_a_used_folder_and_missing_run(tmp_path: Path) -> None:
