@@ -354,7 +354,8 @@ def run_search(
         evaluators = make_evaluators(cfg, run_dir, evaluator_factory)
         actors += evaluators
         if run is None:
-            run = RunDir.create(run_dir, cfg, slots=run_slots(len(evaluators), len(generator_budgets(cfg))))
+            run = RunDir.create(run_dir, cfg, slots=run_slots(len(evaluators), len(generator_budgets(cfg))),
+                                evaluators=len(evaluators))
         bar = _Bar(progress, cfg.search.rounds, run.completed_rounds())
         bar.note("starting evaluators")
         # the first answer of each evaluator waits out its start-up and says which spaces it prunes in

@@ -31,7 +31,7 @@ round): rollouts are ``n_groups`` steps (``train_freq=(n_groups, "step")``), aft
 ``n_groups * n_envs`` gradient steps (``gradient_steps=-1``).
 
 **Learning during evaluation** (``agents.learn_during_evaluation``, off-policy learners; by default
-from 4 candidates a round, :func:`learns_during_evaluation`): SB3's own
+from 4 candidates evaluated at once, :func:`learns_during_evaluation`): SB3's own
 train step after a rollout is switched off (``gradient_steps=0``) and the agent calls
 :meth:`EpisodeCreditMixin.train_round` instead right after it has handed round ``r``'s proposals to the
 Coordinator, while they are evaluated: the gradient steps on rounds ``0..r-1`` then overlap the
@@ -295,13 +295,15 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"td3": SearchTD3, "ddpg": SearchDD
 AUTO_DURING_EVALUATION_SLOTS = 4
 
 
-def learns_during_evaluation(agents: AgentsConfig, n_envs: int) -> bool:
-    """Whether an off-policy learner with ``n_envs`` candidates a round takes its gradient steps while the
-    next round is evaluated (module docstring), as ``agents.learn_during_evaluation`` resolves.
+def learns_during_evaluation(agents: AgentsConfig, at_once: int) -> bool:
+    """Whether an off-policy learner takes its gradient steps while the next round is evaluated (module
+    docstring), as ``agents.learn_during_evaluation`` resolves for a run that evaluates ``at_once``
+    candidates at once (its slots, at most its evaluator pool: ``RunDir.evaluations_at_once``).
 
-    ``true`` / ``false`` as set; ``auto``: from :data:`AUTO_DURING_EVALUATION_SLOTS` candidates a round.
-    Sequential learning puts ``n_groups * n_envs`` gradient steps between two rounds' evaluations, so its
-    share of a round grows with the candidates a round: with the 2 s stand-in evaluation of
+    ``true`` / ``false`` as set; ``auto``: from :data:`AUTO_DURING_EVALUATION_SLOTS` at once.
+    Sequential learning puts one gradient step per candidate and group between two rounds' evaluations,
+    so its share of a round grows with the candidates evaluated at once (a round of 4 candidates on one
+    evaluator lasts 4 evaluations, and its share stays that of 1): with the 2 s stand-in evaluation of
     ``benchmarks/search_scale.py`` 2.5% of a round at 1 candidate, 3.6% at 2, 6.1% at 4 and 9.5% at 8,
     against 1.5-3.2% learning during evaluation (README "Scaling the search loop"). The price is one round
     of lag: on ``benchmarks/learning_schedule.py`` (a known best allocation, 12 seeds, 2-8 candidates a
@@ -312,16 +314,16 @@ def learns_during_evaluation(agents: AgentsConfig, n_envs: int) -> bool:
     steps least, stay sequential. PPO always learns sequentially.
 
     :param agents: the agents section of the config.
-    :param n_envs: candidates per round (the learner's envs).
+    :param at_once: candidates the run evaluates at once.
     """
     if agents.algo == "ppo":
         return False
     if agents.learn_during_evaluation == "auto":
-        return n_envs >= AUTO_DURING_EVALUATION_SLOTS
+        return at_once >= AUTO_DURING_EVALUATION_SLOTS
     return bool(agents.learn_during_evaluation)
 
 
-def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> dict[str, Any]:
+def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int, at_once: int | None = None) -> dict[str, Any]:
     """SB3 constructor keyword arguments for ``agents.algo`` (``agents.extra`` overrides).
 
     Off-policy (TD3/DDPG/SAC): gamma 1 (see the module docstring), ``learning_starts =
@@ -338,6 +340,7 @@ def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> 
     :param n_groups: steps per episode.
     :param n_envs: envs of the learner's VecEnv (candidates per round).
     :param seed: the learner's seed.
+    :param at_once: candidates the run evaluates at once (default ``n_envs``; :func:`learns_during_evaluation`).
     """
     extra = dict(agents.extra)
     common: dict[str, Any] = dict(
@@ -360,7 +363,7 @@ def algo_kwargs(agents: AgentsConfig, n_groups: int, n_envs: int, seed: int) -> 
             learning_starts=agents.warmup_episodes * n_groups * n_envs,
             train_freq=(n_groups, "step"),
             # learning during evaluation: the agent calls train_round itself (module docstring)
-            gradient_steps=0 if learns_during_evaluation(agents, n_envs) else agents.gradient_steps,
+            gradient_steps=0 if learns_during_evaluation(agents, n_envs if at_once is None else at_once) else agents.gradient_steps,
             replay_buffer_class=NormalisedReplayBuffer,
         )
         if agents.algo == "sac":

@@ -194,7 +194,7 @@ class AgentCore:
         latest = self.rundir.latest_checkpoint(self.role)
         if latest is None:
             start = 0
-            kwargs = algo_kwargs(self.cfg.agents, n, self.slots, self._seed(0))
+            kwargs = algo_kwargs(self.cfg.agents, n, self.slots, self._seed(0), self.rundir.evaluations_at_once)
             model = algo("MlpPolicy", self.vec_env, **kwargs)
         else:
             start, folder = latest
@@ -247,7 +247,7 @@ class AgentCore:
     @property
     def learns_during_evaluation(self) -> bool:
         """Whether this agent trains while its round is evaluated (:func:`agents.learners.learns_during_evaluation`)."""
-        return learns_during_evaluation(self.cfg.agents, self.slots) and isinstance(self.model, EpisodeCreditMixin)
+        return learns_during_evaluation(self.cfg.agents, self.rundir.evaluations_at_once) and isinstance(self.model, EpisodeCreditMixin)
 
     def learn_before_proposing(self) -> None:
         """Take the first ``agents.steps_before_proposal`` gradient steps of the rounds stored so far."""

@@ -18,7 +18,7 @@ Each pool size runs under the agents' learning schedules (``--learning``): ``seq
 the agents learn from round r, then propose round r+1, so their gradient steps sit between two rounds'
 evaluations), ``during-evaluation`` (``agents.learn_during_evaluation: true``: the gradient steps overlap
 the next round's evaluation; see :mod:`agents.learners`) and ``default`` (``auto``: sequential below 4
-candidates a round, during evaluation from 4, :func:`agents.learners.learns_during_evaluation`);
+candidates evaluated at once, during evaluation from 4, :func:`agents.learners.learns_during_evaluation`);
 ``split`` on request. The agents warm up for one round only (``agents.warmup_episodes=1``), so the
 steady rounds learn.
 

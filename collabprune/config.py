@@ -321,7 +321,7 @@ class AgentsConfig(_Section):
     learn_during_evaluation: bool | Literal["auto"] = Field(
         "auto", description="TD3/DDPG/SAC: take a round's gradient steps while the next round is evaluated "
         "(its proposals come from a policy one round behind; the agents' learning leaves the round's critical "
-        "path). auto: from 4 candidates a round (agents.learners.learns_during_evaluation). Ignored by PPO")
+        "path). auto: from 4 candidates evaluated at once (agents.learners.learns_during_evaluation). Ignored by PPO")
     steps_before_proposal: int = Field(
         0, ge=0, description="when learning during evaluation: this many of a round's gradient steps are taken "
         "before the next round's proposals (so they learn from it), the rest while it is evaluated")

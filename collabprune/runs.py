@@ -214,7 +214,9 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str], digest: str, load_log: bool = True) -> None:
         self.path = Path(path)
         self.digest = digest
-        self.slots = _stored_slots(self.path)
+        self.slots = _stored_meta_int(self.path, "slots", 1)
+        #: evaluations that run at once: the evaluator pool the run started with, at most its slots
+        self.evaluations_at_once = min(self.slots, _stored_meta_int(self.path, "evaluators", self.slots))
         self._records: dict[tuple[int, int], EvaluationRecord] = {}
         self._reevals: dict[tuple[int, int, int], ReevalRecord] = {}
         # logged evaluations whose candidate folder prune_candidates already removed (a record that
@@ -272,12 +274,16 @@ class RunDir:
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
-    def create(cls, path: str | os.PathLike[str], cfg: RunConfig, slots: int = 1) -> "RunDir":
+    def create(cls, path: str | os.PathLike[str], cfg: RunConfig, slots: int = 1,
+               evaluators: int | None = None) -> "RunDir":
         """Start a new run directory: write ``config.yaml`` and ``run.json``.
 
         :param path: the folder (created; it may exist if it holds no run yet).
         :param cfg: the resolved run config.
         :param slots: candidates per round (fixed for the run's life: a resume keeps it).
+        :param evaluators: the evaluator pool the run starts with (default ``slots``); with the slots it
+            fixes :attr:`evaluations_at_once`, which the agents' learning schedule follows
+            (``agents.learn_during_evaluation: auto``), so a resume on another pool learns as the run did.
         :raises RunDirError: the folder already holds a run (resume it instead).
         """
         path = Path(path)
@@ -286,6 +292,7 @@ class RunDir:
         digest = run_digest(cfg)
         save_config(cfg, path / CONFIG_FILE)
         atomic_write_json(path / META_FILE, {"digest": digest, "slots": int(slots),
+                                             "evaluators": int(slots if evaluators is None else evaluators),
                                              "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                              "versions": package_versions()})
         return cls(path, digest)
@@ -649,12 +656,13 @@ def _stored_digest(path: Path) -> str:
         raise RunDirError(f"{meta_path}: unreadable ({err})") from None
 
 
-def _stored_slots(path: Path) -> int:
-    """Candidates per round recorded in ``run.json`` (1 when absent: a new folder or an older run)."""
+def _stored_meta_int(path: Path, key: str, default: int) -> int:
+    """A positive count recorded in ``run.json`` (``slots``: candidates per round; ``evaluators``: the
+    pool the run started with); ``default`` when absent (a new folder or an older run)."""
     try:
-        return max(1, int(json.loads((path / META_FILE).read_text()).get("slots", 1)))
+        return max(1, int(json.loads((path / META_FILE).read_text()).get(key, default)))
     except (OSError, ValueError, TypeError, AttributeError):
-        return 1
+        return default
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

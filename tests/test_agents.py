@@ -191,9 +191,10 @@ def test_self_imitation_pulls_the_actor_to_the_best_episodes(tmp_path: Path) -> 
     assert moved[10.0] > max(0.1, 2 * moved[0.0]), moved
 
 
-def test_auto_schedule_learns_during_evaluation_from_four_candidates() -> None:
-    """agents.learn_during_evaluation: auto (the default) learns sequentially below 4 candidates a round
-    and during evaluation from 4; true/false as set; PPO always sequentially."""
+def test_auto_schedule_learns_during_evaluation_from_four_candidates_at_once(tmp_path: Path) -> None:
+    """agents.learn_during_evaluation: auto (the default) learns sequentially below 4 candidates evaluated
+    at once and during evaluation from 4; true/false as set; PPO always sequentially. At once: the run's
+    slots, at most the evaluator pool it started with (4 budgets on one evaluator: one at a time)."""
     from agents.learners import learns_during_evaluation
 
     auto = tiny_cfg().agents
@@ -203,6 +204,14 @@ def test_auto_schedule_learns_during_evaluation_from_four_candidates() -> None:
     assert not learns_during_evaluation(tiny_cfg(learn_during_evaluation=False).agents, 8)
     assert not learns_during_evaluation(tiny_cfg(algo="ppo", learn_during_evaluation=True).agents, 8)
     assert algo_kwargs(auto, 5, 4, 0)["gradient_steps"] == 0 and algo_kwargs(auto, 5, 2, 0)["gradient_steps"] == -1
+    assert algo_kwargs(auto, 5, 4, 0, at_once=1)["gradient_steps"] == -1
+    for evaluators, during in ((1, False), (4, True)):
+        cfg = tiny_cfg(rounds=1)
+        run = RunDir.create(tmp_path / str(evaluators), cfg, slots=4, evaluators=evaluators)
+        assert run.evaluations_at_once == evaluators
+        agent = AgentCore("generator", cfg.to_dict(), str(run.path), LocalLink(budget_use, slots=4), peer_len=11, slots=4)
+        assert agent.learns_during_evaluation is during
+        assert agent.model.gradient_steps == (0 if during else -1)
 
 
 @pytest.mark.parametrize("algo", ["td3", "ddpg"])
