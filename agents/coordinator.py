@@ -17,10 +17,11 @@ and its record carries the budget.
 4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced; results
    that finish together share one write) and ``best.json`` is updated BEFORE any agent sees a reward.
 5. Both ``submit`` calls return the N team rewards and the peer blocks of round k+1.
-6. Each agent stores round k's transitions and learns: by default SB3 takes its gradient steps now,
-   before the agent's episodes of round k+1 (they sit between two rounds' evaluations); with
-   ``agents.learn_during_evaluation`` the agent takes them right after its ``submit`` of round k+1,
-   while that round is evaluated (:mod:`agents.learners`).
+6. Each agent stores round k's transitions and learns: with fewer than 4 candidates evaluated at once
+   SB3 takes its gradient steps now, by default, before the agent's episodes of round k+1 (they sit
+   between two rounds' evaluations); from 4 (or with ``agents.learn_during_evaluation: true``) the agent
+   takes them right after its ``submit`` of round k+1, while that round is evaluated
+   (:func:`agents.learners.learns_during_evaluation`).
 
 A round already in the log (a resumed run replaying it) is answered from the log, evaluation by
 evaluation, without re-evaluating: the answer is a pure function of the logged records, so a replaying

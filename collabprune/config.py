@@ -430,8 +430,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _format_error(err: ValidationError, source: str) -> str:
     """One line naming the first bad field, its value and what is allowed."""
     def field(e: Any) -> str:  # a union field's errors end in a branch tag ("constrained-int", "literal['auto']",
-        # a section's class name): field names are lower case
-        return ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("-" in p or "[" in p or p[:1].isupper())))
+        # "bool", a section's class name): no field is named like one
+        return ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and (
+            "-" in p or "[" in p or p[:1].isupper() or p in ("bool", "int", "float", "str"))))
 
     errors = err.errors()
     first = errors[0]

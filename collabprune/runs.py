@@ -3,7 +3,9 @@
 Layout of ``RUN_DIR``::
 
     config.yaml               the resolved run config (save_config)
-    run.json                  {"digest": run digest, "created": ISO time, "versions": {...}}
+    run.json                  {"digest": run digest, "slots": candidates per round, "evaluators": the pool
+                              the run started with, "created": ISO time, "versions": {...}}; slots and
+                              evaluators are fixed for the run's life (a resume keeps them)
     evaluations.jsonl         one JSON line per evaluated pair, append-only, fsynced per line
     reevaluations.jsonl       the top-k re-evaluation with fresh seeds (one line per (round, slot, seed))
     best.json                 the best record so far (atomic rewrite); after the search, the

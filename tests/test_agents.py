@@ -222,20 +222,23 @@ def test_terminal_transitions_skip_the_target_networks_exactly(tmp_path: Path, m
     SB3's bootstrapped target r + (1 - done) * gamma * Q'(s', mu'(s'))."""
     from agents.learners import ALGORITHMS
 
-    def run(folder: Path) -> tuple[list[list[float]], list[torch.Tensor]]:
+    def run(folder: Path) -> tuple[list[list[float]], list[torch.Tensor], bool]:
         cfg = tiny_cfg(rounds=5, algo=algo, warmup_episodes=1)
         RunDir.create(folder, cfg, slots=2)
         agent = AgentCore("generator", cfg.to_dict(), str(folder), LocalLink(budget_use, slots=2), peer_len=11, slots=2)
+        targets = [p.detach().clone() for p in agent.model.actor_target.parameters()]
         out = agent.run_rounds()
         assert agent.model._n_updates > 0
         params = [p.detach().clone() for n, p in agent.model.policy.named_parameters() if "target" not in n]
-        return [h["ratios"] for h in out["history"]], params
+        targets_moved = not all(torch.equal(a, b) for a, b in zip(targets, agent.model.actor_target.parameters()))
+        return [h["ratios"] for h in out["history"]], params, targets_moved
 
     shortcut = run(tmp_path / "shortcut")
     monkeypatch.setattr(ALGORITHMS[algo], "terminal_transitions_only", False)
     bootstrapped = run(tmp_path / "bootstrapped")
     assert shortcut[0] == bootstrapped[0]
     assert all(torch.equal(a, b) for a, b in zip(shortcut[1], bootstrapped[1]))
+    assert not shortcut[2] and bootstrapped[2]  # the shortcut was taken: no Polyak update of the targets
 
 
 def test_learning_during_evaluation_takes_the_same_steps_one_round_later(tmp_path: Path) -> None:
@@ -548,6 +551,7 @@ def test_multi_budget_search_one_policy_per_role(ray_session: None, tmp_path: Pa
     summary = _run(cfg, run_dir)
     assert summary["slots"] == 3 and summary["evaluations"] == 9  # one evaluator, rounded up to 3 budgets
     run = RunDir.read(run_dir)
+    assert run.evaluations_at_once == 1  # the driver recorded its pool: one evaluation at a time
     budgets = [0.3, 0.5, 0.15]  # primary first, then the others as given
     assert run.budgets() == budgets and run.primary_budget == 0.3
     g = RoleSpace.from_config("generator", cfg)

@@ -44,6 +44,8 @@ def test_digest_changes_with_content() -> None:
         (["search.budgets=[0.25,0.25]"], ["search.budgets=[0.25, 0.25] repeats a budget"]),
         (["search.budgets=[0.25,1.5]"], ["search.budgets.1", "1.5", "less than or equal to 1"]),
         (["search.budgets=[0.25]", "pruning.budget.generator={latency_ms: 2.0}"], ["needs a MACs generator budget"]),
+        (["agents.learn_during_evaluation=maybe"], ["field 'agents.learn_during_evaluation' has bad value 'maybe'",
+                                                    "valid boolean", "'auto'"]),
     ],
 )
 def test_bad_values_give_one_line(overrides: list[str], fragments: list[str]) -> None:

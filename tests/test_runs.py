@@ -224,6 +224,19 @@ def test_an_older_config_file_resumes_with_the_old_values_of_later_fields(tmp_pa
     assert resume_config(tmp_path, ["agents.learn_during_evaluation=true"]).agents.learn_during_evaluation is True
 
 
+def test_the_evaluator_pool_a_run_started_with_is_kept(tmp_path: Path) -> None:
+    """run.json records the slots and the evaluator pool of a new run; reopened under another
+    search.num_evaluators the run keeps both, so its agents learn on the schedule it started with
+    (RunDir.evaluations_at_once: the slots, at most the pool)."""
+    c = cfg(num_evaluators=4)
+    run = RunDir.create(tmp_path / "a", c, slots=4, evaluators=4)
+    assert json.loads((run.path / "run.json").read_text())["evaluators"] == 4
+    assert RunDir.open(tmp_path / "a", cfg(num_evaluators=1)).evaluations_at_once == 4
+    assert RunDir.create(tmp_path / "b", c, slots=4, evaluators=1).evaluations_at_once == 1
+    assert RunDir.create(tmp_path / "c", c, slots=2, evaluators=8).evaluations_at_once == 2
+    assert RunDir.create(tmp_path / "d", c, slots=3).evaluations_at_once == 3
+
+
 def test_new_run_in_a_used_folder_and_missing_run(tmp_path: Path) -> None:
     c = cfg()
     RunDir.create(tmp_path / "a", c)
