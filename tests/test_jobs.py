@@ -78,11 +78,13 @@ def test_submit_stop_resume_to_success(head: str, tiny_config: Path, tmp_path: P
     """A job's whole life: ``submit``, ``jobs stop`` mid-search, ``submit --resume RUN_DIR`` (a new job
     finishes the run, every (round, slot) logged exactly once), then ``jobs status/logs/list`` and an
     export of the run directory the jobs wrote."""
-    rounds = 3
+    # enough rounds, each long enough, that the stop lands mid-search (3 rounds of 3 fine-tuning steps
+    # once finished before the stop took effect)
+    rounds = 6
     storage = tmp_path / "storage"
     t0 = time.monotonic()
     rc, out, err = _cli(capsys, "submit", str(tiny_config), "--address", head, "--storage", str(storage),
-                        "--name", "cp-ok", "--set", f"search.rounds={rounds}")
+                        "--name", "cp-ok", "--set", f"search.rounds={rounds}", "--set", "finetune.steps=12")
     assert rc == 0, err
     run_dir = storage / "cp-ok"
     assert f"run dir: {run_dir}" in out
@@ -92,7 +94,7 @@ def test_submit_stop_resume_to_success(head: str, tiny_config: Path, tmp_path: P
                                                                               if log.is_file() else [])):
         assert jobs.job_status("cp-ok", head)["status"] in ("PENDING", "RUNNING"), jobs.job_logs("cp-ok", head)[-3000:]
         assert time.monotonic() < deadline, "the job logged no search round in time"
-        time.sleep(0.5)
+        time.sleep(0.2)
     rc, out, err = _cli(capsys, "jobs", "stop", "cp-ok", "--address", head)
     assert rc == 0 and "stop requested" in out, err
     assert jobs.wait_for_job("cp-ok", head, timeout_s=60, poll_s=0.5) == "STOPPED"
@@ -101,7 +103,8 @@ def test_submit_stop_resume_to_success(head: str, tiny_config: Path, tmp_path: P
     rc, out, _ = _cli(capsys, "jobs", "stop", "cp-ok", "--address", head)
     assert rc == 0 and "was not running" in out
     before = [x for x in log.read_text().splitlines() if x.endswith("}")]
-    assert len({json.loads(x)["round"] for x in before if json.loads(x)["round"] >= 0}) < rounds
+    stopped_after = len({json.loads(x)["round"] for x in before if json.loads(x)["round"] >= 0})
+    assert stopped_after < rounds
 
     rc, out, err = _cli(capsys, "submit", "--resume", str(run_dir), "--address", head, "--name", "cp-ok-r")
     assert rc == 0, err
@@ -110,7 +113,7 @@ def test_submit_stop_resume_to_success(head: str, tiny_config: Path, tmp_path: P
     elapsed = time.monotonic() - t0
     assert status == "SUCCEEDED", jobs.job_logs("cp-ok-r", head)[-3000:]
     with capsys.disabled():
-        print(f"\nsubmit, stop, resume -> SUCCEEDED: {elapsed:.1f} s")
+        print(f"\nsubmit, stop after {stopped_after} of {rounds} rounds, resume -> SUCCEEDED: {elapsed:.1f} s")
     after = log.read_text().splitlines()
     assert after[:len(before)] == before  # what the stopped job logged is kept as it was
     lines = [json.loads(x) for x in after]
