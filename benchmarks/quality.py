@@ -78,7 +78,7 @@ from collabprune.io import atomic_write_json, atomic_write_text
 from collabprune.metrics.macs import conv_layer_costs, macs
 from collabprune.pruning.space import ChannelSpace
 from collabprune.records import EvaluationRecord, ProposalInfo
-from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed
+from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, resume_config, round_seed
 from collabprune.selection import reevaluate_top
 
 METHODS = ("uniform", "inner", "global_l1", "random", "tpe", "g_alone", "collab_no_exchange", "collab")
@@ -178,7 +178,11 @@ def local_search(method: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     The run directory holds the same files as an agent search's (teacher, uniform, one record per
     round, re-evaluations, best.json), so it resumes after a kill and is read the same way.
     """
-    run = RunDir.open(run_dir, cfg) if (run_dir / "run.json").is_file() else RunDir.create(run_dir, cfg)
+    if (run_dir / "run.json").is_file():  # resumed as it ran (its own config: defaults may have changed since)
+        cfg = resume_config(run_dir)
+        run = RunDir.open(run_dir, cfg)
+    else:
+        run = RunDir.create(run_dir, cfg)
     ev = CandidateEvaluator(cfg, run_dir)
     if run.get(TEACHER_ROUND) is None:
         run.append(dataclasses.replace(ev.evaluate_teacher(), round=TEACHER_ROUND, seed=round_seed(cfg, TEACHER_ROUND)))
@@ -245,7 +249,8 @@ def agent_search(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     from agents.driver import run_search
 
     if not (run_dir / "summary.json").is_file():
-        run_search(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=False)
+        resume = (run_dir / "run.json").is_file()  # resumed as it ran (its own config)
+        run_search(resume_config(run_dir) if resume else cfg, run_dir, resume=resume, progress=False)
     best = RunDir.read(run_dir).read_best()
     assert best is not None
     return _finalist(best)
