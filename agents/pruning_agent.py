@@ -269,6 +269,19 @@ class AgentCore:
         self.model.train_round(round_index, self.slots, part=part)
         self.times["learn_s"] += time.time() - t0
 
+    def deterministic_ratios(self) -> list[float]:
+        """The allocation the deterministic policy proposes now: one episode of the first slot's env
+        (its budget, an empty peer block) with the policy's mean actions, projected as a proposal is.
+
+        :returns: keep ratio per group, network order.
+        """
+        obs, _ = self.env.reset()
+        info: dict[str, Any] = {}
+        for _ in range(self.space.n_decisions):
+            action, _ = self.model.predict(obs[None], deterministic=True)
+            obs, _, _, _, info = self.env.step(action[0])
+        return list(info["ratios"])
+
     def record_round(self, logger: Logger) -> None:
         """Write the finished round's numbers to TensorBoard (called by the SB3 callback)."""
         done = [env.last_result for env in self.envs if env.last_result.get("peer") is not None]

@@ -97,14 +97,10 @@ def search(cfg: RunConfig, slots: int, seed: int) -> dict[str, float]:
         RunDir.create(Path(tmp), cfg, slots=slots)
         agent = AgentCore("generator", cfg.to_dict(), tmp, InProcessLink(scored, slots), slots=slots)
         agent.run_rounds()
-        obs, _ = agent.env.reset()
-        info: dict[str, Any] = {}
-        for _ in range(space.n_decisions):
-            action, _ = agent.model.predict(obs[None], deterministic=True)
-            obs, _, _, _, info = agent.env.step(action[0])
+        policy = agent.deterministic_ratios()
     uniform = reward.distance(space.uniform_candidate())
     return {"best": min(evaluated) / uniform, "last_quarter": statistics.fmean(evaluated[-len(evaluated) // 4:]) / uniform,
-            "policy": reward.distance(info["ratios"]) / uniform}
+            "policy": reward.distance(policy) / uniform}
 
 
 def compare(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:

@@ -216,9 +216,9 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str], digest: str, load_log: bool = True) -> None:
         self.path = Path(path)
         self.digest = digest
-        self.slots = _stored_meta_int(self.path, "slots", 1)
+        self.slots, evaluators = _stored_pool(self.path)
         #: evaluations that run at once: the evaluator pool the run started with, at most its slots
-        self.evaluations_at_once = min(self.slots, _stored_meta_int(self.path, "evaluators", self.slots))
+        self.evaluations_at_once = min(self.slots, evaluators)
         self._records: dict[tuple[int, int], EvaluationRecord] = {}
         self._reevals: dict[tuple[int, int, int], ReevalRecord] = {}
         # logged evaluations whose candidate folder prune_candidates already removed (a record that
@@ -658,13 +658,22 @@ def _stored_digest(path: Path) -> str:
         raise RunDirError(f"{meta_path}: unreadable ({err})") from None
 
 
-def _stored_meta_int(path: Path, key: str, default: int) -> int:
-    """A positive count recorded in ``run.json`` (``slots``: candidates per round; ``evaluators``: the
-    pool the run started with); ``default`` when absent (a new folder or an older run)."""
+def _stored_pool(path: Path) -> tuple[int, int]:
+    """(slots, evaluators) recorded in ``run.json``, read once: candidates per round (1 when absent: a
+    new folder or an older run) and the evaluator pool the run started with (the slots when absent)."""
     try:
-        return max(1, int(json.loads((path / META_FILE).read_text()).get(key, default)))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return default
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+
+    def count(key: str, default: int) -> int:
+        try:
+            return max(1, int(meta.get(key, default)))
+        except (ValueError, TypeError, AttributeError):
+            return default
+
+    slots = count("slots", 1)
+    return slots, count("evaluators", slots)
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
