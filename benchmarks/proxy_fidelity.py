@@ -14,6 +14,13 @@ inner-heavy allocations (keep ratio ∝ (max channels / channels)^±p, p = 0.5 a
 widest groups at 0.35 of the uniform ratio); encoder-heavy and decoder-heavy (x1.5 on one half);
 6 random ones (log2 multipliers uniform in [-1.5, 1.5]): 18 candidates.
 
+``--panel finalists --finalists A.json[,B.json]`` scores the top of the search instead: the uniform
+candidate and the distinct finalists (G and D ratios) of earlier ``benchmarks.quality`` runs at the
+budget (``finalists_panel()``). The fixed panel spans good and bad allocations; this one holds only
+allocations a search picked, so it measures what a search needs last: whether the proxy ranks the
+best allocations among themselves. Per-term Spearman (each reward-split metric, lower = better,
+against the held-out metric) is reported for both panels.
+
 It prints, per budget: Spearman(proxy, held-out primary metric) for the seed-0 proxy and for the
 proxy averaged over seeds, the proxy's test-retest Spearman (seed 0 vs seed 1), how many of the
 held-out top 3 are the proxy's top 3 and the held-out rank of the proxy's best (what a search needs:
@@ -26,6 +33,7 @@ re-measured at the cost of the proxy alone.
 
     python -m benchmarks.proxy_fidelity [CONFIG] [--set k=v] [--budgets 0.25,0.1] [--seeds 0,1]
                                         [--final-seeds 0,1] [--tag NAME]
+                                        [--panel finalists --finalists results.json[,...]]
 """
 
 from __future__ import annotations
@@ -59,10 +67,14 @@ from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metr
 from collabprune.io import atomic_write_json
 from collabprune.pruning.space import ChannelSpace
 
-#: Config sections/fields that change the in-search proxy but not the held-out protocol.
-PROXY_ONLY = {"search": None, "agents": None, "output": None,
-              "finetune": ("steps",), "reward": ("w_fid", "w_kde", "w_bal", "c_max", "penalty", "uniform_seeds",
-                                                 "balance_window", "fid")}
+#: Reward-split metrics (``EvaluationRecord.metrics``; lower is better) ranked one by one against the held-out
+#: metric: the two Frechet-distance keys, the KDE objective, the balance term and the paired L1.
+TERM_METRICS = ("fid", "fd_teacher_d", "l_kde", "bal", "l1")
+
+#: Config sections/fields that change the in-search proxy but not the held-out protocol: every reward field
+#: but ``kde`` (which shapes the fine-tuning when ``finetune.w_kde > 0``), so a reward lever added later
+#: (``w_l1``) never re-runs the held-out protocol.
+PROXY_ONLY = {"search": None, "agents": None, "output": None, "finetune": ("steps",)}
 
 
 def parse_args() -> Any:
@@ -72,7 +84,93 @@ def parse_args() -> Any:
     parser.add_argument("--final-seeds", default="0,1", help="final fine-tuning seeds of the held-out protocol")
     parser.add_argument("--tag", default="", help="name of this proxy setting in the JSON (e.g. the lever tried)")
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "proxy_fidelity_work", help="cache folder")
-    return parser.parse_args()
+    parser.add_argument("--panel", choices=("fixed", "finalists"), default="fixed",
+                        help="fixed: the 18 shaped allocations; finalists: the finalists of --finalists")
+    parser.add_argument("--finalists", default="", help="benchmarks.quality result JSONs (comma-separated) "
+                        "whose finalists make the panel under --panel finalists")
+    args = parser.parse_args()
+    if args.panel == "finalists" and not args.finalists:
+        parser.error("--panel finalists needs --finalists results.json[,...]")
+    if args.panel == "fixed" and args.finalists:
+        parser.error("--finalists is read only under --panel finalists")
+    args.finalist_runs = []
+    for name in parse_list(args.finalists, str):
+        try:
+            args.finalist_runs.append((Path(name).stem, read_finalists(Path(name))))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--finalists {name}: {exc}")
+    return args
+
+
+def read_finalists(path: Path) -> list[dict[str, Any]]:
+    """The runs of a ``benchmarks.quality`` result file: ``budget``, ``method``, ``seed`` and the finalist's
+    ``g_ratios`` / ``d_ratios`` of each.
+
+    :raises OSError: the file cannot be read.
+    :raises ValueError: it is not JSON, or not a quality result (no ``runs`` with those fields).
+    """
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg}, line {exc.lineno})") from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise ValueError("not a benchmarks.quality result (no 'runs' list)")
+    out = []
+    for i, run in enumerate(runs):
+        try:
+            out.append({"budget": float(run["budget"]), "method": str(run["method"]), "seed": int(run["seed"]),
+                        "g_ratios": [float(x) for x in run["finalist"]["g_ratios"]],
+                        "d_ratios": [float(x) for x in run["finalist"]["d_ratios"]]})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"runs[{i}] is not a quality run ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+class FinalistsError(ValueError):
+    """A ``--finalists`` file does not fit the panel (wrong budget or network)."""
+
+
+def input_error(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2 (argparse's convention), nothing written."""
+    print(f"python -m benchmarks.proxy_fidelity: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def finalists_panel(sources: list[tuple[str, list[dict[str, Any]]]], budget: float,
+                    uniform: tuple[list[float], list[float]], g_groups: int, d_groups: int
+                    ) -> dict[str, tuple[list[float], list[float]]]:
+    """The panel of ``--panel finalists``: the uniform pair, then every distinct searched finalist at ``budget``.
+
+    :param sources: ``(file stem, runs)`` per file (:func:`read_finalists`); a method ``uniform`` is skipped
+        (the uniform pair is the panel's first member).
+    :param budget: the generator budget (fraction of the teacher's MACs); runs at another budget are skipped.
+    :param uniform: the uniform ``(G ratios, D ratios)`` at the budget.
+    :param g_groups: prunable groups of G (every finalist's G vector must have this length).
+    :param d_groups: prunable groups of D.
+    :returns: name -> (G ratios, D ratios); names are ``method_s<seed>``, with ``@<file stem>`` where two
+        files hold the same method and seed; a pair found twice is kept once (first name).
+    :raises FinalistsError: a finalist's vectors do not fit the config's networks, or no finalist is at ``budget``.
+    """
+    members: dict[str, tuple[list[float], list[float]]] = {"uniform": uniform}
+    seen = {json.dumps(uniform)}
+    for stem, runs in sources:
+        for run in runs:
+            if run["method"] == "uniform" or not math.isclose(run["budget"], budget, rel_tol=1e-9):
+                continue
+            g, d = run["g_ratios"], run["d_ratios"]
+            if len(g) != g_groups or len(d) != d_groups:
+                raise FinalistsError(f"{stem}: {run['method']} seed {run['seed']} has {len(g)} G / {len(d)} D ratios; "
+                                 f"the config's networks have {g_groups} / {d_groups} groups")
+            key = json.dumps((g, d))
+            if key in seen:
+                continue
+            seen.add(key)
+            name = f"{run['method']}_s{run['seed']}"
+            members[name if name not in members else f"{name}@{stem}"] = (g, d)
+    if len(members) == 1:
+        raise FinalistsError(f"no searched finalist at budget {budget:g} in {', '.join(s for s, _ in sources)}")
+    return members
 
 
 def panel(space: ChannelSpace, budget: float, seed: int = 0) -> dict[str, list[float]]:
@@ -115,8 +213,8 @@ def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int) -> st
         else:
             for name in names:
                 data.get(section, {}).pop(name, None)
-    if cfg.finetune.w_kde == 0:  # the fine-tuning does not use the KDE objective (nor its feature map)
-        data["reward"].pop("kde", None)
+    kept = set() if cfg.finetune.w_kde == 0 else {"kde"}  # without the KDE loss the fine-tuning ignores its settings
+    data["reward"] = {k: v for k, v in data.get("reward", {}).items() if k in kept}
     blob = json.dumps({"cfg": data, "g": [round(x, 6) for x in g], "d": [round(x, 6) for x in d], "seed": seed},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -137,33 +235,40 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
     heldout_dir = work / "heldout"
     heldout_dir.mkdir(parents=True, exist_ok=True)
     cand = CandidateEvaluator(cfg, work / "evaluator")
-    names_ratios = panel(cand.g_space, budget)
-    _, ud = cand.uniform_ratios()
+    ug, ud = cand.uniform_ratios()
+    if base_args.panel == "finalists":
+        members = finalists_panel(base_args.finalist_runs, budget, (ug, ud), cand.g_space.num_groups,
+                                  cand.d_space.num_groups)
+    else:
+        members = {name: (g, ud) for name, g in panel(cand.g_space, budget).items()}
     held = HeldoutEvaluator(cfg, work, candidates=cand)
     teacher = held.teacher().to_dict()
     primary = primary_metric(cfg)  # test L1 (pix2pix), fd_eval or FID (unpaired CycleGAN data)
 
     heldout: dict[str, list[dict[str, Any]]] = {}
-    for name, g in names_ratios.items():
+    for name, (g, d) in members.items():
         heldout[name] = []
         for s in final_seeds:
-            path = heldout_dir / f"{heldout_key(cfg, g, ud, s)}.json"
+            path = heldout_dir / f"{heldout_key(cfg, g, d, s)}.json"
             if path.is_file():
                 result = json.loads(path.read_text())
             else:
                 t0 = time.time()
-                result = held.evaluate(g, ud, s).to_dict()
+                result = held.evaluate(g, d, s).to_dict()
                 atomic_write_json(path, result)
                 print(f"  [heldout] {budget:g} {name} seed {s}: {primary} {result[primary]} "
                       f"({time.time() - t0:.0f} s)", flush=True)
             heldout[name].append(result)
 
-    proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in names_ratios}
+    proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in members}
     proxy_dir = work / "proxy" / cfg.digest()
+    # the fixed panel's cache keeps its old name; a finalists panel is named by what it holds
+    prefix = "" if base_args.panel == "fixed" else \
+        f"finalists_{hashlib.sha256(json.dumps(members, sort_keys=True).encode()).hexdigest()[:12]}_"
     proxy_dir.mkdir(parents=True, exist_ok=True)
     for s in seeds:
-        path = proxy_dir / f"seed_{s}.json"
-        if path.is_file():  # the same config (reward settings included) was scored before
+        path = proxy_dir / f"{prefix}seed_{s}.json"
+        if path.is_file():  # the same config (reward settings included) scored the same panel before
             for name, entry in json.loads(path.read_text()).items():
                 proxy[name].append(entry)
             continue
@@ -171,16 +276,16 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         base = cand.evaluate_uniform(s)
         uniform_s = time.time() - t0
         scored: dict[str, dict[str, Any]] = {}
-        for name, g in names_ratios.items():
+        for name, (g, d) in members.items():
             t0 = time.time()
-            r = base if name == "uniform" else cand.evaluate(g, ud, s, baseline=base.metrics)
+            r = base if name == "uniform" else cand.evaluate(g, d, s, baseline=base.metrics)
             scored[name] = {"seed": s, "reward": r.reward, "terms": dict(r.reward_terms), "metrics": r.metrics.to_dict(),
                             "seconds": time.time() - t0 if name != "uniform" else uniform_s}
             proxy[name].append(scored[name])
         atomic_write_json(path, scored)
         print(f"  [proxy] {budget:g} seed {s} done", flush=True)
 
-    names = list(names_ratios)
+    names = list(members)
     sign = 1.0 if higher_is_better(primary) else -1.0
 
     def held_mean(name: str, metric: str = primary) -> float | None:
@@ -216,13 +321,23 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
             beats.append({"name": n, "improvement": diff, "se": se})
     rows = []
     for i, n in enumerate(names):
-        rows.append({"name": n, "g_ratios": names_ratios[n],
+        rows.append({"name": n, "g_ratios": members[n][0], "d_ratios": members[n][1],
                      "g_macs_fraction": heldout[n][0]["g_macs_fraction"],
                      "heldout": {m: held_mean(n, m) for m in ("l1", "psnr", "ssim", "fd_eval", "fid")},
                      "heldout_std": held_std(n), "proxy": per_seed[i],
                      "proxy_terms": [p["terms"] for p in proxy[n]],
                      "proxy_metrics": [p["metrics"] for p in proxy[n]],
                      "proxy_seconds": [p["seconds"] for p in proxy[n]]})
+    searched = [i for i, n in enumerate(names) if n != "uniform"]
+    term_spearman = {}
+    for key in TERM_METRICS:
+        # lower is better for every reward-split metric; mean over the proxy seeds where all were measured
+        vals = [[m.get(key) for m in (p["metrics"] for p in proxy[n])] for n in names]
+        score = [-statistics.fmean(v) if v and all(isinstance(x, (int, float)) for x in v) else None for v in vals]
+        if any(x is not None for x in score):
+            term_spearman[key] = {"all": _spearman(score, goodness),
+                                  "without_uniform": _spearman([score[i] for i in searched],
+                                                               [goodness[i] for i in searched])}
     order_true = sorted(range(len(names)), key=lambda i: -(goodness[i] if goodness[i] is not None else -math.inf))
     order_proxy = sorted(range(len(names)), key=lambda i: -proxy0[i])
     top3 = len(set(order_true[:3]) & set(order_proxy[:3]))
@@ -232,6 +347,8 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         "heldout_rank_of_proxy_best": order_true.index(order_proxy[0]) + 1,
         "spearman_seed0": _spearman(proxy0, goodness),
         "spearman_mean": _spearman(proxy_mean, goodness),
+        "spearman_mean_without_uniform": _spearman([proxy_mean[i] for i in searched], [goodness[i] for i in searched]),
+        "term_spearman": term_spearman,
         "test_retest": retest,
         "winner_drop": statistics.fmean(drops) if drops else None,
         "proxy_spread": statistics.pstdev(rewards) if len(rewards) > 1 else None,
@@ -250,22 +367,39 @@ def main() -> None:
     budgets = parse_list(args.budgets) if args.budgets else [base.pruning.budget.generator]
     seeds = parse_list(args.seeds, int)
     final_seeds = parse_list(args.final_seeds, int)
-    results = [run_budget(args, b, seeds, final_seeds) for b in budgets]
+    if args.panel == "finalists":
+        for b in budgets:
+            if not any(math.isclose(run["budget"], b, rel_tol=1e-9) and run["method"] != "uniform"
+                       for _, runs in args.finalist_runs for run in runs):
+                input_error(f"--finalists: no searched finalist at budget {b:g} in {args.finalists}")
+    try:
+        results = [run_budget(args, b, seeds, final_seeds) for b in budgets]
+    except FinalistsError as exc:
+        input_error(f"--finalists: {exc}")
     primary = primary_metric(base)
 
     summary = Table(title=f"Reward fidelity (proxy: finetune.steps={base.finetune.steps}; held-out: "
                           f"final_steps={base.finetune.final_steps}, test {primary}) {args.tag}")
-    for col in ("budget", "Spearman seed 0 (>= 0.7)", "Spearman mean", "test-retest (>= 0.8)", "top-3 overlap",
+    for col in ("budget", "Spearman seed 0 (>= 0.7)", "Spearman mean", "without uniform", "test-retest (>= 0.8)",
+                "top-3 overlap",
                 "held-out rank of proxy's best", "winner drop", "proxy spread", f"held-out noise (std {primary})",
                 "beat uniform", "s / candidate"):
         summary.add_column(col, justify="right")
     for r in results:
         summary.add_row(fmt(r["budget"], 3), fmt(r["spearman_seed0"], 3), fmt(r["spearman_mean"], 3),
+                        fmt(r["spearman_mean_without_uniform"], 3),
                         fmt(r["test_retest"], 3), f"{r['top3_overlap']}/3", str(r["heldout_rank_of_proxy_best"]),
                         fmt(r["winner_drop"], 3), fmt(r["proxy_spread"], 3),
                         fmt(r["heldout_noise_std"], 3), ", ".join(b["name"] for b in r["beat_uniform"]) or "none",
                         fmt(r["proxy_seconds_per_candidate"], 3))
     print_table(summary)
+    terms = Table(title=f"Spearman of each reward-split metric (seed mean, lower = better) with the held-out {primary}")
+    for col in ("budget", "metric", "all members", "without uniform"):
+        terms.add_column(col, justify="right")
+    for r in results:
+        for key, rho in r["term_spearman"].items():
+            terms.add_row(fmt(r["budget"], 3), key, fmt(rho["all"], 3), fmt(rho["without_uniform"], 3))
+    print_table(terms)
     for r in results:
         t = r["teacher"]
         table = Table(title=f"Panel at {r['budget']:g} of G MACs (teacher: L1 {fmt(t['l1'])}, PSNR {fmt(t['psnr'])}, "
@@ -281,7 +415,8 @@ def main() -> None:
     out = args.out
     if args.tag:
         out = out.with_name(f"{out.stem}_{args.tag}{out.suffix}")
-    write_results(out, {"benchmark": "proxy_fidelity", "tag": args.tag, "config": args.config,
+    write_results(out, {"benchmark": "proxy_fidelity", "tag": args.tag, "config": args.config, "panel": args.panel,
+                        "finalists": parse_list(args.finalists, str),
                         "overrides": args.overrides, "seeds": seeds, "final_seeds": final_seeds,
                         "finetune_steps": base.finetune.steps, "final_steps": base.finetune.final_steps,
                         "primary_metric": primary, "machine": machine_info(), "description": __doc__,

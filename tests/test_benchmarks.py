@@ -61,3 +61,57 @@ def test_latency_models_load_on_the_default_config(which: str) -> None:
     assert isinstance(cfg.pruning.budget.generator, float) and cfg.pruning.latency_model is None
     if which != "config":
         assert cfg.model.net_g == which and cfg.model.ngf == 64 and cfg.data.crop_size == 256
+
+
+def _quality_file(path: Path, runs: list[tuple[float, str, int, list[float], list[float]]]) -> Path:
+    import json
+
+    path.write_text(json.dumps({"runs": [
+        {"budget": b, "method": m, "seed": s, "finalist": {"g_ratios": g, "d_ratios": d}, "heldout": []}
+        for b, m, s, g, d in runs]}))
+    return path
+
+
+def test_finalists_panel_holds_each_searched_pair_at_the_budget_once(tmp_path: Path) -> None:
+    """``proxy_fidelity --panel finalists``: uniform first, then the searched finalists at the budget; a
+    uniform run, another budget and a pair seen before are skipped; a name taken by another file gets its stem."""
+    from benchmarks.proxy_fidelity import FinalistsError, finalists_panel, read_finalists
+
+    g1, g2, g3, d = [0.75, 0.125], [0.5, 0.25], [0.25, 0.5], [0.5, 0.5]
+    a = _quality_file(tmp_path / "a.json", [(0.1, "uniform", 0, [0.3, 0.3], d), (0.1, "random", 0, g1, d),
+                                            (0.1, "collab", 0, g2, d), (0.25, "collab", 1, g3, d),
+                                            (0.1, "collab", 1, g1, d)])
+    b = _quality_file(tmp_path / "b.json", [(0.1, "collab", 0, g3, d)])
+    sources = [("a", read_finalists(a)), ("b", read_finalists(b))]
+    members = finalists_panel(sources, 0.1, ([0.3, 0.3], d), 2, 2)
+    assert list(members) == ["uniform", "random_s0", "collab_s0", "collab_s0@b"]
+    assert members["random_s0"] == (g1, d) and members["collab_s0@b"] == (g3, d)
+    with pytest.raises(FinalistsError, match="has 2 G / 2 D ratios; the config.s networks have 3 / 2 groups"):
+        finalists_panel(sources, 0.1, ([0.3, 0.3], d), 3, 2)
+    with pytest.raises(FinalistsError, match="no searched finalist at budget 0.5"):
+        finalists_panel(sources, 0.5, ([0.3, 0.3], d), 2, 2)
+
+
+def test_finalists_files_that_are_not_quality_results_stop_with_exit_2(tmp_path: Path, monkeypatch,
+                                                                       capsys) -> None:
+    """Bad ``--finalists`` input is one line naming the file and exit code 2, before anything is evaluated."""
+    import sys
+
+    from benchmarks import proxy_fidelity
+
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text('{"results": []}')
+    (tmp_path / "run.json").write_text('{"runs": [{"budget": 0.1, "method": "random"}]}')
+    cases = {"bad.json": "not JSON", "other.json": "no 'runs' list", "run.json": "runs[0] is not a quality run",
+             "missing.json": "No such file"}
+    for name, message in cases.items():
+        monkeypatch.setattr(sys, "argv", ["proxy_fidelity", "--panel", "finalists", "--finalists",
+                                          str(tmp_path / name)])
+        with pytest.raises(SystemExit) as exc:
+            proxy_fidelity.parse_args()
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
+    monkeypatch.setattr(sys, "argv", ["proxy_fidelity", "--panel", "finalists"])
+    with pytest.raises(SystemExit) as exc:
+        proxy_fidelity.parse_args()
+    assert exc.value.code == 2
