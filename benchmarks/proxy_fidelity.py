@@ -160,8 +160,8 @@ def finalists_panel(sources: list[tuple[str, list[dict[str, Any]]]], budget: flo
                 continue
             g, d = run["g_ratios"], run["d_ratios"]
             if len(g) != g_groups or len(d) != d_groups:
-                raise FinalistsError(f"{stem}: {run['method']} seed {run['seed']} has {len(g)} G / {len(d)} D ratios; "
-                                 f"the config's networks have {g_groups} / {d_groups} groups")
+                raise FinalistsError(f"{stem}: {run['method']} seed {run['seed']} has {len(g)} G / {len(d)} D "
+                                     f"ratios; the config's networks have {g_groups} / {d_groups} groups")
             key = json.dumps((g, d))
             if key in seen:
                 continue
