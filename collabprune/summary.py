@@ -4,7 +4,7 @@ The uniform candidate and the run's best pair (``best.json``, after the top-k re
 the final fine-tuning (``finetune.final_steps``) under ``finetune.final_seeds`` seeds and are measured
 on the test split (:class:`~collabprune.heldout.HeldoutEvaluator`); the teacher is measured as it
 is. Per seed, the best pair is compared with the uniform candidate fine-tuned under the same seed
-(a paired difference); the spread of those differences is the noise floor the summary states. The
+(a paired difference); the noise floor the summary states is :func:`noise_floor` of those differences. The
 results are cached in ``RUN_DIR/heldout/`` (one JSON per candidate and seed), and the fine-tuned best
 pair of the first seed is saved in ``RUN_DIR/final/`` (what ``export`` ships). A PNG shows input,
 teacher, uniform, best found and ground truth for a few test images.
@@ -39,7 +39,7 @@ class Verdict:
     :param metric: the metric (:func:`~collabprune.heldout.primary_metric`).
     :param improvement: mean over seeds of the paired improvement (positive = best found is better),
         in the metric's units.
-    :param noise: standard deviation of the paired per-seed differences (0 with one seed).
+    :param noise: the noise floor of the paired difference (:func:`noise_floor`; 0 with one seed).
     :param seeds: the final fine-tuning seeds.
     :param best_is_uniform: the search found nothing better than uniform (its best is uniform itself).
     """
@@ -66,8 +66,27 @@ class Verdict:
         times = self.improvement / self.noise if self.noise > 0 else math.inf
         better = "better" if self.improvement > 0 else "worse"
         core = (f"best found is {abs(self.improvement):.4f} test {self.metric} {better} than uniform (mean of paired "
-                f"differences over final seeds {self.seeds}; their std {self.noise:.4f}, so {times:.1f}x the noise)")
+                f"differences over final seeds {self.seeds}; noise floor {self.noise:.4f}, so {times:.1f}x the noise)")
         return core + (": it beats uniform." if self.beats_uniform else ": within the noise, no difference.")
+
+
+def noise_floor(diffs: list[float], uniform: list[float], best: list[float]) -> float:
+    """The noise floor of a paired held-out difference, in the metric's units.
+
+    The larger of two standard deviations: that of the per-seed paired differences ``diffs``, and the
+    final-seed spread of each candidate, pooled ``sqrt((sd_u^2 + sd_b^2) / 2)``. With the usual two final
+    seeds the first alone is one number's worth of evidence and can be near 0 by chance (two seeds that
+    move both candidates alike), which would make any improvement look like hundreds of times the noise.
+
+    :param diffs: paired differences best - uniform (or the reverse), one per final seed.
+    :param uniform: the uniform candidate's metric per final seed.
+    :param best: the best pair's metric per final seed.
+    :returns: the floor; 0 when no list has two values.
+    """
+    def sd(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    return max(sd(diffs), math.sqrt((sd(uniform) ** 2 + sd(best) ** 2) / 2))
 
 
 @dataclass
@@ -178,8 +197,10 @@ def summarise_run(cfg: RunConfig, run_dir: str | Path, samples: bool = True) -> 
     sign = 1.0 if higher_is_better(metric) else -1.0
     diffs = [sign * (b.metric(metric) - u.metric(metric))  # type: ignore[operator]
              for b, u in zip(b_rows, u_rows) if b.metric(metric) is not None and u.metric(metric) is not None]
+    u_vals = [u.metric(metric) for u in u_rows if u.metric(metric) is not None]
+    b_vals = [b.metric(metric) for b in b_rows if b.metric(metric) is not None]
     verdict = Verdict(metric, statistics.fmean(diffs) if diffs else math.nan,
-                      statistics.stdev(diffs) if len(diffs) > 1 else 0.0, seeds, best_is_uniform)
+                      noise_floor(diffs, u_vals, b_vals), seeds, best_is_uniform)
     out = RunSummary(teacher, u_rows, b_rows, best, verdict)
     if samples:
         out.samples = write_samples(held, run_dir, folder / SAMPLES_FILE, best_is_uniform)
