@@ -204,8 +204,15 @@ def panel(space: ChannelSpace, budget: float, seed: int = 0) -> dict[str, list[f
     return {name: space.project(list(np.maximum(r, 1e-6)), budget) for name, r in raw.items()}
 
 
-def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int) -> str:
-    """Cache key of one held-out evaluation: the config minus proxy-only fields, the ratios, the seed."""
+def teacher_id(cand: CandidateEvaluator) -> str:
+    """The teacher pair's identity in the caches: the SHA-256 of its G and D checkpoints (a teacher
+    trained again, on this or another machine, is not bitwise the same and must not reuse results)."""
+    return f"{cand.teacher_sha['G']}:{cand.teacher_sha['D']}"
+
+
+def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int, teacher: str) -> str:
+    """Cache key of one held-out evaluation: the config minus proxy-only fields, the ratios, the seed and
+    the teacher (:func:`teacher_id`)."""
     data = cfg.to_dict()
     for section, names in PROXY_ONLY.items():
         if names is None:
@@ -215,8 +222,8 @@ def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int) -> st
                 data.get(section, {}).pop(name, None)
     kept = set() if cfg.finetune.w_kde == 0 else {"kde"}  # without the KDE loss the fine-tuning ignores its settings
     data["reward"] = {k: v for k, v in data.get("reward", {}).items() if k in kept}
-    blob = json.dumps({"cfg": data, "g": [round(x, 6) for x in g], "d": [round(x, 6) for x in d], "seed": seed},
-                      sort_keys=True)
+    blob = json.dumps({"cfg": data, "g": [round(x, 6) for x in g], "d": [round(x, 6) for x in d], "seed": seed,
+                       "teacher": teacher}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -249,7 +256,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
     for name, (g, d) in members.items():
         heldout[name] = []
         for s in final_seeds:
-            path = heldout_dir / f"{heldout_key(cfg, g, d, s)}.json"
+            path = heldout_dir / f"{heldout_key(cfg, g, d, s, teacher_id(cand))}.json"
             if path.is_file():
                 result = json.loads(path.read_text())
             else:
@@ -261,7 +268,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
             heldout[name].append(result)
 
     proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in members}
-    proxy_dir = work / "proxy" / cfg.digest()
+    proxy_dir = work / "proxy" / hashlib.sha256(f"{cfg.digest()}:{teacher_id(cand)}".encode()).hexdigest()[:16]
     # the fixed panel's cache keeps its old name; a finalists panel is named by what it holds
     prefix = "" if base_args.panel == "fixed" else \
         f"finalists_{hashlib.sha256(json.dumps(members, sort_keys=True).encode()).hexdigest()[:12]}_"

@@ -119,21 +119,21 @@ def test_finalists_files_that_are_not_quality_results_stop_with_exit_2(tmp_path:
 
 def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
     """A reward lever (weights, ``w_l1``, the penalty) re-scores the proxy only: the held-out cache key of
-    ``proxy_fidelity`` stays; the final fine-tuning, the ratios and the seed change it; the KDE settings
-    change it only when the fine-tuning uses the KDE loss."""
+    ``proxy_fidelity`` stays; the final fine-tuning, the ratios, the seed and the teacher's checkpoints change
+    it; the KDE settings change it only when the fine-tuning uses the KDE loss."""
     from benchmarks._shared import DEFAULT_CONFIG, load_cfg
     from benchmarks.proxy_fidelity import heldout_key
 
     g, d = [0.5] * 13, [0.5] * 4
 
-    def key(*overrides: str, ratios: list[float] = g, seed: int = 0) -> str:
-        return heldout_key(load_cfg(str(DEFAULT_CONFIG), list(overrides)), ratios, d, seed)
+    def key(*overrides: str, ratios: list[float] = g, seed: int = 0, teacher: str = "sha-g:sha-d") -> str:
+        return heldout_key(load_cfg(str(DEFAULT_CONFIG), list(overrides)), ratios, d, seed, teacher)
 
     base = key()
     for lever in (["reward.w_l1=3", "reward.penalty=-25"], ["reward.w_bal=0.5"], ["finetune.steps=100"],
                   ["reward.kde.neighbours=4"]):
         assert key(*lever) == base, lever
-    for change in (key("finetune.final_steps=100"), key(ratios=[0.25] * 13), key(seed=1),
+    for change in (key("finetune.final_steps=100"), key(ratios=[0.25] * 13), key(seed=1), key(teacher="other:sha-d"),
                    key("finetune.w_kde=1", "reward.kde.neighbours=4")):
         assert change != base
     assert key("finetune.w_kde=1", "reward.kde.neighbours=4") != key("finetune.w_kde=1")
