@@ -46,7 +46,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/proxy_fidelity.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,9 +71,10 @@ from collabprune.pruning.space import ChannelSpace
 #: metric: the two Frechet-distance keys, the KDE objective, the balance term and the paired L1.
 TERM_METRICS = ("fid", "fd_teacher_d", "l_kde", "bal", "l1")
 
-#: Config sections/fields that change the in-search proxy but not the held-out protocol: every reward field
-#: but ``kde`` (which shapes the fine-tuning when ``finetune.w_kde > 0``), so a reward lever added later
-#: (``w_l1``) never re-runs the held-out protocol.
+#: Config sections/fields that change the in-search proxy but not the held-out protocol. Of the reward
+#: section only ``fid`` (the held-out FID and, for unpaired data, the primary metric) and ``kde`` (the
+#: fine-tuning's KDE loss, when ``finetune.w_kde > 0``) enter the held-out key (:func:`heldout_key`), so a
+#: reward lever added later (``w_l1``) never re-runs the held-out protocol.
 PROXY_ONLY = {"search": None, "agents": None, "output": None, "finetune": ("steps",)}
 
 
@@ -131,8 +132,9 @@ class FinalistsError(ValueError):
     """A ``--finalists`` file does not fit the panel (wrong budget or network)."""
 
 
-def input_error(message: str) -> None:
-    """Bad input: one line on stderr, exit code 2 (argparse's convention), nothing written."""
+def input_error(message: str) -> NoReturn:
+    """Bad input found after parsing: one error line on stderr, exit code 2 (argparse's convention), nothing
+    written. (Errors found while parsing go through ``parser.error``: the usage, then one error line.)"""
     print(f"python -m benchmarks.proxy_fidelity: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -167,9 +169,15 @@ def finalists_panel(sources: list[tuple[str, list[dict[str, Any]]]], budget: flo
                 continue
             seen.add(key)
             name = f"{run['method']}_s{run['seed']}"
-            members[name if name not in members else f"{name}@{stem}"] = (g, d)
+            if name in members:
+                name = f"{name}@{stem}"
+            unique, n = name, 2
+            while unique in members:  # files that share a stem (runA/quality.json, runB/quality.json)
+                unique, n = f"{name}#{n}", n + 1
+            members[unique] = (g, d)
     if len(members) == 1:
-        raise FinalistsError(f"no searched finalist at budget {budget:g} in {', '.join(s for s, _ in sources)}")
+        raise FinalistsError(f"no searched finalist other than the uniform pair at budget {budget:g} in "
+                             f"{', '.join(s for s, _ in sources)}")
     return members
 
 
@@ -220,7 +228,7 @@ def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int, teach
         else:
             for name in names:
                 data.get(section, {}).pop(name, None)
-    kept = set() if cfg.finetune.w_kde == 0 else {"kde"}  # without the KDE loss the fine-tuning ignores its settings
+    kept = {"fid"} if cfg.finetune.w_kde == 0 else {"fid", "kde"}  # without the KDE loss the fine-tuning ignores it
     data["reward"] = {k: v for k, v in data.get("reward", {}).items() if k in kept}
     blob = json.dumps({"cfg": data, "g": [round(x, 6) for x in g], "d": [round(x, 6) for x in d], "seed": seed,
                        "teacher": teacher}, sort_keys=True)
@@ -269,7 +277,8 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
 
     proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in members}
     proxy_dir = work / "proxy" / hashlib.sha256(f"{cfg.digest()}:{teacher_id(cand)}".encode()).hexdigest()[:16]
-    # the fixed panel's cache keeps its old name; a finalists panel is named by what it holds
+    # proxy results per seed: the fixed panel's file is seed_<s>.json, a finalists panel's is named by what it
+    # holds (the folder names the config and the teacher, so caches of older versions are not reused)
     prefix = "" if base_args.panel == "fixed" else \
         f"finalists_{hashlib.sha256(json.dumps(members, sort_keys=True).encode()).hexdigest()[:12]}_"
     proxy_dir.mkdir(parents=True, exist_ok=True)

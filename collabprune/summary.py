@@ -52,7 +52,8 @@ class Verdict:
 
     @property
     def beats_uniform(self) -> bool:
-        """Better than uniform by more than twice the standard error of the paired difference."""
+        """Better than uniform by more than ``2 * noise / sqrt(seeds)`` (twice the standard error of the mean
+        paired difference, with :func:`noise_floor` as its standard deviation)."""
         if self.best_is_uniform:
             return False
         se = self.noise / math.sqrt(len(self.seeds)) if len(self.seeds) > 1 else 0.0

@@ -82,13 +82,17 @@ def test_finalists_panel_holds_each_searched_pair_at_the_budget_once(tmp_path: P
                                             (0.1, "collab", 0, g2, d), (0.25, "collab", 1, g3, d),
                                             (0.1, "collab", 1, g1, d)])
     b = _quality_file(tmp_path / "b.json", [(0.1, "collab", 0, g3, d)])
-    sources = [("a", read_finalists(a)), ("b", read_finalists(b))]
+    other = tmp_path / "other"
+    other.mkdir()
+    b2 = _quality_file(other / "b.json", [(0.1, "collab", 0, [0.125, 0.75], d)])
+    sources = [("a", read_finalists(a)), ("b", read_finalists(b)), ("b", read_finalists(b2))]
     members = finalists_panel(sources, 0.1, ([0.3, 0.3], d), 2, 2)
-    assert list(members) == ["uniform", "random_s0", "collab_s0", "collab_s0@b"]
+    assert list(members) == ["uniform", "random_s0", "collab_s0", "collab_s0@b", "collab_s0@b#2"]
     assert members["random_s0"] == (g1, d) and members["collab_s0@b"] == (g3, d)
+    assert members["collab_s0@b#2"] == ([0.125, 0.75], d)
     with pytest.raises(FinalistsError, match="has 2 G / 2 D ratios; the config.s networks have 3 / 2 groups"):
         finalists_panel(sources, 0.1, ([0.3, 0.3], d), 3, 2)
-    with pytest.raises(FinalistsError, match="no searched finalist at budget 0.5"):
+    with pytest.raises(FinalistsError, match="no searched finalist other than the uniform pair at budget 0.5"):
         finalists_panel(sources, 0.5, ([0.3, 0.3], d), 2, 2)
 
 
@@ -120,7 +124,8 @@ def test_finalists_files_that_are_not_quality_results_stop_with_exit_2(tmp_path:
 def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
     """A reward lever (weights, ``w_l1``, the penalty) re-scores the proxy only: the held-out cache key of
     ``proxy_fidelity`` stays; the final fine-tuning, the ratios, the seed and the teacher's checkpoints change
-    it; the KDE settings change it only when the fine-tuning uses the KDE loss."""
+    it, and so does the FID setting (the held-out FID, and unpaired data's primary metric); the KDE settings
+    change it only when the fine-tuning uses the KDE loss."""
     from benchmarks._shared import DEFAULT_CONFIG, load_cfg
     from benchmarks.proxy_fidelity import heldout_key
 
@@ -134,6 +139,7 @@ def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
                   ["reward.kde.neighbours=4"]):
         assert key(*lever) == base, lever
     for change in (key("finetune.final_steps=100"), key(ratios=[0.25] * 13), key(seed=1), key(teacher="other:sha-d"),
+                   key("reward.fid.mode=fid"),
                    key("finetune.w_kde=1", "reward.kde.neighbours=4")):
         assert change != base
     assert key("finetune.w_kde=1", "reward.kde.neighbours=4") != key("finetune.w_kde=1")
