@@ -46,7 +46,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/proxy_fidelity.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -139,6 +139,14 @@ def input_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def searched_at(sources: list[tuple[str, list[dict[str, Any]]]], budget: float) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file stem, run)`` of every searched run (method not ``uniform``) at ``budget`` in ``sources``."""
+    for stem, runs in sources:
+        for run in runs:
+            if run["method"] != "uniform" and math.isclose(run["budget"], budget, rel_tol=1e-9):
+                yield stem, run
+
+
 def finalists_panel(sources: list[tuple[str, list[dict[str, Any]]]], budget: float,
                     uniform: tuple[list[float], list[float]], g_groups: int, d_groups: int
                     ) -> dict[str, tuple[list[float], list[float]]]:
@@ -156,25 +164,22 @@ def finalists_panel(sources: list[tuple[str, list[dict[str, Any]]]], budget: flo
     """
     members: dict[str, tuple[list[float], list[float]]] = {"uniform": uniform}
     seen = {json.dumps(uniform)}
-    for stem, runs in sources:
-        for run in runs:
-            if run["method"] == "uniform" or not math.isclose(run["budget"], budget, rel_tol=1e-9):
-                continue
-            g, d = run["g_ratios"], run["d_ratios"]
-            if len(g) != g_groups or len(d) != d_groups:
-                raise FinalistsError(f"{stem}: {run['method']} seed {run['seed']} has {len(g)} G / {len(d)} D "
-                                     f"ratios; the config's networks have {g_groups} / {d_groups} groups")
-            key = json.dumps((g, d))
-            if key in seen:
-                continue
-            seen.add(key)
-            name = f"{run['method']}_s{run['seed']}"
-            if name in members:
-                name = f"{name}@{stem}"
-            unique, n = name, 2
-            while unique in members:  # files that share a stem (runA/quality.json, runB/quality.json)
-                unique, n = f"{name}#{n}", n + 1
-            members[unique] = (g, d)
+    for stem, run in searched_at(sources, budget):
+        g, d = run["g_ratios"], run["d_ratios"]
+        if len(g) != g_groups or len(d) != d_groups:
+            raise FinalistsError(f"{stem}: {run['method']} seed {run['seed']} has {len(g)} G / {len(d)} D "
+                                 f"ratios; the config's networks have {g_groups} / {d_groups} groups")
+        key = json.dumps((g, d))
+        if key in seen:
+            continue
+        seen.add(key)
+        name = f"{run['method']}_s{run['seed']}"
+        if name in members:
+            name = f"{name}@{stem}"
+        unique, n = name, 2
+        while unique in members:  # files that share a stem (runA/quality.json, runB/quality.json)
+            unique, n = f"{name}#{n}", n + 1
+        members[unique] = (g, d)
     if len(members) == 1:
         raise FinalistsError(f"no searched finalist other than the uniform pair at budget {budget:g} in "
                              f"{', '.join(s for s, _ in sources)}")
@@ -348,7 +353,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
     term_spearman = {}
     for key in TERM_METRICS:
         # lower is better for every reward-split metric; mean over the proxy seeds where all were measured
-        vals = [[m.get(key) for m in (p["metrics"] for p in proxy[n])] for n in names]
+        vals = [[p["metrics"].get(key) for p in proxy[n]] for n in names]
         score = [-statistics.fmean(v) if v and all(isinstance(x, (int, float)) for x in v) else None for v in vals]
         if any(x is not None for x in score):
             term_spearman[key] = {"all": _spearman(score, goodness),
@@ -385,8 +390,7 @@ def main() -> None:
     final_seeds = parse_list(args.final_seeds, int)
     if args.panel == "finalists":
         for b in budgets:
-            if not any(math.isclose(run["budget"], b, rel_tol=1e-9) and run["method"] != "uniform"
-                       for _, runs in args.finalist_runs for run in runs):
+            if next(searched_at(args.finalist_runs, b), None) is None:
                 input_error(f"--finalists: no searched finalist at budget {b:g} in {args.finalists}")
     try:
         results = [run_budget(args, b, seeds, final_seeds) for b in budgets]
