@@ -75,7 +75,7 @@ TERM_METRICS = ("fid", "fd_teacher_d", "l_kde", "bal", "l1")
 #: section only ``fid`` (the held-out FID and, for unpaired data, the primary metric) and ``kde`` (the
 #: fine-tuning's KDE loss, when ``finetune.w_kde > 0``) enter the held-out key (:func:`heldout_key`), so a
 #: reward lever added later (``w_l1``) never re-runs the held-out protocol.
-PROXY_ONLY = {"search": None, "agents": None, "output": None, "finetune": ("steps",)}
+PROXY_ONLY = {"search": None, "agents": None, "output": None, "finetune": ("steps", "search_lr")}
 
 
 def parse_args() -> Any:

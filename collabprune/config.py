@@ -250,6 +250,9 @@ class FinetuneConfig(_Section):
     final_seeds: int = Field(2, ge=1, description="seeds of the final fine-tuning behind held-out numbers")
     batch_size: int = Field(4, ge=1)
     lr: float = Field(2e-4, gt=0)
+    search_lr: float | None = Field(
+        None, gt=0, description="learning rate of the in-search fine-tuning of ``steps`` steps (None: ``lr``); the "
+        "final fine-tuning of finalists always uses ``lr``")
     lr_decay: bool = Field(True, description="decay the learning rate linearly to 0 over the fine-tuning steps")
     beta1: float = Field(0.5, ge=0, lt=1)
     lambda_l1: float = Field(100.0, ge=0, description="L1 to ground truth (pix2pix)")

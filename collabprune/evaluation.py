@@ -309,7 +309,7 @@ class CandidateEvaluator:
         return self._run(list(g_ratios), list(d_ratios), seed, baseline, rho_t, save_dir)
 
     def train_pair(self, g_ratios: Sequence[float], d_ratios: Sequence[float], seed: int, steps: int,
-                   keep_teacher: bool = False) -> TrainedPair:
+                   keep_teacher: bool = False, lr: float | None = None) -> TrainedPair:
         """Prune both networks from the teacher pair, recalibrate BatchNorm, fine-tune ``steps`` steps.
 
         :param g_ratios: keep ratio per generator group, each in (0, 1].
@@ -317,6 +317,7 @@ class CandidateEvaluator:
         :param seed: seeds pruning ties, the BatchNorm batches, fine-tuning batches and dropout.
         :param steps: fine-tuning steps (``finetune.steps`` in the search, ``final_steps`` for finalists).
         :param keep_teacher: all ratios 1: skip adaptive BN (the teacher's statistics are its own).
+        :param lr: the fine-tuning's learning rate (None: ``finetune.lr``).
         :raises ValueError: a ratio vector of the wrong length or with values outside (0, 1].
         """
         t0 = time.perf_counter()
@@ -332,7 +333,8 @@ class CandidateEvaluator:
         if not keep_teacher:
             self.recalibrate(net_g, net_d, seed)
         prune_s = time.perf_counter() - t0
-        ft = finetune_pair(net_g, net_d, self.teacher_g, self.phi, self.train_data, self.cfg, steps, seed, self.device)
+        ft = finetune_pair(net_g, net_d, self.teacher_g, self.phi, self.train_data, self.cfg, steps, seed, self.device,
+                           lr)
         return TrainedPair(net_g, net_d, g_spec, d_spec, ft, prune_s)
 
     def recalibrate(self, net_g: nn.Module, net_d: nn.Module, seed: int) -> int:
@@ -363,7 +365,8 @@ class CandidateEvaluator:
     ) -> EvaluationRecord:
         t0 = time.perf_counter()
         is_teacher = rho_t is None
-        pair = self.train_pair(g_ratios, d_ratios, seed, self.cfg.finetune.steps, keep_teacher=is_teacher)
+        pair = self.train_pair(g_ratios, d_ratios, seed, self.cfg.finetune.steps, keep_teacher=is_teacher,
+                               lr=self.cfg.finetune.search_lr)
         net_g, net_d, ft = pair.net_g, pair.net_d, pair.finetune
         metrics = Metrics(self._costs(net_g, net_d))
         metrics["fd_metric"] = self.scorer.metric_name

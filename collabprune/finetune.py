@@ -102,6 +102,7 @@ def finetune_pair(
     steps: int,
     seed: int,
     device: torch.device,
+    lr: float | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``(student_g, student_d)`` in place for ``steps`` steps.
 
@@ -113,6 +114,7 @@ def finetune_pair(
     :param cfg: ``finetune`` and ``reward.kde`` sections are read.
     :param steps: optimisation steps.
     :param seed: seeds batches, perturbations and dropout.
+    :param lr: Adam's initial learning rate (None: ``finetune.lr``; the search passes ``finetune.search_lr``).
     :returns: the losses per step; ``diverged`` when a loss became NaN/inf.
     """
     fc = cfg.finetune
@@ -120,7 +122,7 @@ def finetune_pair(
     torch.manual_seed(seed)
     student_g.train()
     student_d.train()
-    opt_g, opt_d = adam_pair(student_g, student_d, fc.lr, fc.beta1)
+    opt_g, opt_d = adam_pair(student_g, student_d, fc.lr if lr is None else lr, fc.beta1)
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps)) for opt in (opt_g, opt_d)] \
         if fc.lr_decay and steps > 0 else []
     step = AdversarialStep(student_g, student_d, opt_g, opt_d, GANLoss(cfg.teacher.gan_mode).to(device), fc.lambda_l1,

@@ -87,6 +87,7 @@ LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("pruning", "latency_samples", 24),
     ("search", "budgets", None),
     ("reward", "w_l1", 0.0),
+    ("finetune", "search_lr", None),
 )
 
 

@@ -206,3 +206,29 @@ def test_evaluator_and_agents_agree_on_the_channel_spaces(evaluator: CandidateEv
     assert other.channels.digest != digests["generator"]
     with pytest.raises(SpaceMismatchError, match="evaluator 1: its generator channel space"):
         _check_spaces(spaces, [digests, dict(digests, generator=other.channels.digest)])
+
+
+def test_search_lr_sets_the_in_search_fine_tuning_only(evaluator: CandidateEvaluator, cfg: RunConfig,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finetune.search_lr`` is Adam's learning rate of every in-search fine-tuning; ``train_pair``
+    without a rate (the held-out protocol's final fine-tuning, ``HeldoutEvaluator.evaluate``) keeps
+    ``finetune.lr``."""
+    import collabprune.finetune as finetune
+
+    seen: list[float] = []
+    real = finetune.adam_pair
+
+    def recording(g: torch.nn.Module, d: torch.nn.Module, lr: float, beta1: float) -> tuple:
+        seen.append(lr)
+        return real(g, d, lr, beta1)
+
+    monkeypatch.setattr(finetune, "adam_pair", recording)
+    fast = RunConfig.model_validate({**cfg.to_dict(), "finetune": {**cfg.finetune.model_dump(), "search_lr": 1e-3}})
+    assert cfg.finetune.search_lr is None and fast.finetune.lr != 1e-3
+    monkeypatch.setattr(evaluator, "cfg", fast)
+    g, d = evaluator.uniform_ratios()
+    evaluator.evaluate(g, d, seed=3, baseline=None)
+    assert seen and set(seen) == {1e-3}
+    seen.clear()
+    evaluator.train_pair(g, d, seed=3, steps=1)
+    assert seen == [fast.finetune.lr]
