@@ -193,12 +193,12 @@ def local_search(method: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             round=UNIFORM_ROUND, seed=round_seed(cfg, UNIFORM_ROUND)))
     b = cfg.pruning.budget
     spaces = {"g": (ev.g_space, b.generator), "d": (ev.d_space, b.discriminator)}
-    k_range = cfg.search.action_log2_range
+    k_range = {role: cfg.search.log2_range(role) for role in spaces}
     uniform_ratio = {role: space.uniform_ratio(budget) for role, (space, budget) in spaces.items()}
 
     def to_ratios(role: str, actions: Sequence[float]) -> list[float]:
         space, budget = spaces[role]
-        requested = [min(1.0, uniform_ratio[role] * 2.0 ** (k_range * float(a))) for a in actions]
+        requested = [min(1.0, uniform_ratio[role] * 2.0 ** (k_range[role] * float(a))) for a in actions]
         return space.project(requested, budget)
 
     names = {role: [f"{role}{i}" for i in range(space.num_groups)] for role, (space, _) in spaces.items()}

@@ -285,6 +285,9 @@ class SearchConfig(_Section):
     action_log2_range: float = Field(
         1.5, gt=0, description="an action of +-1 multiplies the uniform keep ratio by 2**(+-k) (DESIGN.md §5)"
     )
+    d_action_log2_range: float | None = Field(
+        None, gt=0, description="the discriminator's k (None: action_log2_range). The in-search reward barely "
+        "sees D's allocation, yet far from uniform it changes the finalists' held-out quality (README, 'Quality')")
     tie_levels: bool = Field(False, description="the generator agent decides one keep ratio per mirrored level "
                              "(an encoder group and the decoder group of the same feature-map size)")
     budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
@@ -302,6 +305,16 @@ class SearchConfig(_Section):
     agent_max_restarts: int = Field(
         2, ge=0, description="restarts of a dead agent actor; it resumes from its latest checkpoint and "
         "replays the logged rounds after it")
+
+    def log2_range(self, role: str) -> float:
+        """``k`` of a role's action map (DESIGN.md §5): ``d_action_log2_range`` for the discriminator
+        when set, else ``action_log2_range``.
+
+        :param role: ``"generator"``/``"g"`` or ``"discriminator"``/``"d"``.
+        """
+        if role in ("discriminator", "d") and self.d_action_log2_range is not None:
+            return self.d_action_log2_range
+        return self.action_log2_range
 
 
 class AgentsConfig(_Section):

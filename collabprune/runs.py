@@ -88,6 +88,7 @@ LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("search", "budgets", None),
     ("reward", "w_l1", 0.0),
     ("finetune", "search_lr", None),
+    ("search", "d_action_log2_range", None),
 )
 
 

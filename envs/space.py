@@ -2,8 +2,8 @@
 
 DESIGN.md §5. An action ``a`` in [-1, 1] is a log2 multiplier on the role's uniform keep ratio ``u``
 (the largest single ratio meeting the budget): ``ratio = clip(u * 2**(k * a), r_min, r_max)`` with
-``k = search.action_log2_range``. The zero action is therefore the uniform candidate, and the
-policy's initial outputs (near 0) are near it. A finished proposal (one requested ratio per group)
+``k = search.action_log2_range`` (the discriminator's ``search.d_action_log2_range`` when set). The
+zero action is therefore the uniform candidate, and the policy's initial outputs (near 0) are near it. A finished proposal (one requested ratio per group)
 is projected onto the budget by :meth:`collabprune.pruning.space.ChannelSpace.project` (one common
 scale on the free groups, rounding, then a fill), so every proposal uses at least 98% of the G
 budget and never exceeds it, and no group is starved unless the policy asks for it.
@@ -77,7 +77,7 @@ class RoleSpace:
         model, shape = role_model_and_input(role, cfg)
         r = Role.of(role, cfg)
         channels = ChannelSpace.of(r.short, model, shape, cfg.pruning)
-        return cls(role=r, channels=channels, log2_range=cfg.search.action_log2_range,
+        return cls(role=r, channels=channels, log2_range=cfg.search.log2_range(r.name),
                    tie_levels=cfg.search.tie_levels and r.leads)
 
     # ---------------------------------------------------------------------------- properties

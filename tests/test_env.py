@@ -325,3 +325,17 @@ def test_tied_levels_decide_mirrored_groups_together() -> None:
     cfg = tiny_cfg("unet_128")
     cfg.search.tie_levels = True
     assert RoleSpace.from_config("discriminator", cfg).n_decisions == 4
+
+
+def test_the_discriminator_can_have_its_own_action_range() -> None:
+    """``search.d_action_log2_range`` sets the discriminator's k and leaves the generator's; unset, both
+    use ``search.action_log2_range``."""
+    base = tiny_cfg()
+    narrow = RunConfig.model_validate({**base.to_dict(), "search": {**base.search.model_dump(), "d_action_log2_range": 0.5}})
+    assert narrow.search.log2_range("d") == narrow.search.log2_range("discriminator") == 0.5
+    assert narrow.search.log2_range("generator") == base.search.log2_range("discriminator") == 1.5
+    d = RoleSpace.from_config("discriminator", narrow)
+    g = RoleSpace.from_config("generator", narrow)
+    assert (d.log2_range, g.log2_range) == (0.5, 1.5)
+    assert d.action_to_ratio(1.0) == pytest.approx(min(1.0, d.uniform * 2 ** 0.5))
+    assert d.action_to_ratio(-1.0) == pytest.approx(d.uniform * 2 ** -0.5)
