@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from collabprune.backends import machine_info  # noqa: F401  (the benchmarks' machine description)
 
@@ -43,6 +43,28 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help=f"JSON result file (default: benchmarks/results/{name}.json)")
     return parser
+
+
+def input_error(name: str, message: str) -> NoReturn:
+    """Bad input found after parsing: one error line on stderr, exit code 2 (argparse's convention), nothing
+    written. (Errors found while parsing go through ``parser.error``: the usage, then one error line.)
+
+    :param name: the benchmark's module name (``python -m benchmarks.<name>``).
+    """
+    print(f"python -m benchmarks.{name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:
+    """Spearman's rank correlation of the pairs where both values are finite; None with fewer than 3 such
+    pairs or when it is undefined (a constant side)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return None
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return float(rho) if math.isfinite(rho) else None
 
 
 def load_cfg(config: str | os.PathLike[str], overrides: Sequence[str], extra: Sequence[str] = ()) -> Any:

@@ -46,7 +46,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/proxy_fidelity.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,11 +58,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np
 from rich.table import Table
-from scipy.stats import spearmanr
 
-from benchmarks._shared import RESULTS_DIR, base_parser, fmt, load_cfg, machine_info, parse_list, print_table, write_results
+from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load_cfg, machine_info, parse_list, print_table,
+                               spearman, write_results)
 from collabprune.config import RunConfig
 from collabprune.evaluation import CandidateEvaluator
+from collabprune.runs import run_digest
 from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
 from collabprune.pruning.space import ChannelSpace
@@ -130,13 +131,6 @@ def read_finalists(path: Path) -> list[dict[str, Any]]:
 
 class FinalistsError(ValueError):
     """A ``--finalists`` file does not fit the panel (wrong budget or network)."""
-
-
-def input_error(message: str) -> NoReturn:
-    """Bad input found after parsing: one error line on stderr, exit code 2 (argparse's convention), nothing
-    written. (Errors found while parsing go through ``parser.error``: the usage, then one error line.)"""
-    print(f"python -m benchmarks.proxy_fidelity: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def searched_at(sources: list[tuple[str, list[dict[str, Any]]]], budget: float) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -240,14 +234,6 @@ def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int, teach
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 3:
-        return None
-    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
-    return float(rho) if math.isfinite(rho) else None
-
-
 def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: list[int]) -> dict[str, Any]:
     """Score the panel at one budget by the proxy (per seed) and the held-out protocol (per final seed)."""
     cfg = load_cfg(base_args.config, base_args.overrides, [f"pruning.budget.generator={budget}"])
@@ -281,9 +267,10 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
             heldout[name].append(result)
 
     proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in members}
-    proxy_dir = work / "proxy" / hashlib.sha256(f"{cfg.digest()}:{teacher_id(cand)}".encode()).hexdigest()[:16]
+    proxy_dir = work / "proxy" / hashlib.sha256(f"{run_digest(cfg)}:{teacher_id(cand)}".encode()).hexdigest()[:16]
     # proxy results per seed: the fixed panel's file is seed_<s>.json, a finalists panel's is named by what it
-    # holds (the folder names the config and the teacher, so caches of older versions are not reused)
+    # holds (the folder names the config, by run_digest, which ignores operational fields and fields added later
+    # at their old value, and the teacher, so caches of other configs or teachers are not reused)
     prefix = "" if base_args.panel == "fixed" else \
         f"finalists_{hashlib.sha256(json.dumps(members, sort_keys=True).encode()).hexdigest()[:12]}_"
     proxy_dir.mkdir(parents=True, exist_ok=True)
@@ -321,7 +308,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
     per_seed = [[p["reward"] for p in proxy[n]] for n in names]
     proxy0 = [v[0] for v in per_seed]
     proxy_mean = [statistics.fmean(v) for v in per_seed]
-    retest = _spearman([v[0] for v in per_seed], [v[1] for v in per_seed]) if len(seeds) > 1 else None
+    retest = spearman([v[0] for v in per_seed], [v[1] for v in per_seed]) if len(seeds) > 1 else None
     drops = []
     for a in range(len(seeds)):
         for b in range(len(seeds)):
@@ -356,8 +343,8 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         vals = [[p["metrics"].get(key) for p in proxy[n]] for n in names]
         score = [-statistics.fmean(v) if v and all(isinstance(x, (int, float)) for x in v) else None for v in vals]
         if any(x is not None for x in score):
-            term_spearman[key] = {"all": _spearman(score, goodness),
-                                  "without_uniform": _spearman([score[i] for i in searched],
+            term_spearman[key] = {"all": spearman(score, goodness),
+                                  "without_uniform": spearman([score[i] for i in searched],
                                                                [goodness[i] for i in searched])}
     order_true = sorted(range(len(names)), key=lambda i: -(goodness[i] if goodness[i] is not None else -math.inf))
     order_proxy = sorted(range(len(names)), key=lambda i: -proxy0[i])
@@ -366,9 +353,9 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         "budget": budget, "teacher": teacher, "rows": rows,
         "top3_overlap": top3,
         "heldout_rank_of_proxy_best": order_true.index(order_proxy[0]) + 1,
-        "spearman_seed0": _spearman(proxy0, goodness),
-        "spearman_mean": _spearman(proxy_mean, goodness),
-        "spearman_mean_without_uniform": _spearman([proxy_mean[i] for i in searched], [goodness[i] for i in searched]),
+        "spearman_seed0": spearman(proxy0, goodness),
+        "spearman_mean": spearman(proxy_mean, goodness),
+        "spearman_mean_without_uniform": spearman([proxy_mean[i] for i in searched], [goodness[i] for i in searched]),
         "term_spearman": term_spearman,
         "test_retest": retest,
         "winner_drop": statistics.fmean(drops) if drops else None,
@@ -391,11 +378,11 @@ def main() -> None:
     if args.panel == "finalists":
         for b in budgets:
             if next(searched_at(args.finalist_runs, b), None) is None:
-                input_error(f"--finalists: no searched finalist at budget {b:g} in {args.finalists}")
+                input_error("proxy_fidelity", f"--finalists: no searched finalist at budget {b:g} in {args.finalists}")
     try:
         results = [run_budget(args, b, seeds, final_seeds) for b in budgets]
     except FinalistsError as exc:
-        input_error(f"--finalists: {exc}")
+        input_error("proxy_fidelity", f"--finalists: {exc}")
     primary = primary_metric(base)
 
     summary = Table(title=f"Reward fidelity (proxy: finetune.steps={base.finetune.steps}; held-out: "

@@ -143,3 +143,62 @@ def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
                    key("finetune.w_kde=1", "reward.kde.neighbours=4")):
         assert change != base
     assert key("finetune.w_kde=1", "reward.kde.neighbours=4") != key("finetune.w_kde=1")
+
+
+def test_d_allocation_crosses_named_gs_with_distinct_ds_and_reads_the_d_effect(tmp_path: Path) -> None:
+    """``benchmarks.d_allocation``: the uniform D first, each distinct D once; an unknown name is refused;
+    per G the held-out spread over the Ds and the reward's Spearman with it, per D its mean difference to
+    the uniform D (positive = better, test L1 lower)."""
+    from benchmarks.d_allocation import analyse, grid
+    from benchmarks.proxy_fidelity import FinalistsError
+
+    u, d1, d2 = [0.7, 0.7], [0.25, 1.0], [1.0, 0.5]
+    members = {"uniform": ([0.3, 0.3], u), "random_s0": ([0.5, 0.2], d1), "collab_s0": ([0.7, 0.1], d2),
+               "collab_s1": ([0.6, 0.15], d1)}
+    gs, ds = grid(members, ["random_s0", "collab_s0"], [])
+    assert gs == {"random_s0": [0.5, 0.2], "collab_s0": [0.7, 0.1]}
+    assert ds == {"uniform": u, "random_s0": d1, "collab_s0": d2}
+    assert list(grid(members, ["collab_s1"], ["collab_s1"])[1]) == ["uniform", "collab_s1"]
+    with pytest.raises(FinalistsError, match="not a finalist at this budget: nope"):
+        grid(members, ["nope"], [])
+    heldout = {"random_s0": {"uniform": [0.104, 0.106], "random_s0": [0.108, 0.108], "collab_s0": [0.101, 0.103]},
+               "collab_s0": {"uniform": [0.101, 0.101], "random_s0": [0.106, 0.106], "collab_s0": [0.100, 0.100]}}
+    reward = {g: {"uniform": [-0.3], "random_s0": [-0.4], "collab_s0": [-0.2]} for g in heldout}
+    out = analyse(heldout, reward, higher_better=False)
+    assert out["per_g"]["random_s0"]["spread"] == pytest.approx(0.108 - 0.102)
+    assert out["per_g"]["random_s0"]["noise"] == pytest.approx((0.001414214 + 0 + 0.001414214) / 3, rel=1e-4)
+    assert (out["per_g"]["random_s0"]["best_d"], out["per_g"]["random_s0"]["worst_d"]) == ("collab_s0", "random_s0")
+    assert out["per_g"]["collab_s0"]["reward_spearman"] == pytest.approx(1.0)
+    assert out["per_g"]["collab_s0"]["reward_spread"] == pytest.approx(0.2)
+    assert out["per_d"]["random_s0"] == {"vs_uniform_d": pytest.approx(-0.004), "better_for": 0, "n": 2}
+    assert out["per_d"]["collab_s0"] == {"vs_uniform_d": pytest.approx(0.002), "better_for": 2, "n": 2}
+    assert out["per_d"]["uniform"]["vs_uniform_d"] == 0.0
+
+
+def test_d_allocation_bad_names_stop_with_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An unknown ``--g`` name is one error line and exit code 2."""
+    import sys
+
+    from benchmarks import d_allocation
+
+    q = _quality_file(tmp_path / "q.json", [(0.1, "random", 0, [0.5] * 13, [0.5] * 4)])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(sys, "argv", ["d_allocation", "--budget", "0.1", "--finalists", str(q), "--g", "collab_s9",
+                                      "--work", str(tmp_path / "work")])
+    monkeypatch.setattr(d_allocation, "CandidateEvaluator", _StubEvaluator)
+    with pytest.raises(SystemExit) as exc:
+        d_allocation.main()
+    assert exc.value.code == 2
+    assert "not a finalist at this budget: collab_s9" in capsys.readouterr().err.splitlines()[-1]
+
+
+class _StubEvaluator:
+    """The parts of CandidateEvaluator that the name check reads (13 G and 4 D groups, as the demo's)."""
+
+    def __init__(self, cfg: object, run_dir: Path) -> None:
+        import types
+
+        self.g_space, self.d_space = types.SimpleNamespace(num_groups=13), types.SimpleNamespace(num_groups=4)
+
+    def uniform_ratios(self) -> tuple[list[float], list[float]]:
+        return [0.25] * 13, [0.7] * 4
