@@ -42,7 +42,7 @@ from rich.table import Table
 
 from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load_cfg, machine_info, parse_list, print_table,
                                spearman, write_results)
-from benchmarks.proxy_fidelity import FinalistsError, finalists_panel, heldout_key, read_finalists, teacher_id
+from benchmarks.proxy_fidelity import FinalistsError, finalist_sources, finalists_panel, heldout_key, teacher_id
 from collabprune.evaluation import CandidateEvaluator
 from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
@@ -63,12 +63,7 @@ def parse_args() -> Any:
                         help="cache folder (proxy_fidelity's: the held-out results are shared)")
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
     args = parser.parse_args()
-    args.sources = []
-    for name in parse_list(args.finalists, str):
-        try:
-            args.sources.append((Path(name).stem, read_finalists(Path(name))))
-        except (OSError, ValueError) as exc:
-            parser.error(f"--finalists {name}: {exc}")
+    args.sources = finalist_sources(parser, args.finalists)
     return args
 
 

@@ -38,6 +38,7 @@ re-measured at the cost of the proxy alone.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -63,10 +64,10 @@ from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load
                                spearman, write_results)
 from collabprune.config import RunConfig
 from collabprune.evaluation import CandidateEvaluator
-from collabprune.runs import run_digest
 from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
 from collabprune.pruning.space import ChannelSpace
+from collabprune.runs import run_digest
 
 #: Reward-split metrics (``EvaluationRecord.metrics``; lower is better) ranked one by one against the held-out
 #: metric: the two Frechet-distance keys, the KDE objective, the balance term and the paired L1.
@@ -95,13 +96,20 @@ def parse_args() -> Any:
         parser.error("--panel finalists needs --finalists results.json[,...]")
     if args.panel == "fixed" and args.finalists:
         parser.error("--finalists is read only under --panel finalists")
-    args.finalist_runs = []
-    for name in parse_list(args.finalists, str):
+    args.finalist_runs = finalist_sources(parser, args.finalists)
+    return args
+
+
+def finalist_sources(parser: argparse.ArgumentParser, files: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``(file stem, runs)`` of each file of a comma-separated ``--finalists`` (:func:`read_finalists`); a
+    file that cannot be read or is not a quality result ends the parse through ``parser.error`` (exit 2)."""
+    sources = []
+    for name in parse_list(files, str):
         try:
-            args.finalist_runs.append((Path(name).stem, read_finalists(Path(name))))
+            sources.append((Path(name).stem, read_finalists(Path(name))))
         except (OSError, ValueError) as exc:
             parser.error(f"--finalists {name}: {exc}")
-    return args
+    return sources
 
 
 def read_finalists(path: Path) -> list[dict[str, Any]]:
