@@ -44,7 +44,7 @@ from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load
                                spearman, write_results)
 from benchmarks.proxy_fidelity import FinalistsError, finalist_sources, finalists_panel, heldout_key, teacher_id
 from collabprune.evaluation import CandidateEvaluator
-from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
+from collabprune.heldout import HELDOUT_METRICS, HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
 from collabprune.runs import run_digest
 
@@ -52,6 +52,7 @@ Pair = tuple[list[float], list[float]]
 
 
 def parse_args() -> Any:
+    """The command line (module docstring); bad input ends it with one error line and exit code 2."""
     parser = base_parser("d_allocation", __doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=None, help="generator MACs budget (default: the config's)")
     parser.add_argument("--finalists", required=True, help="benchmarks.quality result files, comma-separated")
@@ -63,6 +64,13 @@ def parse_args() -> Any:
                         help="cache folder (proxy_fidelity's: the held-out results are shared)")
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
     args = parser.parse_args()
+    try:
+        args.seed_list, args.final_seed_list = parse_list(args.seeds, int), parse_list(args.final_seeds, int)
+    except ValueError as exc:
+        parser.error(f"--seeds/--final-seeds: integers separated by commas ({exc})")
+    args.g_names, args.d_names = parse_list(args.g, str), parse_list(args.d, str) if args.d else []
+    if not args.final_seed_list or not args.g_names:
+        parser.error("--g and --final-seeds need at least one entry each")
     args.sources = finalist_sources(parser, args.finalists)
     return args
 
@@ -100,7 +108,7 @@ def analyse(heldout: dict[str, dict[str, list[float]]], reward: dict[str, dict[s
     sign = 1.0 if higher_better else -1.0
     per_g, per_d = {}, {}
     for g, row in heldout.items():
-        means = {d: statistics.fmean(v) for d, v in row.items()}
+        means = {d: statistics.fmean(v) for d, v in row.items() if v}  # a pair whose every final run diverged: left out
         noise = [statistics.stdev(v) for v in row.values() if len(v) > 1]
         ds = list(means)
         rewards = [statistics.fmean(reward[g][d]) if reward.get(g, {}).get(d) else None for d in ds]
@@ -112,33 +120,39 @@ def analyse(heldout: dict[str, dict[str, list[float]]], reward: dict[str, dict[s
                     "reward_spread": (max(r for r in rewards if r is not None) - min(r for r in rewards if r is not None))
                     if any(r is not None for r in rewards) else None}
     for d in next(iter(heldout.values())):
-        diffs = [sign * (statistics.fmean(row[d]) - statistics.fmean(row["uniform"])) for row in heldout.values()]
-        per_d[d] = {"vs_uniform_d": statistics.fmean(diffs), "better_for": sum(x > 0 for x in diffs), "n": len(diffs)}
+        diffs = [sign * (statistics.fmean(row[d]) - statistics.fmean(row["uniform"])) for row in heldout.values()
+                 if row[d] and row["uniform"]]
+        per_d[d] = {"vs_uniform_d": statistics.fmean(diffs) if diffs else None, "better_for": sum(x > 0 for x in diffs),
+                    "n": len(diffs)}
     return {"per_g": per_g, "per_d": per_d}
 
 
 def main() -> None:
+    """Score the G x D grid (held-out, then the reward), print the tables and write the JSON."""
     args = parse_args()
     t0 = time.time()
     budget = args.budget
     cfg = load_cfg(args.config, args.overrides, [] if budget is None else [f"pruning.budget.generator={budget}"])
+    if not isinstance(cfg.pruning.budget.generator, float):
+        input_error("d_allocation", "--budget: the config's generator budget is a latency target; give a MACs budget")
     budget = float(cfg.pruning.budget.generator)
-    seeds, final_seeds = parse_list(args.seeds, int), parse_list(args.final_seeds, int)
+    seeds, final_seeds = args.seed_list, args.final_seed_list
     work = args.work / f"budget_{budget:g}"
     cand = CandidateEvaluator(cfg, work / "evaluator")
     try:
         members = finalists_panel(args.sources, budget, cand.uniform_ratios(), cand.g_space.num_groups,
                                   cand.d_space.num_groups)
-        gs, ds = grid(members, parse_list(args.g, str), parse_list(args.d, str) if args.d else [])
+        gs, ds = grid(members, args.g_names, args.d_names)
     except FinalistsError as exc:
         input_error("d_allocation", f"--finalists/--g/--d: {exc}")
     primary = primary_metric(cfg)
     held = HeldoutEvaluator(cfg, work, candidates=cand)
     tid = teacher_id(cand)
     heldout: dict[str, dict[str, list[float]]] = {g: {} for g in gs}
+    heldout_metrics: dict[str, dict[str, dict[str, float | None]]] = {g: {} for g in gs}  # seed means, every metric
     for g_name, g in gs.items():
         for d_name, d in ds.items():
-            vals = []
+            results = []
             for s in final_seeds:
                 path = work / "heldout" / f"{heldout_key(cfg, g, d, s, tid)}.json"
                 if path.is_file():
@@ -147,8 +161,11 @@ def main() -> None:
                     result = held.evaluate(g, d, s).to_dict()
                     atomic_write_json(path, result)
                     print(f"  [heldout] G {g_name} D {d_name} seed {s}: {primary} {fmt(result[primary])}", flush=True)
-                vals.append(result[primary])
-            heldout[g_name][d_name] = vals
+                results.append(result)
+            heldout[g_name][d_name] = [r[primary] for r in results if r.get(primary) is not None]
+            heldout_metrics[g_name][d_name] = {
+                m: statistics.fmean(v) if (v := [r[m] for r in results if r.get(m) is not None]) else None
+                for m in HELDOUT_METRICS}
     reward: dict[str, dict[str, list[float]]] = {g: {d: [] for d in ds} for g in gs}
     proxy_dir = work / "d_allocation_proxy"
     proxy_dir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +191,12 @@ def main() -> None:
         per_g.add_column(g_name, justify="right")
     per_g.add_column("vs uniform D (mean over Gs)", justify="right")
     for d_name, d in ds.items():
-        cells = [f"{fmt(statistics.fmean(heldout[g][d_name]), 4)} ({fmt(statistics.fmean(reward[g][d_name]), 3)})"
-                 if reward[g][d_name] else fmt(statistics.fmean(heldout[g][d_name]), 4) for g in gs]
+        cells = [fmt(statistics.fmean(heldout[g][d_name]) if heldout[g][d_name] else None, 4)
+                 + (f" ({fmt(statistics.fmean(reward[g][d_name]), 3)})" if reward[g][d_name] else "") for g in gs]
         pd = stats["per_d"][d_name]
         per_g.add_row(d_name, " ".join(f"{x:.2f}" for x in d), *cells,
-                      f"{pd['vs_uniform_d']:+.4f} ({pd['better_for']}/{pd['n']})")
+                      ("-" if pd["vs_uniform_d"] is None else f"{pd['vs_uniform_d']:+.4f}")
+                      + f" ({pd['better_for']}/{pd['n']})")
     print_table(per_g)
     summary = Table(title="Per G: what the D choice does to the held-out result, and whether the reward sees it")
     for col in ("G", f"held-out spread over Ds ({primary})", "held-out noise (std)", "best D", "worst D",
@@ -192,7 +210,8 @@ def main() -> None:
     write_results(out, {"benchmark": "d_allocation", "config": args.config, "overrides": args.overrides,
                         "budget": budget, "finalists": parse_list(args.finalists, str), "seeds": seeds,
                         "final_seeds": final_seeds, "final_steps": cfg.finetune.final_steps, "primary_metric": primary,
-                        "g": gs, "d": ds, "heldout": heldout, "reward": reward, **stats,
+                        "g": gs, "d": ds, "heldout": heldout, "heldout_metrics": heldout_metrics, "reward": reward,
+                        **stats,
                         "machine": machine_info(), "description": __doc__, "wall_s": time.time() - t0})
     print(f"wrote {out}")
 

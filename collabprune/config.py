@@ -311,7 +311,10 @@ class SearchConfig(_Section):
         when set, else ``action_log2_range``.
 
         :param role: ``"generator"``/``"g"`` or ``"discriminator"``/``"d"``.
+        :raises ValueError: another role name.
         """
+        if role not in ("generator", "g", "discriminator", "d"):
+            raise ValueError(f"search.log2_range: unknown role {role!r} (generator, g, discriminator or d)")
         if role in ("discriminator", "d") and self.d_action_log2_range is not None:
             return self.d_action_log2_range
         return self.action_log2_range

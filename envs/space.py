@@ -3,10 +3,11 @@
 DESIGN.md §5. An action ``a`` in [-1, 1] is a log2 multiplier on the role's uniform keep ratio ``u``
 (the largest single ratio meeting the budget): ``ratio = clip(u * 2**(k * a), r_min, r_max)`` with
 ``k = search.action_log2_range`` (the discriminator's ``search.d_action_log2_range`` when set). The
-zero action is therefore the uniform candidate, and the policy's initial outputs (near 0) are near it. A finished proposal (one requested ratio per group)
-is projected onto the budget by :meth:`collabprune.pruning.space.ChannelSpace.project` (one common
-scale on the free groups, rounding, then a fill), so every proposal uses at least 98% of the G
-budget and never exceeds it, and no group is starved unless the policy asks for it.
+zero action is therefore the uniform candidate, and the policy's initial outputs (near 0) are near it.
+A finished proposal (one requested ratio per group) is projected onto the budget by
+:meth:`collabprune.pruning.space.ChannelSpace.project` (one common scale on the free groups, rounding,
+then a fill), so every proposal uses at least 98% of the G budget and never exceeds it, and no group
+is starved unless the policy asks for it.
 
 :class:`RoleSpace` wraps the role's :class:`~collabprune.pruning.space.ChannelSpace` (groups,
 rounding and the exact MACs table shared with the evaluator, so a ratio vector costs the same

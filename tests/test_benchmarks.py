@@ -136,19 +136,19 @@ def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
 
     base = key()
     for lever in (["reward.w_l1=3", "reward.penalty=-25"], ["reward.w_bal=0.5"], ["finetune.steps=100"],
-                  ["reward.kde.neighbours=4"]):
+                  ["finetune.search_lr=1e-3"], ["reward.kde.neighbours=4"]):
         assert key(*lever) == base, lever
-    for change in (key("finetune.final_steps=100"), key(ratios=[0.25] * 13), key(seed=1), key(teacher="other:sha-d"),
+    for change in (key("finetune.final_steps=100"), key("finetune.lr=1e-3"), key(ratios=[0.25] * 13), key(seed=1), key(teacher="other:sha-d"),
                    key("reward.fid.mode=fid"),
                    key("finetune.w_kde=1", "reward.kde.neighbours=4")):
         assert change != base
     assert key("finetune.w_kde=1", "reward.kde.neighbours=4") != key("finetune.w_kde=1")
 
 
-def test_d_allocation_crosses_named_gs_with_distinct_ds_and_reads_the_d_effect(tmp_path: Path) -> None:
+def test_d_allocation_crosses_named_gs_with_distinct_ds_and_reads_the_d_effect() -> None:
     """``benchmarks.d_allocation``: the uniform D first, each distinct D once; an unknown name is refused;
     per G the held-out spread over the Ds and the reward's Spearman with it, per D its mean difference to
-    the uniform D (positive = better, test L1 lower)."""
+    the uniform D (positive = better, test L1 lower); a pair whose final runs all diverged is left out."""
     from benchmarks.d_allocation import analyse, grid
     from benchmarks.proxy_fidelity import FinalistsError
 
@@ -173,10 +173,15 @@ def test_d_allocation_crosses_named_gs_with_distinct_ds_and_reads_the_d_effect(t
     assert out["per_d"]["random_s0"] == {"vs_uniform_d": pytest.approx(-0.004), "better_for": 0, "n": 2}
     assert out["per_d"]["collab_s0"] == {"vs_uniform_d": pytest.approx(0.002), "better_for": 2, "n": 2}
     assert out["per_d"]["uniform"]["vs_uniform_d"] == 0.0
+    heldout["collab_s0"]["random_s0"] = []  # every final run of that pair diverged
+    out = analyse(heldout, reward, higher_better=False)
+    assert out["per_g"]["collab_s0"]["worst_d"] == "uniform"
+    assert out["per_d"]["random_s0"] == {"vs_uniform_d": pytest.approx(-0.003), "better_for": 0, "n": 1}
 
 
-def test_d_allocation_bad_names_stop_with_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
-    """An unknown ``--g`` name is one error line and exit code 2."""
+def test_d_allocation_bad_input_stops_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown ``--g`` name, bad seeds or an empty ``--g`` is one error line and exit code 2."""
     import sys
 
     from benchmarks import d_allocation
@@ -190,6 +195,12 @@ def test_d_allocation_bad_names_stop_with_exit_2(tmp_path: Path, monkeypatch, ca
         d_allocation.main()
     assert exc.value.code == 2
     assert "not a finalist at this budget: collab_s9" in capsys.readouterr().err.splitlines()[-1]
+    for bad, message in ((["--seeds", "0,x"], "integers separated by commas"), (["--g", ","], "at least one entry")):
+        monkeypatch.setattr(sys, "argv", ["d_allocation", "--finalists", str(q), "--g", "random_s0", *bad])
+        with pytest.raises(SystemExit) as exc:
+            d_allocation.parse_args()
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
 
 
 class _StubEvaluator:

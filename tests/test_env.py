@@ -339,3 +339,5 @@ def test_the_discriminator_can_have_its_own_action_range() -> None:
     assert (d.log2_range, g.log2_range) == (0.5, 1.5)
     assert d.action_to_ratio(1.0) == pytest.approx(min(1.0, d.uniform * 2 ** 0.5))
     assert d.action_to_ratio(-1.0) == pytest.approx(d.uniform * 2 ** -0.5)
+    with pytest.raises(ValueError, match="unknown role 'D'"):
+        narrow.search.log2_range("D")

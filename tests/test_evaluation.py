@@ -211,7 +211,7 @@ def test_evaluator_and_agents_agree_on_the_channel_spaces(evaluator: CandidateEv
 def test_search_lr_sets_the_in_search_fine_tuning_only(evaluator: CandidateEvaluator, cfg: RunConfig,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``finetune.search_lr`` is Adam's learning rate of every in-search fine-tuning; ``train_pair``
-    without a rate (the held-out protocol's final fine-tuning, ``HeldoutEvaluator.evaluate``) keeps
+    without a rate (as ``HeldoutEvaluator.evaluate`` calls it for the final fine-tuning) keeps
     ``finetune.lr``."""
     import collabprune.finetune as finetune
 
