@@ -38,8 +38,15 @@ search reward against evaluations is plotted (mean and band over seeds) to
 ``quality_curves_<budget>_T.png``, for runs under another config). Everything is cached under ``--work``: re-running
 the same command continues where a killed one stopped.
 
+``--uniform-d`` also scores the G half alone: every searched finalist's G with the uniform D, under the
+same final seeds (cached as ``final_<method>_uniform_d_<seed>.json``), and reports the paired
+differences against random search on it and what each finalist's own D adds to its G. The D only
+shapes the final fine-tuning (the shipped product is G), and the in-search reward barely sees it
+(``benchmarks/d_allocation.py``), so this separates what a search's G allocations are worth from
+what its D allocations do.
+
     python -m benchmarks.quality [CONFIG] [--set k=v] [--budgets 0.25,0.1] [--seeds 0,1,2,3,4]
-                                 [--final-seeds 2] [--rounds N] [--methods uniform,...] [--quick]
+                                 [--final-seeds 2] [--rounds N] [--methods uniform,...] [--quick] [--uniform-d]
 """
 
 from __future__ import annotations
@@ -114,6 +121,8 @@ def parse_args() -> Any:
     parser.add_argument("--tag", default="", help="suffix of the curves PNGs and the per-evaluation logs folder, "
                         "for runs under another config or settings (pair it with its own --work and --out)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, seed 0, first budget, 1 final seed")
+    parser.add_argument("--uniform-d", action="store_true",
+                        help="also score every searched finalist's G with the uniform D (the G half alone)")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate only the (method, seed) runs whose finalist is cached; search nothing")
     return parser.parse_args()
@@ -432,20 +441,29 @@ def main() -> None:
                     if not teacher:
                         teacher = held.teacher().to_dict()
                 results = final_results(make_cfg([]), held, method, finalist, final_seeds, work)
-                runs.append({"budget": budget, "seed": seed, "method": method, "final_seeds": final_seeds,
-                             "finalist": finalist, "heldout": results})
+                run = {"budget": budget, "seed": seed, "method": method, "final_seeds": final_seeds,
+                       "finalist": finalist, "heldout": results}
+                if args.uniform_d and method != "uniform":
+                    uniform_d = find_finalist("uniform", make_cfg, budget, work, args.tp_steps, args.tag)["d_ratios"]
+                    run["heldout_uniform_d"] = results if finalist["d_ratios"] == uniform_d else final_results(
+                        make_cfg([]), held, f"{method}_uniform_d", {"g_ratios": finalist["g_ratios"], "d_ratios": uniform_d},
+                        final_seeds, work)
+                runs.append(run)
 
     primary = primary_metric(base)  # test L1 for pix2pix, fd_eval (or FID) for unpaired CycleGAN data
     summary: list[dict[str, Any]] = []
     comparisons: dict[str, Any] = {}
     for budget in budgets:
         per_seed: dict[int, dict[str, float]] = {}
+        per_seed_ud: dict[int, dict[str, float]] = {}  # --uniform-d: every finalist's G with the uniform D
         for r in runs:
             if r["budget"] != budget:
                 continue
-            vals = [h[primary] for h in r["heldout"] if h.get(primary) is not None]
-            if vals:
-                per_seed.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
+            for key, table in (("heldout", per_seed), ("heldout_uniform_d", per_seed_ud)):
+                results = r.get(key, r["heldout"] if r["method"] == "uniform" and args.uniform_d else [])
+                vals = [h[primary] for h in results if h.get(primary) is not None]
+                if vals:
+                    table.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
         for method in methods:
             mine = [r for r in runs if r["budget"] == budget and r["method"] == method]
             row: dict[str, Any] = {"budget": budget, "method": method, "seeds": [r["seed"] for r in mine]}
@@ -458,8 +476,16 @@ def main() -> None:
             row["final_seed_std"] = statistics.fmean(noise) if noise else None
             row["vs_uniform"] = paired(per_seed, method, "uniform", primary) if method != "uniform" else None
             row["vs_random"] = paired(per_seed, method, "random", primary) if method != "random" else None
+            if args.uniform_d and method != "uniform":
+                ud = [per_seed_ud[s][method] for s in per_seed_ud if method in per_seed_ud[s]]
+                row["uniform_d"] = {
+                    primary: [statistics.fmean(ud), statistics.stdev(ud) if len(ud) > 1 else 0.0] if ud else [None, None],
+                    "own_d_gain": paired({s: {"own": per_seed[s][method], "uniform_d": v[method]}
+                                          for s, v in per_seed_ud.items() if method in v and method in per_seed.get(s, {})},
+                                         "own", "uniform_d", primary),
+                    "vs_random": paired(per_seed_ud, method, "random", primary) if method != "random" else None}
             summary.append(row)
-        comparisons[str(budget)] = {"per_seed": per_seed,
+        comparisons[str(budget)] = {"per_seed": per_seed, "per_seed_uniform_d": per_seed_ud,
                                     "curves": str(plot_curves(budget, [m for m in methods if m in AGENT_SEARCHES or m in LOCAL_SEARCHES],
                                                               seeds, curves_path(budget, args.tag), args.tag))}
 
@@ -481,6 +507,17 @@ def main() -> None:
                       fmt_pm(*row["fd_eval"]), fmt_pm(*row["g_macs_fraction"]), fmt_pm(*row["d_macs_fraction"]),
                       cmp(row["vs_uniform"]), cmp(row["vs_random"]))
     print_table(table)
+    if args.uniform_d:
+        half = Table(title=f"The G half alone: each searched finalist's G with the uniform D (same final seeds); "
+                           f"test {primary} with its own D and with the uniform D, what its own D adds (positive = "
+                           "better) and the paired difference against random search with the uniform D")
+        for col in ("budget", "method", "own D", "uniform D", "own D's gain", "vs random, uniform D"):
+            half.add_column(col, justify="left" if col == "method" else "right")
+        for row in summary:
+            if "uniform_d" in row:
+                half.add_row(fmt(row["budget"], 3), row["method"], fmt_pm(*row[primary]), fmt_pm(*row["uniform_d"][primary]),
+                             cmp(row["uniform_d"]["own_d_gain"]), cmp(row["uniform_d"]["vs_random"]))
+        print_table(half)
     write_results(args.out, {
         "benchmark": "quality", "config": args.config, "overrides": args.overrides,
         "args": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "out")},
