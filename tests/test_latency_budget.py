@@ -78,11 +78,15 @@ def test_prediction_is_monotone_in_every_group(measured: RunConfig) -> None:
 
 def test_every_proposal_respects_the_latency_budget(measured: RunConfig) -> None:
     model = load_latency_model(measured.pruning.latency_model)
-    # a tiny network's latency is mostly fixed overhead: every group at r_min still takes ~60% of it
-    target = 0.8 * model.teacher_predicted_ms
+    # a tiny network's latency is mostly fixed overhead: every group at r_min still takes ~60% of it on an
+    # idle machine, more when the timings were taken under load; the target lies above that floor
+    probe = RoleSpace.from_config("generator", _cfg(model.teacher_predicted_ms, model=measured.pruning.latency_model))
+    floor = probe.channels.cost_of_kept(probe.channels.kept([0.1] * probe.n_groups)) / model.teacher_predicted_ms
+    fraction = max(0.8, (1.0 + floor) / 2)
+    target = fraction * model.teacher_predicted_ms
     cfg = _cfg(target, model=measured.pruning.latency_model)
     g = RoleSpace.from_config("generator", cfg)
-    assert g.budget == pytest.approx(0.8)  # the target as a fraction of the teacher's predicted latency
+    assert g.budget == pytest.approx(fraction)  # the target as a fraction of the teacher's predicted latency
     space = g.channels
     rng = np.random.default_rng(1)
     used = []
