@@ -459,11 +459,11 @@ def main() -> None:
         for r in runs:
             if r["budget"] != budget:
                 continue
-            for key, table in (("heldout", per_seed), ("heldout_uniform_d", per_seed_ud)):
+            for key, into in (("heldout", per_seed), ("heldout_uniform_d", per_seed_ud)):
                 results = r.get(key, r["heldout"] if r["method"] == "uniform" and args.uniform_d else [])
                 vals = [h[primary] for h in results if h.get(primary) is not None]
                 if vals:
-                    table.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
+                    into.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
         for method in methods:
             mine = [r for r in runs if r["budget"] == budget and r["method"] == method]
             row: dict[str, Any] = {"budget": budget, "method": method, "seeds": [r["seed"] for r in mine]}
