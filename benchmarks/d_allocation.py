@@ -42,7 +42,7 @@ from rich.table import Table
 
 from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load_cfg, machine_info, parse_list, print_table,
                                spearman, write_results)
-from benchmarks.proxy_fidelity import FinalistsError, finalist_sources, finalists_panel, heldout_key, teacher_id
+from benchmarks.proxy_fidelity import FinalistsError, finalist_sources, finalists_panel, heldout_result, teacher_id
 from collabprune.evaluation import CandidateEvaluator
 from collabprune.heldout import HELDOUT_METRICS, HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
@@ -152,16 +152,8 @@ def main() -> None:
     heldout_metrics: dict[str, dict[str, dict[str, float | None]]] = {g: {} for g in gs}  # seed means, every metric
     for g_name, g in gs.items():
         for d_name, d in ds.items():
-            results = []
-            for s in final_seeds:
-                path = work / "heldout" / f"{heldout_key(cfg, g, d, s, tid)}.json"
-                if path.is_file():
-                    result = json.loads(path.read_text())
-                else:
-                    result = held.evaluate(g, d, s).to_dict()
-                    atomic_write_json(path, result)
-                    print(f"  [heldout] G {g_name} D {d_name} seed {s}: {primary} {fmt(result[primary])}", flush=True)
-                results.append(result)
+            results = [heldout_result(held, g, d, s, tid, work / "heldout", f"G {g_name} D {d_name}")
+                       for s in final_seeds]
             heldout[g_name][d_name] = [r[primary] for r in results if r.get(primary) is not None]
             heldout_metrics[g_name][d_name] = {
                 m: statistics.fmean(v) if (v := [r[m] for r in results if r.get(m) is not None]) else None

@@ -242,6 +242,21 @@ def heldout_key(cfg: RunConfig, g: list[float], d: list[float], seed: int, teach
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def heldout_result(held: HeldoutEvaluator, g: list[float], d: list[float], seed: int, teacher: str, folder: Path,
+                   label: str) -> dict[str, Any]:
+    """One held-out evaluation (``HeldoutEvaluator.evaluate(g, d, seed)``, as a dict), cached in ``folder`` under
+    :func:`heldout_key`; a new one is written atomically and reported on one line named ``label``."""
+    path = folder / f"{heldout_key(held.cfg, g, d, seed, teacher)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.time()
+    result = held.evaluate(g, d, seed).to_dict()
+    atomic_write_json(path, result)
+    primary = primary_metric(held.cfg)
+    print(f"  [heldout] {label} seed {seed}: {primary} {fmt(result[primary])} ({time.time() - t0:.0f} s)", flush=True)
+    return result
+
+
 def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: list[int]) -> dict[str, Any]:
     """Score the panel at one budget by the proxy (per seed) and the held-out protocol (per final seed)."""
     cfg = load_cfg(base_args.config, base_args.overrides, [f"pruning.budget.generator={budget}"])
@@ -259,23 +274,12 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
     teacher = held.teacher().to_dict()
     primary = primary_metric(cfg)  # test L1 (pix2pix), fd_eval or FID (unpaired CycleGAN data)
 
-    heldout: dict[str, list[dict[str, Any]]] = {}
-    for name, (g, d) in members.items():
-        heldout[name] = []
-        for s in final_seeds:
-            path = heldout_dir / f"{heldout_key(cfg, g, d, s, teacher_id(cand))}.json"
-            if path.is_file():
-                result = json.loads(path.read_text())
-            else:
-                t0 = time.time()
-                result = held.evaluate(g, d, s).to_dict()
-                atomic_write_json(path, result)
-                print(f"  [heldout] {budget:g} {name} seed {s}: {primary} {result[primary]} "
-                      f"({time.time() - t0:.0f} s)", flush=True)
-            heldout[name].append(result)
+    tid = teacher_id(cand)
+    heldout = {name: [heldout_result(held, g, d, s, tid, heldout_dir, f"{budget:g} {name}") for s in final_seeds]
+               for name, (g, d) in members.items()}
 
     proxy: dict[str, list[dict[str, Any]]] = {name: [] for name in members}
-    proxy_dir = work / "proxy" / hashlib.sha256(f"{run_digest(cfg)}:{teacher_id(cand)}".encode()).hexdigest()[:16]
+    proxy_dir = work / "proxy" / hashlib.sha256(f"{run_digest(cfg)}:{tid}".encode()).hexdigest()[:16]
     # proxy results per seed: the fixed panel's file is seed_<s>.json, a finalists panel's is named by what it
     # holds (the folder names the config, by run_digest, which ignores operational fields and fields added later
     # at their old value, and the teacher, so caches of other configs or teachers are not reused)
