@@ -70,8 +70,8 @@ from collabprune.pruning.space import ChannelSpace
 from collabprune.runs import run_digest
 
 #: Reward-split metrics (``EvaluationRecord.metrics``; lower is better) ranked one by one against the held-out
-#: metric: the two Frechet-distance keys, the KDE objective, the balance term and the paired L1.
-TERM_METRICS = ("fid", "fd_teacher_d", "l_kde", "bal", "l1")
+#: metric: the two Frechet-distance keys, the KDE objective, the balance term, the paired L1 and D's pull.
+TERM_METRICS = ("fid", "fd_teacher_d", "l_kde", "bal", "l1", "pull")
 
 #: Config sections/fields that change the in-search proxy but not the held-out protocol. Of the reward
 #: section only ``fid`` (the held-out FID and, for unpaired data, the primary metric) and ``kde`` (the

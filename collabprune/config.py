@@ -224,6 +224,10 @@ class RewardConfig(_Section):
     w_l1: float = Field(0.0, ge=0, description="weight of a ground-truth term t_l1 = clip(L1_s / L1_u, 0, c_max), "
                         "the L1 of G's outputs to the targets of the reward split (paired data only; 0, the "
                         "default, is DESIGN.md §4's reward)")
+    w_pull: float = Field(0.0, ge=0, description="weight of t_pull = clip(pull_s / pull_u, 0, c_max), the "
+                          "adversarial pull of the pruned D on G's outputs of the reward split: the adversarial "
+                          "gradient's norm over the L1 gradient's (collabprune.objectives.pull; paired data with "
+                          "finetune.lambda_l1 > 0 only; 0, the default, is DESIGN.md §4's reward)")
     c_max: float = Field(3.0, gt=0, description="each term is clip(x_s / x_u, 0, c_max)")
     penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges; must be "
                            "below -(w_fid + w_kde + w_bal) * c_max, the lowest reward of a valid candidate")
@@ -235,10 +239,10 @@ class RewardConfig(_Section):
 
     @model_validator(mode="after")
     def _bounded(self) -> "RewardConfig":
-        floor = -(self.w_fid + self.w_kde + self.w_bal + self.w_l1) * self.c_max
+        floor = -(self.w_fid + self.w_kde + self.w_bal + self.w_l1 + self.w_pull) * self.c_max
         if self.penalty >= floor:
             raise ValueError(f"penalty={self.penalty:g} is not below the lowest valid reward {floor:g}; "
-                             f"allowed: penalty < -(w_fid + w_kde + w_bal + w_l1) * c_max")
+                             f"allowed: penalty < -(w_fid + w_kde + w_bal + w_l1 + w_pull) * c_max")
         return self
 
 
@@ -383,9 +387,14 @@ class RunConfig(_Section):
     def _l1_needs_pairs(self) -> "RunConfig":
         from collabprune.models.family import FAMILIES
 
-        if self.reward.w_l1 > 0 and not FAMILIES[self.model.family].paired:
-            raise ValueError(f"reward.w_l1={self.reward.w_l1:g} needs paired data (a ground truth per input), but "
-                             f"model.family={self.model.family} is unpaired; allowed: reward.w_l1=0")
+        for term in ("w_l1", "w_pull"):
+            weight = getattr(self.reward, term)
+            if weight > 0 and not FAMILIES[self.model.family].paired:
+                raise ValueError(f"reward.{term}={weight:g} needs paired data (a ground truth per input), but "
+                                 f"model.family={self.model.family} is unpaired; allowed: reward.{term}=0")
+        if self.reward.w_pull > 0 and self.finetune.lambda_l1 == 0:
+            raise ValueError(f"reward.w_pull={self.reward.w_pull:g} compares D's pull with the L1 term's, but "
+                             f"finetune.lambda_l1=0; allowed: reward.w_pull=0 or finetune.lambda_l1 > 0")
         return self
 
     @model_validator(mode="after")

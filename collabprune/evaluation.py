@@ -8,12 +8,15 @@ on the reward split (held-out training data, never the test split):
 - ``fid`` (or the labelled fallback ``fd_teacher_d``) of G_s outputs against the real targets;
 - ``l_kde``, the local-density objective between teacher and student neighbourhoods;
 - ``bal = |log(rho_s / rho_t)|``, the G-D balance against the teacher pair's;
+- for paired data, ``l1`` (G's outputs to the split's targets) and ``pull``, the adversarial pull of D_s
+  on those outputs (:func:`collabprune.objectives.pull.adversarial_pull`);
 - MACs (physical and published), params, and G/D MACs fractions of the teacher's.
 
 Reward (DESIGN.md §4): ``reward = -(w_fid * t_fid + w_kde * t_kde + w_bal * t_bal)`` with
 ``t = clip(x_s / x_u, 0, c_max)``, the ``_u`` values being the uniform candidate's at the same budget,
 averaged over ``reward.uniform_seeds`` seeds. A valid candidate therefore scores in
-``[-(w_fid + w_kde + w_bal) * c_max, 0]``, always above the penalty of a diverged one.
+``[-(w_fid + w_kde + w_bal) * c_max, 0]``, always above the penalty of a diverged one. The optional
+terms ``w_l1 * t_l1`` and ``w_pull * t_pull`` (paired data; weights 0 by default) are bounded the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from collabprune.metrics.macs import macs, macs_published, params
 from collabprune.models import discriminator_kwargs, family_of, generator_kwargs
 from collabprune.models.spec import SubnetSpec
 from collabprune.models.subnet import NETWORK_FILES, SPEC_FILES
-from collabprune.objectives import balance_rho, balance_term, teacher_d_features
+from collabprune.objectives import GANLoss, adversarial_pull, balance_rho, balance_term, teacher_d_features
 from collabprune.objectives.kde import FeatureMap, kde_loss, make_feature_map
 from collabprune.pruning.prune import prune_model
 from collabprune.pruning.roles import generator_budgets, roles
@@ -52,14 +55,18 @@ from collabprune.teacher_checkpoints import load_teacher
 TEACHER_EVAL_FILE = "teacher_eval.json"
 # Denominator floors of the reward's ratios: a uniform candidate that happens to be almost exactly
 # balanced (bal_u ~ 0) or teacher-like (L_kde_u ~ 0) must not blow the terms up.
-RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05, "l1": 1e-6}
+RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05, "l1": 1e-6, "pull": 1e-6}
 #: The metrics that the uniform baseline averages over its seeds (costs are the same for every seed).
-AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal", "l1")
+AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal", "l1", "pull")
+#: Terms beyond DESIGN.md §4's three, each with its metric (paired data only); a term enters the ratios when
+#: either record has its metric, and the reward when its weight (``reward.w_<term>``) is above 0.
+OPTIONAL_TERMS = ("l1", "pull")
 
 
 def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max: float = math.inf) -> dict[str, float]:
     """The terms of DESIGN.md §4 before weighting: ``t = clip(x_s / x_u, 0, c_max)`` for FID, L_kde, bal,
-    and for the reward-split ground-truth L1 (``l1``, paired data; weighted by ``reward.w_l1``).
+    and for the :data:`OPTIONAL_TERMS` of paired data: the reward-split ground-truth L1 (``l1``, weighted
+    by ``reward.w_l1``) and the adversarial pull (``pull``, weighted by ``reward.w_pull``).
 
     Each denominator is at least its :data:`RATIO_FLOORS` value. A metric that is missing or not
     finite (a diverged candidate) gives ``nan``.
@@ -67,13 +74,15 @@ def reward_ratios(metrics: Mapping[str, Any], baseline: Mapping[str, Any], c_max
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
     :param baseline: the uniform candidate's metrics at the same budget (seed-averaged).
     :param c_max: the upper clip of each term (``reward.c_max``).
-    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``, and ``"l1"`` when either record has an ``l1``
-        (``nan`` when the other lacks it, as for any missing metric).
+    :returns: ``{"fid": ..., "kde": ..., "bal": ...}``, and ``"l1"`` / ``"pull"`` when either record has
+        that metric (``nan`` when the other lacks it, as for any missing metric).
     """
     keys = {"fid": metrics.get("fd_metric", "fid"), "kde": "l_kde", "bal": "bal"}
-    floors = {"fid": RATIO_FLOORS["fid"], "kde": RATIO_FLOORS["l_kde"], "bal": RATIO_FLOORS["bal"], "l1": RATIO_FLOORS["l1"]}
-    if metrics.get("l1") is not None or baseline.get("l1") is not None:
-        keys["l1"] = "l1"
+    floors = {"fid": RATIO_FLOORS["fid"], "kde": RATIO_FLOORS["l_kde"], "bal": RATIO_FLOORS["bal"],
+              **{term: RATIO_FLOORS[term] for term in OPTIONAL_TERMS}}
+    for term in OPTIONAL_TERMS:
+        if metrics.get(term) is not None or baseline.get(term) is not None:
+            keys[term] = term
     out = {}
     for term, key in keys.items():
         value, base = metrics.get(key), baseline.get(key)
@@ -88,15 +97,15 @@ def compute_reward(metrics: Mapping[str, Any], baseline: Mapping[str, Any], cfg:
     :param metrics: the candidate's metrics (``metrics["fd_metric"]`` names the FID key).
     :param baseline: the uniform candidate's seed-averaged metrics at the same budget.
     :returns: ``(reward, terms)``; ``terms`` are the weighted :func:`reward_ratios` (``fid``,
-        ``kde``, ``bal``, and ``l1`` when ``reward.w_l1 > 0``). Minus the sum of the weights means
-        "as good as uniform"; higher is better; the reward is never below minus that sum times ``c_max``.
+        ``kde``, ``bal``, and ``l1`` / ``pull`` when ``reward.w_l1`` / ``reward.w_pull`` is above 0). Minus
+        the sum of the weights means "as good as uniform"; higher is better; the reward is never below
+        minus that sum times ``c_max``.
     """
     rc = cfg.reward
-    weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal, "l1": rc.w_l1}
+    weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal, "l1": rc.w_l1, "pull": rc.w_pull}
     ratios = reward_ratios(metrics, baseline, rc.c_max)
-    terms = {term: weights[term] * ratio for term, ratio in ratios.items()}
-    if rc.w_l1 == 0:
-        terms.pop("l1", None)  # DESIGN.md §4's reward: the three terms
+    terms = {term: weights[term] * ratio for term, ratio in ratios.items()
+             if term not in OPTIONAL_TERMS or weights[term] > 0}  # weight 0: DESIGN.md §4's three terms
     return -sum(terms.values()), terms
 
 
@@ -186,6 +195,7 @@ class CandidateEvaluator:
             assert self.scorer.weights_path is not None, "reward.kde.features=inception needs reward.fid.mode=fid"
             inception = load_inception(self.scorer.weights_path, cfg.reward.fid.dims, self.device)
         self.phi: FeatureMap = make_feature_map(cfg, self.teacher_d, inception)
+        self.gan_loss = GANLoss(cfg.teacher.gan_mode).to(self.device)
 
     # ------------------------------------------------------------------ candidates
 
@@ -204,9 +214,10 @@ class CandidateEvaluator:
         g_budget = self.g_budget if g_budget is None else float(g_budget)
         return self.g_space.uniform_candidate(g_budget), self.d_space.uniform_candidate(self.d_budget)
 
-    def _score(self, net_g: nn.Module) -> dict[str, float]:
+    def _score(self, net_g: nn.Module, net_d: nn.Module | None = None) -> dict[str, float]:
         """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded), and for
-        paired data the mean absolute difference to the split's targets (``l1``, images in [-1, 1])."""
+        paired data the mean absolute difference to the split's targets (``l1``, images in [-1, 1]) and,
+        given ``net_d`` (put in eval mode), its adversarial pull on those outputs (``pull``)."""
         kc = self.cfg.reward.kde
         net_g.eval()
         t0 = time.perf_counter()
@@ -214,6 +225,10 @@ class CandidateEvaluator:
             fake = torch.cat([net_g(self.real_a[i:i + 16]) for i in range(0, len(self.real_a), 16)])
             fd = self.scorer.score(fake, self.real_b, "reward_split")
             l1 = {"l1": float((fake - self.real_b).abs().mean().item())} if self.family.paired else {}
+        if self.family.paired and net_d is not None and self.cfg.finetune.lambda_l1 > 0:
+            net_d.eval()
+            l1["pull"] = adversarial_pull(net_d, self.family.d_input, self.real_a, fake, self.real_b, self.gan_loss,
+                                          self.cfg.finetune.lambda_l1)
         t1 = time.perf_counter()
         with torch.no_grad():
             l_kde = kde_loss(net_g, self.teacher_g, self.phi, self.real_a[: kc.centres], self.cfg, self.cfg.search.seed).item()
@@ -375,13 +390,14 @@ class CandidateEvaluator:
         window = self.cfg.reward.balance_window
         rho = balance_rho(ft.d_losses, ft.g_adv_losses, window) if ft.steps and not ft.diverged else float("nan")
         # the teacher's own outputs are scored (L_kde = 0); its fine-tuned copy only gives rho_t
-        scores = self._score(self.teacher_g if is_teacher else net_g) if not ft.diverged else {}
+        scores = (self._score(self.teacher_g) if is_teacher else self._score(net_g, net_d)) if not ft.diverged else {}
         out.times = EvalTimes(prune_s=pair.prune_s, finetune_s=ft.seconds, fid_s=scores.pop("fid_s", 0.0),
                               kde_s=scores.pop("kde_s", 0.0))
         metrics.update(scores)
         metrics["rho"] = rho
         metrics["bal"] = 0.0 if is_teacher else balance_term(rho, rho_t) if math.isfinite(rho) and rho > 0 else float("nan")
-        values = [metrics.number(k) for k in (self.scorer.metric_name, "l_kde", "bal")]
+        weighted = [term for term in OPTIONAL_TERMS if getattr(self.cfg.reward, f"w_{term}") > 0]
+        values = [metrics.number(k) for k in (self.scorer.metric_name, "l_kde", "bal", *weighted)]
         if ft.diverged or any(v is None for v in values):
             out.diverged = True
             out.reward = self.cfg.reward.penalty

@@ -59,6 +59,8 @@ class Metrics(dict):
     - ``l_kde``: the local-density objective, scale-free, in [0, 2] (0 = the teacher's neighbourhoods).
     - ``rho``: mean D loss / mean G adversarial loss over the balance window of fine-tuning.
     - ``bal``: ``|log(rho / rho_t)|`` (0 for the teacher).
+    - ``l1``: paired data, the mean absolute difference of G's outputs to the reward split's targets.
+    - ``pull``: paired data, D's adversarial pull on those outputs (:mod:`collabprune.objectives.pull`).
     """
 
     def number(self, key: str) -> float | None:
@@ -141,7 +143,7 @@ class EvalTimes:
 
     :param prune_s: pruning and adaptive-BN recalibration.
     :param finetune_s: fine-tuning.
-    :param fid_s: generating the reward split and the Frechet distance.
+    :param fid_s: generating the reward split, the Frechet distance and (paired data) the adversarial pull.
     :param kde_s: the L_kde objective.
     :param total_s: the whole evaluation (at least the sum of the others).
     :param extra: keys not known here, kept as read.

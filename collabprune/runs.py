@@ -89,6 +89,7 @@ LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("reward", "w_l1", 0.0),
     ("finetune", "search_lr", None),
     ("search", "d_action_log2_range", None),
+    ("reward", "w_pull", 0.0),
 )
 
 

@@ -122,7 +122,7 @@ def test_finalists_files_that_are_not_quality_results_stop_with_exit_2(tmp_path:
 
 
 def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
-    """A reward lever (weights, ``w_l1``, the penalty) re-scores the proxy only: the held-out cache key of
+    """A reward lever (weights, ``w_l1``, ``w_pull``, the penalty) re-scores the proxy only: the held-out cache key of
     ``proxy_fidelity`` stays; the final fine-tuning, the ratios, the seed and the teacher's checkpoints change
     it, and so does the FID setting (the held-out FID, and unpaired data's primary metric); the KDE settings
     change it only when the fine-tuning uses the KDE loss."""
@@ -135,7 +135,7 @@ def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
         return heldout_key(load_cfg(str(DEFAULT_CONFIG), list(overrides)), ratios, d, seed, teacher)
 
     base = key()
-    for lever in (["reward.w_l1=3", "reward.penalty=-25"], ["reward.w_bal=0.5"], ["finetune.steps=100"],
+    for lever in (["reward.w_l1=3", "reward.penalty=-25"], ["reward.w_bal=0.5"], ["reward.w_pull=0.5"], ["finetune.steps=100"],
                   ["finetune.search_lr=1e-3"], ["reward.kde.neighbours=4"]):
         assert key(*lever) == base, lever
     for change in (key("finetune.final_steps=100"), key("finetune.lr=1e-3"), key(ratios=[0.25] * 13), key(seed=1), key(teacher="other:sha-d"),

@@ -232,3 +232,30 @@ def test_search_lr_sets_the_in_search_fine_tuning_only(evaluator: CandidateEvalu
     seen.clear()
     evaluator.train_pair(g, d, seed=3, steps=1)
     assert seen == [fast.finetune.lr]
+
+
+def test_adversarial_pull_is_measured_and_weighted_only_when_on(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
+    """Paired data: every evaluation measures D's adversarial pull on the reward split; it enters the
+    reward (``t_pull = clip(pull_s / pull_u, 0, c_max)``) only with ``reward.w_pull > 0``. Unpaired data
+    and a fine-tuning without an L1 term refuse the weight, and the penalty must stay below the floor."""
+    from collabprune.errors import ConfigError
+
+    g, d = evaluator.uniform_ratios()
+    record = evaluator.evaluate(g, d, seed=0, baseline=None)
+    assert record.metrics["pull"] > 0 and "pull" not in record.reward_terms
+    base = {"fd_metric": "fid", "fid": 10.0, "l_kde": 0.5, "bal": 0.2, "pull": 0.4}
+    on = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_pull": 0.5}})
+    reward, terms = compute_reward({**base, "pull": 0.2}, base, on)
+    assert terms["pull"] == pytest.approx(0.5 * 0.5)
+    assert reward == pytest.approx(compute_reward(base, base, cfg)[0] - 0.25)
+    assert compute_reward({**base, "pull": 1e9}, base, on)[1]["pull"] == pytest.approx(0.5 * on.reward.c_max)
+    weighted = CandidateEvaluator(on, evaluator.run_dir)
+    record = weighted.evaluate(g, d, seed=0, baseline=None)
+    assert record.reward_terms["pull"] == pytest.approx(0.5) and record.reward == pytest.approx(
+        compute_reward(base, base, on)[0])
+    with pytest.raises(ConfigError, match="reward.w_pull=1 needs paired data"):
+        load_config("configs/cyclegan_demo.yaml", ["reward.w_pull=1"])
+    with pytest.raises(ConfigError, match="finetune.lambda_l1=0"):
+        load_config("configs/demo.yaml", ["reward.w_pull=1", "finetune.lambda_l1=0"])
+    with pytest.raises(ConfigError, match="w_pull"):
+        load_config("configs/demo.yaml", ["reward.w_pull=3"])  # floor -(0.05 + 1 + 3) * 3 is below -10

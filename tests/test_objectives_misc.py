@@ -73,3 +73,47 @@ def test_gan_loss_gradient() -> None:
     pred = torch.zeros(3, 1, 4, 4, requires_grad=True)
     GANLoss("vanilla")(pred, True).backward()
     assert pred.grad is not None and (pred.grad < 0).all()
+
+
+def _toy_pair(seed: int = 0, n: int = 5) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small conditional PatchGAN-like D (6 -> 1 channels) and (N, 3, 8, 8) inputs, outputs, targets."""
+    gen = torch.Generator().manual_seed(seed)
+    net_d = nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(4, 1, 3, padding=1))
+    a, fake, real = (torch.rand(n, 3, 8, 8, generator=gen) * 2 - 1 for _ in range(3))
+    return net_d, a, fake, real
+
+
+def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([a, b], 1)
+
+
+@pytest.mark.parametrize("gan_mode", ["vanilla", "lsgan"])
+def test_adversarial_pull_is_the_ratio_of_the_two_gradient_norms(gan_mode: str) -> None:
+    """pull = |d L_GAN / d y| / |d lambda L1 / d y| over the whole split, whatever the chunking; the L1
+    gradient's norm is lambda * sqrt(n) / n for n output values (no ties)."""
+    from collabprune.objectives import adversarial_pull
+
+    net_d, a, fake, real = _toy_pair()
+    loss = GANLoss(gan_mode)
+    y = fake.clone().requires_grad_(True)
+    grad_gan, = torch.autograd.grad(loss(net_d(_cat(a, y)), True), y)
+    n = fake.numel()
+    expected = float(grad_gan.norm()) / (100.0 * math.sqrt(n) / n)
+    for chunk in (1, 2, 16):
+        assert adversarial_pull(net_d, _cat, a, fake, real, loss, 100.0, chunk=chunk) == pytest.approx(expected, rel=1e-5)
+    # half the L1 weight, twice the pull; no parameter gradient is left behind
+    assert adversarial_pull(net_d, _cat, a, fake, real, loss, 50.0) == pytest.approx(2 * expected, rel=1e-5)
+    assert all(p.grad is None for p in net_d.parameters())
+
+
+def test_adversarial_pull_is_zero_without_a_gradient_from_d_and_refuses_bad_input() -> None:
+    from collabprune.objectives import adversarial_pull
+
+    net_d, a, fake, real = _toy_pair()
+    with torch.no_grad():
+        net_d[2].weight.zero_()  # D's output no longer depends on its input
+    assert adversarial_pull(net_d, _cat, a, fake, real, GANLoss("vanilla"), 100.0) == 0.0
+    with pytest.raises(ValueError, match="lambda_l1=0 must be > 0"):
+        adversarial_pull(net_d, _cat, a, fake, real, GANLoss("vanilla"), 0.0)
+    with pytest.raises(ValueError, match="matching inputs"):
+        adversarial_pull(net_d, _cat, a[:2], fake, real, GANLoss("vanilla"), 100.0)
