@@ -97,6 +97,13 @@ def parse_args() -> Any:
     if args.panel == "fixed" and args.finalists:
         parser.error("--finalists is read only under --panel finalists")
     args.finalist_runs = finalist_sources(parser, args.finalists)
+    try:
+        args.budget_list = parse_list(args.budgets) if args.budgets else []
+        args.seed_list, args.final_seed_list = parse_list(args.seeds, int), parse_list(args.final_seeds, int)
+    except ValueError as exc:
+        parser.error(f"--budgets/--seeds/--final-seeds: numbers separated by commas ({exc})")
+    if not args.seed_list or not args.final_seed_list:
+        parser.error("--seeds and --final-seeds need at least one seed each")
     return args
 
 
@@ -382,11 +389,10 @@ def main() -> None:
     args = parse_args()
     t0 = time.time()
     base = load_cfg(args.config, args.overrides)
-    if not args.budgets and not isinstance(base.pruning.budget.generator, float):
-        raise SystemExit("--budgets: the config's generator budget is a latency target; give MACs budgets")
-    budgets = parse_list(args.budgets) if args.budgets else [base.pruning.budget.generator]
-    seeds = parse_list(args.seeds, int)
-    final_seeds = parse_list(args.final_seeds, int)
+    if not args.budget_list and not isinstance(base.pruning.budget.generator, float):
+        input_error("proxy_fidelity", "--budgets: the config's generator budget is a latency target; give MACs budgets")
+    budgets = args.budget_list or [base.pruning.budget.generator]
+    seeds, final_seeds = args.seed_list, args.final_seed_list
     if args.panel == "finalists":
         for b in budgets:
             if next(searched_at(args.finalist_runs, b), None) is None:

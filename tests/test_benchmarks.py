@@ -119,6 +119,12 @@ def test_finalists_files_that_are_not_quality_results_stop_with_exit_2(tmp_path:
     with pytest.raises(SystemExit) as exc:
         proxy_fidelity.parse_args()
     assert exc.value.code == 2
+    for bad, message in ((["--seeds", "0,x"], "numbers separated by commas"), (["--budgets", "0.1,ten"], "numbers"),
+                         (["--final-seeds", ","], "at least one seed")):
+        monkeypatch.setattr(sys, "argv", ["proxy_fidelity", *bad])
+        with pytest.raises(SystemExit) as exc:
+            proxy_fidelity.parse_args()
+        assert exc.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
