@@ -77,7 +77,8 @@ import torch_pruning as tp
 from rich.table import Table
 from torch import nn
 
-from benchmarks._shared import RESULTS_DIR, base_parser, fmt, fmt_pm, load_cfg, machine_info, parse_list, print_table, write_results
+from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, fmt_pm, input_error, load_cfg, machine_info, parse_list,
+                               print_table, write_results)
 from collabprune.config import RunConfig
 from collabprune.evaluation import CandidateEvaluator
 from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC, HeldoutEvaluator, higher_is_better, primary_metric
@@ -85,7 +86,7 @@ from collabprune.io import atomic_write_json, atomic_write_text
 from collabprune.metrics.macs import conv_layer_costs, macs
 from collabprune.pruning.space import ChannelSpace
 from collabprune.records import EvaluationRecord, ProposalInfo
-from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, resume_config, round_seed
+from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, resume_config, round_seed, run_digest
 from collabprune.selection import reevaluate_top
 
 METHODS = ("uniform", "inner", "global_l1", "random", "tpe", "g_alone", "collab_no_exchange", "collab")
@@ -284,13 +285,24 @@ def export_log(run_dir: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------- finalists
 def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_steps: int, tag: str = "") -> dict[str, Any]:
-    """The finalist of one method for one (budget, seed); cached in ``work/finalist_<method>.json``;
-    a search's per-evaluation log is copied to :func:`logs_dir` (``tag``)."""
+    """The finalist of one method for one (budget, seed); cached in ``work/finalist_<method>.json`` with the
+    :func:`run_digest` of the config that found it; a search's per-evaluation log is copied to
+    :func:`logs_dir` (``tag``).
+
+    A cached finalist found under another config (other ``--set`` values against the same ``--work``) ends
+    the run with one error line and exit code 2 instead of being reused; one cached before the digest was
+    stored is reused as it is.
+    """
     path = work / f"finalist_{method}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    t0 = time.time()
     cfg = make_cfg(AGENT_SEARCHES.get(method, []))
+    digest = run_digest(cfg)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("run_digest", digest) != digest:
+            input_error("quality", f"{path}: found under another config (run digest {cached['run_digest']}, this "
+                                   f"config's {digest}); give each config its own --work and --tag")
+        return cached
+    t0 = time.time()
     if method in ("uniform", "inner", "global_l1"):
         ev = CandidateEvaluator(cfg, work / "static_evaluator")
         ug, ud = ev.uniform_ratios()
@@ -304,6 +316,7 @@ def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_step
         logs.mkdir(parents=True, exist_ok=True)
         export_log(run_dir, logs / f"budget_{budget:g}_{method}_seed{cfg.search.seed}.jsonl")
     entry["find_s"] = time.time() - t0
+    entry["run_digest"] = digest
     atomic_write_json(path, entry)
     return entry
 
@@ -407,7 +420,7 @@ def main() -> None:
     methods = parse_list(args.methods, str)
     unknown = set(methods) - set(METHODS)
     if unknown:
-        raise SystemExit(f"--methods: unknown {sorted(unknown)} (allowed: {', '.join(METHODS)})")
+        input_error("quality", f"--methods: unknown {sorted(unknown)} (allowed: {', '.join(METHODS)})")
     for needed in ("uniform", "random"):
         if needed not in methods:
             methods.insert(0, needed)  # the references of the paired differences

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +66,6 @@ def test_latency_models_load_on_the_default_config(which: str) -> None:
 
 
 def _quality_file(path: Path, runs: list[tuple[float, str, int, list[float], list[float]]]) -> Path:
-    import json
 
     path.write_text(json.dumps({"runs": [
         {"budget": b, "method": m, "seed": s, "finalist": {"g_ratios": g, "d_ratios": d}, "heldout": []}
@@ -219,3 +220,26 @@ class _StubEvaluator:
 
     def uniform_ratios(self) -> tuple[list[float], list[float]]:
         return [0.25] * 13, [0.7] * 4
+
+
+def test_quality_reuses_a_cached_finalist_only_under_the_config_that_found_it(tmp_path: Path, capsys) -> None:
+    """``benchmarks.quality``'s finalist cache: an entry stored with this config's run digest (or with none,
+    cached before the digest was stored) is reused; one found under another config is refused with one
+    error line and exit code 2, not silently reused."""
+    from benchmarks._shared import DEFAULT_CONFIG, load_cfg
+    from benchmarks.quality import find_finalist
+    from collabprune.runs import run_digest
+
+    def make_cfg(more: list[str]) -> Any:
+        return load_cfg(str(DEFAULT_CONFIG), ["pruning.budget.generator=0.1", *more])
+
+    entry = {"g_ratios": [0.5] * 13, "d_ratios": [0.5] * 4}
+    path = tmp_path / "finalist_random.json"
+    for stored in ({}, {"run_digest": run_digest(make_cfg([]))}):
+        path.write_text(json.dumps({**entry, **stored}))
+        assert find_finalist("random", make_cfg, 0.1, tmp_path, 1)["g_ratios"] == entry["g_ratios"]
+    other = run_digest(make_cfg(["reward.w_pull=0.1"]))
+    path.write_text(json.dumps({**entry, "run_digest": other}))
+    with pytest.raises(SystemExit) as exc:
+        find_finalist("random", make_cfg, 0.1, tmp_path, 1)
+    assert exc.value.code == 2 and "found under another config" in capsys.readouterr().err.splitlines()[-1]
