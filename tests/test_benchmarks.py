@@ -66,7 +66,6 @@ def test_latency_models_load_on_the_default_config(which: str) -> None:
 
 
 def _quality_file(path: Path, runs: list[tuple[float, str, int, list[float], list[float]]]) -> Path:
-
     path.write_text(json.dumps({"runs": [
         {"budget": b, "method": m, "seed": s, "finalist": {"g_ratios": g, "d_ratios": d}, "heldout": []}
         for b, m, s, g, d in runs]}))
