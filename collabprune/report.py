@@ -25,6 +25,7 @@ ROWS: tuple[tuple[str, str, float, str], ...] = (
     ("L_kde", "l_kde", 1.0, ".4f"),
     ("bal", "bal", 1.0, ".3f"),
     ("rho", "rho", 1.0, ".3f"),
+    ("D pull (paired)", "pull", 1.0, ".3f"),
 )
 
 
