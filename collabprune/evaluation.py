@@ -224,16 +224,16 @@ class CandidateEvaluator:
         with torch.no_grad():
             fake = torch.cat([net_g(self.real_a[i:i + 16]) for i in range(0, len(self.real_a), 16)])
             fd = self.scorer.score(fake, self.real_b, "reward_split")
-            l1 = {"l1": float((fake - self.real_b).abs().mean().item())} if self.family.paired else {}
+            paired = {"l1": float((fake - self.real_b).abs().mean().item())} if self.family.paired else {}
         if self.family.paired and net_d is not None and self.cfg.finetune.lambda_l1 > 0:
             net_d.eval()
-            l1["pull"] = adversarial_pull(net_d, self.family.d_input, self.real_a, fake, self.real_b, self.gan_loss,
-                                          self.cfg.finetune.lambda_l1)
+            paired["pull"] = adversarial_pull(net_d, self.family.d_input, self.real_a, fake, self.real_b, self.gan_loss,
+                                              self.cfg.finetune.lambda_l1)
         t1 = time.perf_counter()
         with torch.no_grad():
             l_kde = kde_loss(net_g, self.teacher_g, self.phi, self.real_a[: kc.centres], self.cfg, self.cfg.search.seed).item()
         t2 = time.perf_counter()
-        return {self.scorer.metric_name: fd, "l_kde": l_kde, **l1, "fid_s": t1 - t0, "kde_s": t2 - t1}
+        return {self.scorer.metric_name: fd, "l_kde": l_kde, **paired, "fid_s": t1 - t0, "kde_s": t2 - t1}
 
     def _costs(self, net_g: nn.Module, net_d: nn.Module) -> dict[str, float]:
         """MACs (both conventions), params and MACs fractions of a pair."""
