@@ -126,7 +126,14 @@ def parse_args() -> Any:
                         help="also score every searched finalist's G with the uniform D (the G half alone)")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate only the (method, seed) runs whose finalist is cached; search nothing")
-    return parser.parse_args()
+    args = parser.parse_args()
+    try:
+        args.budget_list, args.seed_list = parse_list(args.budgets), parse_list(args.seeds, int)
+    except ValueError as exc:
+        parser.error(f"--budgets/--seeds: numbers separated by commas ({exc})")
+    if not args.budget_list or not args.seed_list:
+        parser.error("--budgets and --seeds need at least one entry each")
+    return args
 
 
 # --------------------------------------------------------------------------- fixed allocations
@@ -279,7 +286,8 @@ def export_log(run_dir: Path, out: Path) -> None:
     for e in run.reevaluations():
         lines.append(json.dumps({"reeval_of": [e.round, e.slot], "seed": e.seed,
                                  "metrics": {"fd_teacher_d": e.metrics.fd_teacher_d, "fid": e.metrics.fid,
-                                             "l_kde": e.metrics.l_kde, "bal": e.metrics.bal}}))
+                                             "l_kde": e.metrics.l_kde, "bal": e.metrics.bal,
+                                             "l1": e.metrics.number("l1"), "pull": e.metrics.number("pull")}}))
     atomic_write_text(out, "\n".join(lines) + "\n")
 
 
@@ -289,9 +297,10 @@ def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_step
     :func:`run_digest` of the config that found it; a search's per-evaluation log is copied to
     :func:`logs_dir` (``tag``).
 
-    A cached finalist found under another config (other ``--set`` values against the same ``--work``) ends
-    the run with one error line and exit code 2 instead of being reused; one cached before the digest was
-    stored is reused as it is.
+    A cached finalist, or a search run directory left by a killed run, found under another config (other
+    ``--set`` values against the same ``--work``) ends the run with one error line and exit code 2 instead
+    of being reused; a finalist cached before the digest was stored is reused as it is. The check is strict
+    for the fixed allocations too (uniform, inner, global_l1), whose ratios do not depend on the reward.
     """
     path = work / f"finalist_{method}.json"
     cfg = make_cfg(AGENT_SEARCHES.get(method, []))
@@ -311,6 +320,10 @@ def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_step
         entry: dict[str, Any] = {"g_ratios": g, "d_ratios": ud}
     else:
         run_dir = work / f"search_{method}"
+        if (run_dir / "run.json").is_file() and run_digest(resume_config(run_dir)) != digest:
+            input_error("quality", f"{run_dir}: a search run under another config (run digest "
+                                   f"{run_digest(resume_config(run_dir))}, this config's {digest}); give each "
+                                   f"config its own --work and --tag")
         entry = local_search(method, cfg, run_dir) if method in LOCAL_SEARCHES else agent_search(cfg, run_dir)
         logs = logs_dir(tag)
         logs.mkdir(parents=True, exist_ok=True)
@@ -415,8 +428,7 @@ def main() -> None:
     args = parse_args()
     t_start = time.time()
     extra = [f"search.rounds={args.rounds}"] if args.rounds else []
-    budgets = parse_list(args.budgets)
-    seeds = parse_list(args.seeds, int)
+    budgets, seeds = args.budget_list, args.seed_list
     methods = parse_list(args.methods, str)
     unknown = set(methods) - set(METHODS)
     if unknown:

@@ -230,7 +230,8 @@ class RewardConfig(_Section):
                           "finetune.lambda_l1 > 0 only; 0, the default, is DESIGN.md §4's reward)")
     c_max: float = Field(3.0, gt=0, description="each term is clip(x_s / x_u, 0, c_max)")
     penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges; must be "
-                           "below -(w_fid + w_kde + w_bal) * c_max, the lowest reward of a valid candidate")
+                           "below -(w_fid + w_kde + w_bal + w_l1 + w_pull) * c_max, the lowest reward of a "
+                           "valid candidate")
     uniform_seeds: int = Field(2, ge=1, description="seeds the uniform baseline is averaged over")
     balance_window: float = Field(0.5, gt=0, le=1, description="fraction of the fine-tuning steps at the end "
                                   "whose losses give rho (DESIGN.md §4, Balance)")

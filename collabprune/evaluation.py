@@ -217,7 +217,8 @@ class CandidateEvaluator:
     def _score(self, net_g: nn.Module, net_d: nn.Module | None = None) -> dict[str, float]:
         """FID (or fallback) and L_kde of ``net_g`` on the reward split (eval mode, seeded), and for
         paired data the mean absolute difference to the split's targets (``l1``, images in [-1, 1]) and,
-        given ``net_d`` (put in eval mode), its adversarial pull on those outputs (``pull``)."""
+        given ``net_d`` (put in eval mode) and ``finetune.lambda_l1 > 0``, its adversarial pull on those
+        outputs (``pull``, :func:`adversarial_pull`)."""
         kc = self.cfg.reward.kde
         net_g.eval()
         t0 = time.perf_counter()
@@ -279,7 +280,7 @@ class CandidateEvaluator:
         :param save_dir: where the first seed's fine-tuned pair is saved.
         :param g_budget: the generator budget (:meth:`uniform_ratios`); default the primary one.
         :returns: an evaluation record whose ``metrics`` are the seed averages (:func:`average_metrics`)
-            and whose ``seed_results`` hold each seed's metrics; its reward is -(w_fid + w_kde + w_bal)
+            and whose ``seed_results`` hold each seed's metrics; its reward is minus the sum of the weights
             up to the ratio floors. A uniform candidate that diverges under some seed is averaged
             over the others; one that diverges under every seed is returned as diverged.
         """
@@ -312,7 +313,7 @@ class CandidateEvaluator:
         :param d_ratios: keep ratio per discriminator group.
         :param seed: seeds fine-tuning batches, perturbations and dropout.
         :param baseline: the uniform candidate's seed-averaged ``metrics``; ``None`` for the uniform
-            candidate itself, which is then its own baseline (reward -(w_fid + w_kde + w_bal)).
+            candidate itself, which is then its own baseline (reward: minus the sum of the weights).
         :param save_dir: when given, the fine-tuned pair is written there (:func:`save_candidate`),
             so an export reproduces exactly the network that was scored.
         :returns: the record (no round or slot yet): ``seed``, ``g_ratios``, ``d_ratios``, ``g_channels``,
@@ -396,7 +397,8 @@ class CandidateEvaluator:
         metrics.update(scores)
         metrics["rho"] = rho
         metrics["bal"] = 0.0 if is_teacher else balance_term(rho, rho_t) if math.isfinite(rho) and rho > 0 else float("nan")
-        weighted = [term for term in OPTIONAL_TERMS if getattr(self.cfg.reward, f"w_{term}") > 0]
+        # the teacher has no reward (and no pull: it is scored without D), only rho_t
+        weighted = [] if is_teacher else [term for term in OPTIONAL_TERMS if getattr(self.cfg.reward, f"w_{term}") > 0]
         values = [metrics.number(k) for k in (self.scorer.metric_name, "l_kde", "bal", *weighted)]
         if ft.diverged or any(v is None for v in values):
             out.diverged = True

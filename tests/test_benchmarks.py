@@ -221,13 +221,18 @@ class _StubEvaluator:
         return [0.25] * 13, [0.7] * 4
 
 
-def test_quality_reuses_a_cached_finalist_only_under_the_config_that_found_it(tmp_path: Path, capsys) -> None:
+def test_quality_reuses_a_cached_finalist_only_under_the_config_that_found_it(tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
     """``benchmarks.quality``'s finalist cache: an entry stored with this config's run digest (or with none,
     cached before the digest was stored) is reused; one found under another config is refused with one
-    error line and exit code 2, not silently reused."""
+    error line and exit code 2, not silently reused; so is a search run directory a killed run left under
+    another config; bad --budgets/--seeds stop at parse time with exit code 2."""
+    import sys
+
+    from benchmarks import quality
     from benchmarks._shared import DEFAULT_CONFIG, load_cfg
     from benchmarks.quality import find_finalist
-    from collabprune.runs import run_digest
+    from collabprune.runs import RunDir, run_digest
 
     def make_cfg(more: list[str]) -> Any:
         return load_cfg(str(DEFAULT_CONFIG), ["pruning.budget.generator=0.1", *more])
@@ -242,3 +247,14 @@ def test_quality_reuses_a_cached_finalist_only_under_the_config_that_found_it(tm
     with pytest.raises(SystemExit) as exc:
         find_finalist("random", make_cfg, 0.1, tmp_path, 1)
     assert exc.value.code == 2 and "found under another config" in capsys.readouterr().err.splitlines()[-1]
+    path.unlink()
+    RunDir.create(tmp_path / "search_random", make_cfg(["reward.w_pull=0.1"]))
+    with pytest.raises(SystemExit) as exc:
+        find_finalist("random", make_cfg, 0.1, tmp_path, 1)
+    assert exc.value.code == 2 and "a search run under another config" in capsys.readouterr().err.splitlines()[-1]
+    assert not path.exists()
+    for bad in (["--seeds", "0,x"], ["--budgets", ","]):
+        monkeypatch.setattr(sys, "argv", ["quality", *bad])
+        with pytest.raises(SystemExit) as exc:
+            quality.parse_args()
+        assert exc.value.code == 2

@@ -234,10 +234,12 @@ def test_search_lr_sets_the_in_search_fine_tuning_only(evaluator: CandidateEvalu
     assert seen == [fast.finetune.lr]
 
 
-def test_adversarial_pull_is_measured_and_weighted_only_when_on(evaluator: CandidateEvaluator, cfg: RunConfig) -> None:
-    """Paired data: every evaluation measures D's adversarial pull on the reward split; it enters the
-    reward (``t_pull = clip(pull_s / pull_u, 0, c_max)``) only with ``reward.w_pull > 0``. Unpaired data
-    and a fine-tuning without an L1 term refuse the weight, and the penalty must stay below the floor."""
+def test_adversarial_pull_is_measured_and_weighted_only_when_on(evaluator: CandidateEvaluator, cfg: RunConfig,
+                                                                 tmp_path: Path) -> None:
+    """Paired data: every evaluation of a pruned pair measures D's adversarial pull on the reward split; it
+    enters the reward (``t_pull = clip(pull_s / pull_u, 0, c_max)``) only with ``reward.w_pull > 0``, and
+    the teacher (scored without D, no reward) is not taken for diverged. Unpaired data and a fine-tuning
+    without an L1 term refuse the weight, and the penalty must stay below the floor."""
     from collabprune.errors import ConfigError
 
     g, d = evaluator.uniform_ratios()
@@ -249,13 +251,15 @@ def test_adversarial_pull_is_measured_and_weighted_only_when_on(evaluator: Candi
     assert terms["pull"] == pytest.approx(0.5 * 0.5)
     assert reward == pytest.approx(compute_reward(base, base, cfg)[0] - 0.25)
     assert compute_reward({**base, "pull": 1e9}, base, on)[1]["pull"] == pytest.approx(0.5 * on.reward.c_max)
-    weighted = CandidateEvaluator(on, evaluator.run_dir)
+    weighted = CandidateEvaluator(on, tmp_path)
+    teacher = weighted.evaluate_teacher()
+    assert not teacher.diverged and teacher.reward is None and teacher.metrics.rho is not None
     record = weighted.evaluate(g, d, seed=0, baseline=None)
-    assert record.reward_terms["pull"] == pytest.approx(0.5) and record.reward == pytest.approx(
-        compute_reward(base, base, on)[0])
+    assert record.reward_terms["pull"] == pytest.approx(0.5)  # the uniform candidate is its own baseline
+    assert record.reward == pytest.approx(-sum(record.reward_terms.values()))
     with pytest.raises(ConfigError, match="reward.w_pull=1 needs paired data"):
         load_config("configs/cyclegan_demo.yaml", ["reward.w_pull=1"])
     with pytest.raises(ConfigError, match="finetune.lambda_l1=0"):
         load_config("configs/demo.yaml", ["reward.w_pull=1", "finetune.lambda_l1=0"])
-    with pytest.raises(ConfigError, match="w_pull"):
+    with pytest.raises(ConfigError, match="not below the lowest valid reward"):
         load_config("configs/demo.yaml", ["reward.w_pull=3"])  # floor -(0.05 + 1 + 3) * 3 is below -10

@@ -117,3 +117,5 @@ def test_adversarial_pull_is_zero_without_a_gradient_from_d_and_refuses_bad_inpu
         adversarial_pull(net_d, _cat, a, fake, real, GANLoss("vanilla"), 0.0)
     with pytest.raises(ValueError, match="matching inputs"):
         adversarial_pull(net_d, _cat, a[:2], fake, real, GANLoss("vanilla"), 100.0)
+    with pytest.raises(ValueError, match="chunk=0 must be >= 1"):
+        adversarial_pull(net_d, _cat, a, fake, real, GANLoss("vanilla"), 100.0, chunk=0)

@@ -10,8 +10,8 @@ adversarial update relative to the reconstruction update: 0 when D gives G no gr
 are equally strong. A discriminator that keeps its deep layers wide pulls harder, and over a longer
 final fine-tuning that pull moves G away from the L1 optimum the held-out metrics reward
 (``benchmarks/d_allocation.py``; README, "The adversarial pull"). The L1 gradient's norm is
-``lambda_l1 * sqrt(n) / n`` for ``n`` output values away from ties, so ``pull`` is the adversarial
-gradient's norm in units of the L1 gradient's.
+``lambda_l1 * sqrt(m) / m`` for ``m`` output values, none equal to its target, so ``pull`` is the
+adversarial gradient's norm in units of the L1 gradient's.
 """
 
 from __future__ import annotations
@@ -39,18 +39,20 @@ def adversarial_pull(
 ) -> float:
     """The adversarial pull of ``net_d`` on the outputs ``fake_b`` (module docstring).
 
-    D's mode is left as it is (the evaluator puts it in eval mode); no parameter gradient is kept.
+    ``net_d`` must be in eval mode: in train mode its BatchNorm layers would normalise each chunk by
+    its own statistics (and update their running ones). The mode is not changed here; no parameter
+    gradient is kept.
 
-    :param net_d: the pruned discriminator.
+    :param net_d: the pruned discriminator, in eval mode.
     :param d_input: what D sees for an input and a B image (:meth:`Family.d_input`).
     :param real_a: (N, C_in, H, W) G's inputs.
     :param fake_b: (N, C_out, H, W) G's outputs for ``real_a`` (detached inside).
     :param real_b: (N, C_out, H, W) the ground truth.
     :param gan_loss: the GAN objective (``teacher.gan_mode``), on the inputs' device.
     :param lambda_l1: the weight of the L1 term in fine-tuning (``finetune.lambda_l1``), > 0.
-    :param chunk: images per D forward; the result does not depend on it.
+    :param chunk: images per D forward (>= 1); with D in eval mode the result does not depend on it.
     :returns: pull >= 0 (dimensionless); ``nan`` when a gradient is not finite.
-    :raises ValueError: empty or mismatched batches, or ``lambda_l1 <= 0``.
+    :raises ValueError: empty or mismatched batches, ``lambda_l1 <= 0`` or ``chunk < 1``.
     """
     n = len(fake_b)
     if n == 0 or len(real_a) != n or real_b.shape != fake_b.shape:
@@ -58,6 +60,8 @@ def adversarial_pull(
                          f"{tuple(real_a.shape)}, {tuple(fake_b.shape)}, {tuple(real_b.shape)}")
     if lambda_l1 <= 0:
         raise ValueError(f"adversarial_pull: lambda_l1={lambda_l1:g} must be > 0 (no L1 term, no pull to compare)")
+    if chunk < 1:
+        raise ValueError(f"adversarial_pull: chunk={chunk} must be >= 1")
     gan_sq = l1_sq = 0.0
     for i in range(0, n, chunk):
         # each loss is a mean over the whole split; a chunk's share of it is its mean times len/n
