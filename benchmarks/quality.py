@@ -320,10 +320,10 @@ def find_finalist(method: str, make_cfg: Any, budget: float, work: Path, tp_step
         entry: dict[str, Any] = {"g_ratios": g, "d_ratios": ud}
     else:
         run_dir = work / f"search_{method}"
-        if (run_dir / "run.json").is_file() and run_digest(resume_config(run_dir)) != digest:
-            input_error("quality", f"{run_dir}: a search run under another config (run digest "
-                                   f"{run_digest(resume_config(run_dir))}, this config's {digest}); give each "
-                                   f"config its own --work and --tag")
+        found = run_digest(resume_config(run_dir)) if (run_dir / "run.json").is_file() else digest
+        if found != digest:
+            input_error("quality", f"{run_dir}: a search run under another config (run digest {found}, this "
+                                   f"config's {digest}); give each config its own --work and --tag")
         entry = local_search(method, cfg, run_dir) if method in LOCAL_SEARCHES else agent_search(cfg, run_dir)
         logs = logs_dir(tag)
         logs.mkdir(parents=True, exist_ok=True)

@@ -238,9 +238,14 @@ class RewardConfig(_Section):
     fid: FidConfig = FidConfig()
     kde: KdeConfig = KdeConfig()
 
+    def weights(self) -> dict[str, float]:
+        """The weight of each reward term by its name in ``reward_terms``: ``fid``, ``kde``, ``bal`` (DESIGN.md
+        §4) and the optional ``l1`` and ``pull``."""
+        return {"fid": self.w_fid, "kde": self.w_kde, "bal": self.w_bal, "l1": self.w_l1, "pull": self.w_pull}
+
     @model_validator(mode="after")
     def _bounded(self) -> "RewardConfig":
-        floor = -(self.w_fid + self.w_kde + self.w_bal + self.w_l1 + self.w_pull) * self.c_max
+        floor = -sum(self.weights().values()) * self.c_max
         if self.penalty >= floor:
             raise ValueError(f"penalty={self.penalty:g} is not below the lowest valid reward {floor:g}; "
                              f"allowed: penalty < -(w_fid + w_kde + w_bal + w_l1 + w_pull) * c_max")

@@ -101,9 +101,8 @@ def compute_reward(metrics: Mapping[str, Any], baseline: Mapping[str, Any], cfg:
         the sum of the weights means "as good as uniform"; higher is better; the reward is never below
         minus that sum times ``c_max``.
     """
-    rc = cfg.reward
-    weights = {"fid": rc.w_fid, "kde": rc.w_kde, "bal": rc.w_bal, "l1": rc.w_l1, "pull": rc.w_pull}
-    ratios = reward_ratios(metrics, baseline, rc.c_max)
+    weights = cfg.reward.weights()
+    ratios = reward_ratios(metrics, baseline, cfg.reward.c_max)
     terms = {term: weights[term] * ratio for term, ratio in ratios.items()
              if term not in OPTIONAL_TERMS or weights[term] > 0}  # weight 0: DESIGN.md §4's three terms
     return -sum(terms.values()), terms
@@ -398,7 +397,8 @@ class CandidateEvaluator:
         metrics["rho"] = rho
         metrics["bal"] = 0.0 if is_teacher else balance_term(rho, rho_t) if math.isfinite(rho) and rho > 0 else float("nan")
         # the teacher has no reward (and no pull: it is scored without D), only rho_t
-        weighted = [] if is_teacher else [term for term in OPTIONAL_TERMS if getattr(self.cfg.reward, f"w_{term}") > 0]
+        weights = self.cfg.reward.weights()
+        weighted = [] if is_teacher else [term for term in OPTIONAL_TERMS if weights[term] > 0]
         values = [metrics.number(k) for k in (self.scorer.metric_name, "l_kde", "bal", *weighted)]
         if ft.diverged or any(v is None for v in values):
             out.diverged = True
