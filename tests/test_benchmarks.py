@@ -258,3 +258,68 @@ def test_quality_reuses_a_cached_finalist_only_under_the_config_that_found_it(tm
         with pytest.raises(SystemExit) as exc:
             quality.parse_args()
         assert exc.value.code == 2
+
+
+def test_quality_main_pairs_the_methods_by_seed_and_resumes_from_its_cache(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``python -m benchmarks.quality`` end to end on the tiny setup (uniform, inner-layer and random search;
+    2 search seeds, 2 rounds, 1 final seed of 2 steps): every method's finalist meets the G budget, the
+    table's paired differences are the per-seed test-L1 differences of the cached held-out results, the
+    random searches' per-evaluation logs and the curves PNG are written, and the same command again
+    reads everything from its cache (no evaluation, no fine-tuning) and writes the same summary. An
+    unknown method stops with exit code 2 before anything runs."""
+    import statistics
+    import sys
+
+    from benchmarks import quality
+    from collabprune.config import save_config
+    from collabprune.evaluation import CandidateEvaluator
+    from collabprune.heldout import HeldoutEvaluator
+    from tiny import short_eval_net, tiny_config
+
+    cfg = tiny_config(tmp_path / "tiny", ["finetune.final_steps=2", "finetune.final_seeds=1"])
+    save_config(cfg, tmp_path / "tiny.yaml")
+    short_eval_net(monkeypatch)
+    results = tmp_path / "results"
+    monkeypatch.setattr(quality, "RESULTS_DIR", results)
+    monkeypatch.setattr(quality, "LOGS_DIR", results / "quality_logs")
+    out = tmp_path / "quality.json"
+    argv = ["quality", str(tmp_path / "tiny.yaml"), "--budgets", "0.5", "--seeds", "0,1", "--final-seeds", "1",
+            "--rounds", "2", "--methods", "inner,random", "--work", str(tmp_path / "work"), "--tag", "t",
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    quality.main()
+    first = json.loads(out.read_text())
+    rows = {row["method"]: row for row in first["summary"]}
+    assert first["methods"] == ["uniform", "inner", "random"] and set(rows) == {"uniform", "inner", "random"}
+    for run in first["runs"]:
+        assert run["final_seeds"] == [1000 * run["seed"]] and len(run["heldout"]) == 1
+        assert 0.5 * 0.9 <= run["heldout"][0]["g_macs_fraction"] <= 0.5  # the tiny net's coarse groups
+    l1 = {(r["seed"], r["method"]): r["heldout"][0]["l1"] for r in first["runs"]}
+    for method in ("inner", "random"):
+        diffs = [l1[(s, "uniform")] - l1[(s, method)] for s in (0, 1)]  # L1: lower is better
+        vs = rows[method]["vs_uniform"]
+        assert vs["n"] == 2 and vs["diffs"] == pytest.approx(diffs) and vs["mean"] == pytest.approx(statistics.fmean(diffs))
+        assert vs["ci95"][0] <= vs["mean"] <= vs["ci95"][1] and vs["wins"] == sum(d > 0 for d in diffs)
+    assert rows["inner"]["vs_random"]["diffs"] == pytest.approx([l1[(s, "random")] - l1[(s, "inner")] for s in (0, 1)])
+    assert rows["random"]["l1"][0] == pytest.approx(statistics.fmean([l1[(0, "random")], l1[(1, "random")]]))
+    for s in (0, 1):
+        log = [json.loads(x) for x in (results / "quality_logs_t" / f"budget_0.5_random_seed{s}.jsonl").read_text().splitlines()]
+        assert [x["round"] for x in log if x.get("kind") == "search"] == [0, 1]
+        assert any("reeval_of" in x for x in log)
+    assert (results / "quality_curves_0.5_t.png").stat().st_size > 1000
+
+    def no_work(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cached run was evaluated again")
+
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", no_work)
+    monkeypatch.setattr(HeldoutEvaluator, "evaluate", no_work)
+    quality.main()
+    again = json.loads(out.read_text())
+    assert again["summary"] == first["summary"] and again["runs"] == first["runs"]
+
+    monkeypatch.setattr(sys, "argv", [*argv[:-4], "--methods", "random,bogus", "--out", str(tmp_path / "no.json")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        quality.main()
+    assert exc.value.code == 2 and "unknown ['bogus']" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "no.json").exists()
