@@ -361,10 +361,16 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
         # lower is better for every reward-split metric; mean over the proxy seeds where all were measured
         vals = [[p["metrics"].get(key) for p in proxy[n]] for n in names]
         score = [-statistics.fmean(v) if v and all(isinstance(x, (int, float)) for x in v) else None for v in vals]
-        if any(x is not None for x in score):
+        measured = sum(x is not None for x in score)
+        # fewer than all: e.g. proxy results cached before the metric was recorded (one FD of the two is never measured)
+        if measured < len(names) and (measured or key not in ("fid", "fd_teacher_d")):
+            print(f"[proxy_fidelity] budget {budget:g}: {key} measured for {measured} of {len(names)} candidates"
+                  + ("; its Spearman is over those" if measured else "; left out of the per-metric table"), flush=True)
+        if measured:
             term_spearman[key] = {"all": spearman(score, goodness),
                                   "without_uniform": spearman([score[i] for i in searched],
-                                                               [goodness[i] for i in searched])}
+                                                               [goodness[i] for i in searched]),
+                                  "measured": measured}
     order_true = sorted(range(len(names)), key=lambda i: -(goodness[i] if goodness[i] is not None else -math.inf))
     order_proxy = sorted(range(len(names)), key=lambda i: -proxy0[i])
     top3 = len(set(order_true[:3]) & set(order_proxy[:3]))
@@ -419,11 +425,12 @@ def main() -> None:
                         fmt(r["proxy_seconds_per_candidate"], 3))
     print_table(summary)
     terms = Table(title=f"Spearman of each reward-split metric (seed mean, lower = better) with the held-out {primary}")
-    for col in ("budget", "metric", "all members", "without uniform"):
+    for col in ("budget", "metric", "all members", "without uniform", "measured"):
         terms.add_column(col, justify="right")
     for r in results:
         for key, rho in r["term_spearman"].items():
-            terms.add_row(fmt(r["budget"], 3), key, fmt(rho["all"], 3), fmt(rho["without_uniform"], 3))
+            terms.add_row(fmt(r["budget"], 3), key, fmt(rho["all"], 3), fmt(rho["without_uniform"], 3),
+                          f"{rho.get('measured', len(r['rows']))}/{len(r['rows'])}")
     print_table(terms)
     for r in results:
         t = r["teacher"]
