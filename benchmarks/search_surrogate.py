@@ -3,7 +3,7 @@
 ``benchmarks/quality.py`` is the referee, but one seed of one method costs about ten minutes of
 fine-tuning on this CPU, far too slow to tune the agents' learning. Here a Gaussian process
 (scikit-learn, ARD RBF kernel + white noise, ``normalize_y``) is fitted to the rewards that real
-searches logged (``benchmarks/results/quality_logs/budget_<b>_*.jsonl``: the G keep ratios of every
+searches logged (``benchmarks/results/quality_logs[_<tag>]/budget_<b>_*.jsonl``: the G keep ratios of every
 evaluated candidate, as ``log2(ratio / uniform ratio)``, -> its in-search reward). Each method then
 searches the generator's space with the surrogate as its reward: the GP mean at the executed ratios
 plus Gaussian noise of the fitted white-noise std (the reward's own evaluation noise). Every method
@@ -21,7 +21,7 @@ discriminator's ratios barely change the fitted reward (cross-validated R^2 0.97
 0.978 with D). A surrogate is a guide, not a result: every claim about the search is checked with
 ``benchmarks/quality.py``.
 
-    python -m benchmarks.search_surrogate [CONFIG] [--budget 0.25] [--seeds 10] [--rounds 60]
+    python -m benchmarks.search_surrogate [CONFIG] [--budget 0.25] [--tag T] [--seeds 10] [--rounds 60]
         [--variant "before=agents.self_imitation=0;agents.learning_rate=1e-3"]
 """
 
@@ -43,13 +43,12 @@ if __name__ == "__main__" and __package__ in (None, ""):
 import numpy as np
 from rich.table import Table
 
-from benchmarks._shared import (RESULTS_DIR, InProcessLink, base_parser, fmt, fmt_pm, load_cfg, machine_info, print_table,
+from benchmarks._shared import (InProcessLink, base_parser, fmt, fmt_pm, input_error, load_cfg, machine_info, print_table,
                                write_results)
-from benchmarks.quality import bootstrap_ci
+from benchmarks.quality import bootstrap_ci, logs_dir
 from collabprune.config import RunConfig
 from envs.space import RoleSpace
 
-LOGS_DIR = RESULTS_DIR / "quality_logs"
 REEVAL_TOP_K = 3
 REEVAL_DRAWS = 2
 
@@ -150,13 +149,18 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=k=v;k=v",
                         help="an agent variant: config overrides separated by ';' (repeatable)")
     parser.add_argument("--methods", default="random,tpe,agent", help="comma-separated: random, tpe, agent")
+    parser.add_argument("--tag", default="", help="fit the logs of `benchmarks.quality --tag T` (quality_logs_T/; "
+                        "default quality_logs/)")
     args = parser.parse_args()
     t0 = time.time()
     common = [f"pruning.budget.generator={args.budget}", f"search.rounds={args.rounds}",
               "search.num_evaluators=1", f"agents.warmup_episodes={args.warmup}"]
     base = load_cfg(args.config, args.overrides, common)
     space = RoleSpace.from_config("generator", base)
-    logs = sorted(LOGS_DIR.glob(f"budget_{args.budget:g}_*.jsonl"))
+    logs = sorted(logs_dir(args.tag).glob(f"budget_{args.budget:g}_*.jsonl"))
+    if not logs:
+        input_error("search_surrogate", f"--budget {args.budget:g}: no per-evaluation logs budget_{args.budget:g}_*.jsonl "
+                                        f"in {logs_dir(args.tag)} (run benchmarks.quality with that budget and --tag first)")
     surrogate = Surrogate(logs, space.uniform_candidate())
 
     runs: dict[str, list[dict[str, float]]] = {}

@@ -323,3 +323,17 @@ def test_quality_main_pairs_the_methods_by_seed_and_resumes_from_its_cache(tmp_p
         quality.main()
     assert exc.value.code == 2 and "unknown ['bogus']" in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "no.json").exists()
+
+
+def test_search_surrogate_without_logs_of_the_budget_stops_with_exit_2(monkeypatch, capsys) -> None:
+    """``benchmarks.search_surrogate --tag T``: no per-evaluation logs of the budget under that tag is one
+    error line naming the folder and exit code 2, nothing fitted or written."""
+    import sys
+
+    from benchmarks import search_surrogate
+
+    monkeypatch.setattr(sys, "argv", ["search_surrogate", "--budget", "0.37", "--tag", "no_such_tag"])
+    with pytest.raises(SystemExit) as exc:
+        search_surrogate.main()
+    assert exc.value.code == 2
+    assert "no per-evaluation logs budget_0.37_*.jsonl in" in capsys.readouterr().err.splitlines()[-1]
