@@ -357,13 +357,13 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
                      "proxy_seconds": [p["seconds"] for p in proxy[n]]})
     searched = [i for i, n in enumerate(names) if n != "uniform"]
     term_spearman = {}
-    for key in TERM_METRICS:
+    unused_fd = {"fid", "fd_teacher_d"} - {cand.scorer.metric_name}  # the FD this config's scorer does not compute
+    for key in (k for k in TERM_METRICS if k not in unused_fd):
         # lower is better for every reward-split metric; mean over the proxy seeds where all were measured
         vals = [[p["metrics"].get(key) for p in proxy[n]] for n in names]
         score = [-statistics.fmean(v) if v and all(isinstance(x, (int, float)) for x in v) else None for v in vals]
         measured = sum(x is not None for x in score)
-        # fewer than all: e.g. proxy results cached before the metric was recorded (one FD of the two is never measured)
-        if measured < len(names) and (measured or key not in ("fid", "fd_teacher_d")):
+        if measured < len(names):  # e.g. proxy results cached before the metric was recorded
             print(f"[proxy_fidelity] budget {budget:g}: {key} measured for {measured} of {len(names)} candidates"
                   + ("; its Spearman is over those" if measured else "; left out of the per-metric table"), flush=True)
         if measured:
@@ -430,7 +430,7 @@ def main() -> None:
     for r in results:
         for key, rho in r["term_spearman"].items():
             terms.add_row(fmt(r["budget"], 3), key, fmt(rho["all"], 3), fmt(rho["without_uniform"], 3),
-                          f"{rho.get('measured', len(r['rows']))}/{len(r['rows'])}")
+                          f"{rho['measured']}/{len(r['rows'])}")
     print_table(terms)
     for r in results:
         t = r["teacher"]

@@ -157,10 +157,11 @@ def main() -> None:
               "search.num_evaluators=1", f"agents.warmup_episodes={args.warmup}"]
     base = load_cfg(args.config, args.overrides, common)
     space = RoleSpace.from_config("generator", base)
-    logs = sorted(logs_dir(args.tag).glob(f"budget_{args.budget:g}_*.jsonl"))
+    folder = logs_dir(args.tag)
+    logs = sorted(folder.glob(f"budget_{args.budget:g}_*.jsonl"))
     if not logs:
         input_error("search_surrogate", f"--budget {args.budget:g}: no per-evaluation logs budget_{args.budget:g}_*.jsonl "
-                                        f"in {logs_dir(args.tag)} (run benchmarks.quality with that budget and --tag first)")
+                                        f"in {folder} (run benchmarks.quality with that budget and --tag first)")
     surrogate = Surrogate(logs, space.uniform_candidate())
 
     runs: dict[str, list[dict[str, float]]] = {}
