@@ -62,7 +62,7 @@ from rich.table import Table
 
 from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load_cfg, machine_info, parse_list, print_table,
                                spearman, write_results)
-from collabprune.config import RunConfig
+from collabprune.config import FD_METRICS, RunConfig
 from collabprune.evaluation import CandidateEvaluator
 from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
 from collabprune.io import atomic_write_json
@@ -71,7 +71,7 @@ from collabprune.runs import run_digest
 
 #: Reward-split metrics (``EvaluationRecord.metrics``; lower is better) ranked one by one against the held-out
 #: metric: the two Frechet-distance keys, the KDE objective, the balance term, the paired L1 and D's pull.
-TERM_METRICS = ("fid", "fd_teacher_d", "l_kde", "bal", "l1", "pull")
+TERM_METRICS = (*FD_METRICS, "l_kde", "bal", "l1", "pull")
 
 #: Config sections/fields that change the in-search proxy but not the held-out protocol. Of the reward
 #: section only ``fid`` (the held-out FID and, for unpaired data, the primary metric) and ``kde`` (the
@@ -357,7 +357,7 @@ def run_budget(base_args: Any, budget: float, seeds: list[int], final_seeds: lis
                      "proxy_seconds": [p["seconds"] for p in proxy[n]]})
     searched = [i for i, n in enumerate(names) if n != "uniform"]
     term_spearman = {}
-    unused_fd = {"fid", "fd_teacher_d"} - {cand.scorer.metric_name}  # the FD this config's scorer does not compute
+    unused_fd = set(FD_METRICS) - {cand.scorer.metric_name}  # the FD this config's scorer does not compute
     for key in (k for k in TERM_METRICS if k not in unused_fd):
         # lower is better for every reward-split metric; mean over the proxy seeds where all were measured
         vals = [[p["metrics"].get(key) for p in proxy[n]] for n in names]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -194,10 +194,16 @@ class PruningConfig(_Section):
         return self
 
 
+#: The two Frechet distances a run can score with (``reward.fid.mode``): pytorch-fid's FID, or the offline
+#: fallback in the teacher D's feature space. Each labels its numbers in records and metrics by this name.
+FdMetric = Literal["fid", "fd_teacher_d"]
+FD_METRICS: tuple[str, ...] = get_args(FdMetric)
+
+
 class FidConfig(_Section):
     """FID (pytorch-fid Inception pool3) and its offline fallback (DESIGN.md §4)."""
 
-    mode: Literal["fid", "fd_teacher_d"] = "fid"
+    mode: FdMetric = "fid"
     weights: Path | None = None
     download_timeout_s: float = Field(20.0, gt=0)
     dims: Literal[64, 192, 768, 2048] = 2048

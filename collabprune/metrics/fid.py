@@ -23,13 +23,13 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from collabprune.config import FidConfig
+from collabprune.config import FdMetric, FidConfig
 from collabprune.io import atomic_path, file_sha256
 from collabprune.metrics.frechet import feature_stats, frechet_distance
 from collabprune.metrics.inception import FeatureFn, inception_features, load_inception, resolve_inception_weights
@@ -163,7 +163,7 @@ class FidScorer:
         self.cfg = cfg
         self.cache_dir = Path(cache_dir)
         self.device = torch.device(device)
-        self.metric_name: Literal["fid", "fd_teacher_d"] = cfg.mode
+        self.metric_name: FdMetric = cfg.mode
         self.cache_hits = 0
         self.cache_misses = 0
         self._model: nn.Module | None = None
