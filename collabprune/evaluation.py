@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from collabprune.config import RunConfig
+from collabprune.config import FD_METRICS, RunConfig
 from collabprune.data import reward_split, train_split
 from collabprune.finetune import FinetuneResult, finetune_pair, recalibrate_batchnorm, training_batches
 from collabprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
@@ -57,7 +57,7 @@ TEACHER_EVAL_FILE = "teacher_eval.json"
 # balanced (bal_u ~ 0) or teacher-like (L_kde_u ~ 0) must not blow the terms up.
 RATIO_FLOORS = {"fid": 1e-6, "l_kde": 1e-6, "bal": 0.05, "l1": 1e-6, "pull": 1e-6}
 #: The metrics that the uniform baseline averages over its seeds (costs are the same for every seed).
-AVERAGED_METRICS = ("fid", "fd_teacher_d", "l_kde", "rho", "bal", "l1", "pull")
+AVERAGED_METRICS = (*FD_METRICS, "l_kde", "rho", "bal", "l1", "pull")
 #: Terms beyond DESIGN.md §4's three, each with its metric (paired data only); a term enters the ratios when
 #: either record has its metric, and the reward when its weight (``reward.w_<term>``) is above 0.
 OPTIONAL_TERMS = ("l1", "pull")
