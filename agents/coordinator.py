@@ -16,7 +16,8 @@ and its record carries the budget.
    go to free evaluators of the pool concurrently (each with ``search.round_timeout_s``).
 4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced; results
    that finish together share one write) and ``best.json`` is updated BEFORE any agent sees a reward.
-5. Both ``submit`` calls return the N team rewards and the peer blocks of round k+1.
+5. Both ``submit`` calls return the N team rewards (D's minus ``reward.w_pull_d * t_pull``, 0 by default)
+   and the peer blocks of round k+1.
 6. Each agent stores round k's transitions and learns: with fewer than 4 candidates evaluated at once
    SB3 takes its gradient steps now, by default, before the agent's episodes of round k+1 (they sit
    between two rounds' evaluations); from 4 (or with ``agents.learn_during_evaluation: true``) the agent
@@ -45,7 +46,7 @@ import ray
 
 from collabprune.config import RunConfig
 from collabprune.errors import RunDirError, SpaceMismatchError
-from collabprune.evaluation import reward_ratios
+from collabprune.evaluation import discriminator_reward, reward_ratios
 from collabprune.pruning.roles import ROLE_NAMES, Role, generator_budgets, record_budgets, slot_budget
 from collabprune.records import EvaluationRecord, Metrics, ProposalInfo, RoundTimes, finite_number
 from collabprune.runs import TEACHER_ROUND, UNIFORM_ROUND, RunDir, candidate_dir, round_seed, run_digest
@@ -259,11 +260,14 @@ class CoordinatorCore:
         return state
 
     def _reply(self, role: str, round_index: int, records: list[EvaluationRecord]) -> list[dict[str, Any]]:
-        """Each slot's reward and the peer block of the next round, for ``role``."""
+        """Each slot's reward and the peer block of the next round, for ``role``: the team reward, for the
+        discriminator :func:`~collabprune.evaluation.discriminator_reward` of it."""
         peer_short = Role.of(Role.of(role, self.cfg).peer, self.cfg).short
         out = []
         for slot, record in enumerate(records):
             reward = record.finite_reward
+            if reward is not None and role == "discriminator":
+                reward = discriminator_reward(reward, record.metrics, self.blocks.baseline(slot), self.cfg)
             block = self.peer_block(role, round_index + 1, slot, record.ratios(peer_short) or None, same_round=False)
             out.append({"reward": reward if reward is not None else self.cfg.reward.penalty,
                         "diverged": record.diverged, "peer": block.to_dict()})

@@ -24,7 +24,8 @@ class RoundLink(Protocol):
 
     def submit(self, round_index: int, proposals: list[dict[str, Any]]) -> list[tuple[float, PeerInfo]]:
         """Hand in the N proposals of a round (``{"ratios", "requested", "actions", "macs_fraction"}`` each);
-        return each slot's (team reward, peer block for the next round)."""
+        return each slot's (reward, peer block for the next round): the team reward, for the D agent
+        :func:`collabprune.evaluation.discriminator_reward` of it."""
         ...
 
     def peers(self, round_index: int) -> list[PeerInfo]:

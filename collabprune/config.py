@@ -234,10 +234,17 @@ class RewardConfig(_Section):
                           "adversarial pull of the pruned D on G's outputs of the reward split: the adversarial "
                           "gradient's norm over the L1 gradient's (collabprune.objectives.pull; paired data with "
                           "finetune.lambda_l1 > 0 only; 0, the default, is DESIGN.md §4's reward)")
+    w_pull_d: float = Field(0.0, ge=0, description="weight of t_pull in the discriminator agent's reward only: "
+                            "the D agent learns from w_team_d * reward - w_pull_d * t_pull, the G agent, best.json "
+                            "and the non-RL searches from the team reward (collabprune.evaluation.discriminator_reward; "
+                            "paired data with finetune.lambda_l1 > 0 only; 0, the default, is DESIGN.md §4's reward)")
+    w_team_d: float = Field(1.0, ge=0, le=1, description="weight of the team reward in the discriminator agent's "
+                            "reward: w_team_d * reward - w_pull_d * t_pull (0 with w_pull_d > 0: D learns from its "
+                            "pull alone; 1, the default, is DESIGN.md §4's team reward)")
     c_max: float = Field(3.0, gt=0, description="each term is clip(x_s / x_u, 0, c_max)")
     penalty: float = Field(-10.0, description="reward of a candidate whose fine-tuning diverges; must be "
-                           "below -(w_fid + w_kde + w_bal + w_l1 + w_pull) * c_max, the lowest reward of a "
-                           "valid candidate")
+                           "below the lowest reward of a valid candidate, -max(W, w_team_d * W + w_pull_d) * "
+                           "c_max with W = w_fid + w_kde + w_bal + w_l1 + w_pull")
     uniform_seeds: int = Field(2, ge=1, description="seeds the uniform baseline is averaged over")
     balance_window: float = Field(0.5, gt=0, le=1, description="fraction of the fine-tuning steps at the end "
                                   "whose losses give rho (DESIGN.md §4, Balance)")
@@ -251,10 +258,15 @@ class RewardConfig(_Section):
 
     @model_validator(mode="after")
     def _bounded(self) -> "RewardConfig":
-        floor = -sum(self.weights().values()) * self.c_max
+        if self.w_team_d == 0 and self.w_pull_d == 0:
+            raise ValueError("w_team_d=0 and w_pull_d=0 leave the discriminator agent no reward; allowed: "
+                             "w_team_d > 0 or w_pull_d > 0")
+        team = sum(self.weights().values())
+        floor = -max(team, self.w_team_d * team + self.w_pull_d) * self.c_max  # the team's or the D agent's
         if self.penalty >= floor:
-            raise ValueError(f"penalty={self.penalty:g} is not below the lowest valid reward {floor:g}; "
-                             f"allowed: penalty < -(w_fid + w_kde + w_bal + w_l1 + w_pull) * c_max")
+            raise ValueError(f"penalty={self.penalty:g} is not below the lowest valid reward {floor:g}; allowed: "
+                             f"penalty < -max(W, w_team_d * W + w_pull_d) * c_max, W = w_fid + w_kde + w_bal + w_l1 + "
+                             "w_pull")
         return self
 
 
@@ -399,14 +411,16 @@ class RunConfig(_Section):
     def _l1_needs_pairs(self) -> "RunConfig":
         from collabprune.models.family import FAMILIES
 
-        for term in ("w_l1", "w_pull"):
+        for term in ("w_l1", "w_pull", "w_pull_d"):
             weight = getattr(self.reward, term)
             if weight > 0 and not FAMILIES[self.model.family].paired:
                 raise ValueError(f"reward.{term}={weight:g} needs paired data (a ground truth per input), but "
                                  f"model.family={self.model.family} is unpaired; allowed: reward.{term}=0")
-        if self.reward.w_pull > 0 and self.finetune.lambda_l1 == 0:
-            raise ValueError(f"reward.w_pull={self.reward.w_pull:g} compares D's pull with the L1 term's, but "
-                             f"finetune.lambda_l1=0; allowed: reward.w_pull=0 or finetune.lambda_l1 > 0")
+        for term in ("w_pull", "w_pull_d"):
+            weight = getattr(self.reward, term)
+            if weight > 0 and self.finetune.lambda_l1 == 0:
+                raise ValueError(f"reward.{term}={weight:g} compares D's pull with the L1 term's, but "
+                                 f"finetune.lambda_l1=0; allowed: reward.{term}=0 or finetune.lambda_l1 > 0")
         return self
 
     @model_validator(mode="after")

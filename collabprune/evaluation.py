@@ -17,6 +17,7 @@ Reward (DESIGN.md §4): ``reward = -(w_fid * t_fid + w_kde * t_kde + w_bal * t_b
 averaged over ``reward.uniform_seeds`` seeds. A valid candidate therefore scores in
 ``[-(w_fid + w_kde + w_bal) * c_max, 0]``, always above the penalty of a diverged one. The optional
 terms ``w_l1 * t_l1`` and ``w_pull * t_pull`` (paired data; weights 0 by default) are bounded the same way.
+The discriminator agent alone may also learn from ``-w_pull_d * t_pull`` (:func:`discriminator_reward`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,32 @@ def compute_reward(metrics: Mapping[str, Any], baseline: Mapping[str, Any], cfg:
     terms = {term: weights[term] * ratio for term, ratio in ratios.items()
              if term not in OPTIONAL_TERMS or weights[term] > 0}  # weight 0: DESIGN.md §4's three terms
     return -sum(terms.values()), terms
+
+
+def discriminator_reward(team_reward: float, metrics: Mapping[str, Any], baseline: Mapping[str, Any],
+                         cfg: RunConfig) -> float:
+    """What the discriminator agent learns from: ``w_team_d * team_reward - w_pull_d * t_pull``
+    (``reward.w_team_d``, ``reward.w_pull_d``).
+
+    The D agent's action decides D given G's proposal, and D's adversarial pull ``t_pull = clip(pull_s /
+    pull_u, 0, c_max)`` (:func:`reward_ratios`) ranks the Ds of one G like their held-out result where
+    the team reward hardly sees D (README, "The adversarial pull"); crediting it to the D agent alone
+    leaves the team reward, ``best.json``, the G agent and every non-RL search unchanged. The team
+    reward varies mostly with G's proposal, which D does not choose; ``w_team_d < 1`` takes that
+    variance out of what D learns from.
+
+    :param team_reward: the candidate's reward (:func:`compute_reward`), finite.
+    :param metrics: the candidate's metrics (``pull`` measured: paired data, ``finetune.lambda_l1 > 0``).
+    :param baseline: the uniform candidate's seed-averaged metrics at the same budget.
+    :returns: ``team_reward`` itself with the defaults (``w_team_d`` 1, ``w_pull_d`` 0); a missing or
+        non-finite ``t_pull`` counts as its bound ``c_max``. Never below the team reward's floor minus
+        ``w_pull_d * c_max``, so a diverged candidate's penalty stays the lowest.
+    """
+    weight, team = cfg.reward.w_pull_d, cfg.reward.w_team_d
+    if weight == 0:
+        return team * team_reward
+    t_pull = reward_ratios(metrics, baseline, cfg.reward.c_max).get("pull", math.nan)
+    return team * team_reward - weight * (t_pull if math.isfinite(t_pull) else cfg.reward.c_max)
 
 
 def average_metrics(results: Sequence[EvaluationRecord]) -> Metrics:

@@ -90,6 +90,8 @@ LATER_FIELDS_AT_OLD_VALUE: tuple[tuple[str, str, Any], ...] = (
     ("finetune", "search_lr", None),
     ("search", "d_action_log2_range", None),
     ("reward", "w_pull", 0.0),
+    ("reward", "w_pull_d", 0.0),
+    ("reward", "w_team_d", 1.0),
 )
 
 

@@ -408,6 +408,37 @@ def test_without_exchange_every_peer_block_is_empty(tmp_path: Path) -> None:
             assert blocks[("discriminator", 0)].same_round == 1.0
 
 
+def test_discriminator_agent_alone_learns_the_adversarial_pull(tmp_path: Path) -> None:
+    """reward.w_pull_d > 0: the Coordinator answers the D agent with the team reward minus
+    ``w_pull_d * t_pull`` and the G agent with the team reward (a logged round, answered from the log);
+    the logged reward and best.json's stay the team's. At 0 both agents get the team reward."""
+    import asyncio
+
+    from agents.coordinator import CoordinatorCore
+    from collabprune.records import Metrics
+
+    for weight in (0.0, 0.5):
+        cfg = tiny_cfg(rounds=2)
+        cfg = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_pull_d": weight}})
+        root = tmp_path / str(weight)
+        fake = fake_evaluator.FakeEvaluator(cfg, root)
+        run = RunDir.create(root, cfg)
+        run.append(dataclasses.replace(fake.evaluate_teacher(), round=-2, seed=0))
+        uniform = fake.evaluate_uniform(1)
+        uniform = run.append(dataclasses.replace(uniform, round=-1, seed=1, metrics=Metrics(uniform.metrics, pull=0.4)))
+        g, d = fake.uniform_ratios()
+        found = fake.evaluate([min(1.0, r * 1.2) for r in g], d, 0, uniform.metrics)
+        logged = run.append(dataclasses.replace(found, round=0, seed=0, metrics=Metrics(found.metrics, pull=0.6)))
+        core = CoordinatorCore(cfg.to_dict(), str(root), evaluators=[])
+        replies = {}
+        for role in ("generator", "discriminator"):
+            proposal = {"ratios": g if role == "generator" else d, "space_digest": core.blocks.spaces[role].channels.digest}
+            replies[role] = asyncio.run(core.submit(role, 0, [proposal]))[0]["reward"]
+        assert replies["generator"] == pytest.approx(logged.reward)
+        assert replies["discriminator"] == pytest.approx(logged.reward - weight * 0.6 / 0.4)
+        assert run.best().reward == pytest.approx(logged.reward)
+
+
 def test_slow_evaluation_times_out(ray_session: None, tmp_path: Path) -> None:
     """An evaluation longer than search.round_timeout_s ends the search with an error naming the limit;
     the cut evaluation (it would sleep 30 s and then be logged) is not logged. No wall-clock check: the
