@@ -264,7 +264,7 @@ def test_adversarial_pull_is_measured_and_weighted_only_when_on(evaluator: Candi
     with pytest.raises(ConfigError, match="not below the lowest valid reward"):
         load_config("configs/demo.yaml", ["reward.w_pull=3"])  # floor -(0.05 + 1 + 3) * 3 is below -10
     with pytest.raises(ConfigError, match="not below the lowest valid reward"):
-        load_config("configs/demo.yaml", ["reward.w_pull_d=3"])  # the D agent's reward has the same floor
+        load_config("configs/demo.yaml", ["reward.w_pull_d=3"])  # the D agent's floor -(1.05 + 3) * 3
     with pytest.raises(ConfigError, match="reward.w_pull_d=1 needs paired data"):
         load_config("configs/cyclegan_demo.yaml", ["reward.w_pull_d=1"])
     with pytest.raises(ConfigError, match="reward.w_pull_d=1 compares"):
