@@ -6,6 +6,7 @@ Nothing here measures anything; every metric comes from the project's own functi
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -139,6 +140,22 @@ class InProcessLink:
 
     def logged_proposals(self, role: str) -> dict[int, dict[int, dict[str, Any]]]:
         return {slot: {} for slot in range(self.slots)}
+
+
+def read_quality_runs(path: Path) -> list[Any]:
+    """The ``runs`` list of a ``benchmarks.quality`` result file, its items unchecked.
+
+    :raises OSError: the file cannot be read.
+    :raises ValueError: it is not JSON, or not a quality result (no ``runs`` list).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg}, line {exc.lineno})") from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise ValueError("not a benchmarks.quality result (no 'runs' list)")
+    return runs
 
 
 def write_results(path: Path, payload: dict[str, Any]) -> None:

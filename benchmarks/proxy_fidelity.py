@@ -61,7 +61,7 @@ import numpy as np
 from rich.table import Table
 
 from benchmarks._shared import (RESULTS_DIR, base_parser, fmt, input_error, load_cfg, machine_info, parse_list, print_table,
-                               spearman, write_results)
+                               read_quality_runs, spearman, write_results)
 from collabprune.config import FD_METRICS, RunConfig
 from collabprune.evaluation import CandidateEvaluator
 from collabprune.heldout import HeldoutEvaluator, higher_is_better, primary_metric
@@ -126,15 +126,8 @@ def read_finalists(path: Path) -> list[dict[str, Any]]:
     :raises OSError: the file cannot be read.
     :raises ValueError: it is not JSON, or not a quality result (no ``runs`` with those fields).
     """
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc.msg}, line {exc.lineno})") from None
-    runs = data.get("runs") if isinstance(data, dict) else None
-    if not isinstance(runs, list):
-        raise ValueError("not a benchmarks.quality result (no 'runs' list)")
     out = []
-    for i, run in enumerate(runs):
+    for i, run in enumerate(read_quality_runs(path)):
         try:
             out.append({"budget": float(run["budget"]), "method": str(run["method"]), "seed": int(run["seed"]),
                         "g_ratios": [float(x) for x in run["finalist"]["g_ratios"]],

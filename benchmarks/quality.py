@@ -361,6 +361,13 @@ def bootstrap_ci(values: Sequence[float], n: int = 10_000, seed: int = 0) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def heldout_mean(results: Sequence[dict[str, Any]], metric: str) -> float | None:
+    """A finalist's score on ``metric``: the mean over its final seeds' held-out results (the ``heldout``
+    list of a run); None when no result has the metric."""
+    vals = [h[metric] for h in results if h.get(metric) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def paired(per_seed: dict[int, dict[str, float]], method: str, reference: str,
            metric: str = PRIMARY_METRIC) -> dict[str, Any] | None:
     """Paired per-seed improvement of ``method`` over ``reference`` on ``metric`` (the primary held-out
@@ -486,9 +493,9 @@ def main() -> None:
                 continue
             for key, into in (("heldout", per_seed), ("heldout_uniform_d", per_seed_ud)):
                 results = r.get(key, r["heldout"] if r["method"] == "uniform" and args.uniform_d else [])
-                vals = [h[primary] for h in results if h.get(primary) is not None]
-                if vals:
-                    into.setdefault(r["seed"], {})[r["method"]] = statistics.fmean(vals)
+                value = heldout_mean(results, primary)
+                if value is not None:
+                    into.setdefault(r["seed"], {})[r["method"]] = value
         for method in methods:
             mine = [r for r in runs if r["budget"] == budget and r["method"] == method]
             row: dict[str, Any] = {"budget": budget, "method": method, "seeds": [r["seed"] for r in mine]}

@@ -127,6 +127,72 @@ def test_finalists_files_that_are_not_quality_results_stop_with_exit_2(tmp_path:
         assert exc.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
 
 
+def _scored_file(path: Path, runs: list[tuple[float, str, int, list[float]]]) -> Path:
+    """A quality result file whose runs carry test L1 per final seed (and a PSNR on the first only)."""
+    path.write_text(json.dumps({"runs": [
+        {"budget": b, "method": m, "seed": s, "finalist": {"g_ratios": [0.5], "d_ratios": [0.5]},
+         "heldout": [{"l1": v, "psnr": 20.0 if i == 0 else None} for i, v in enumerate(l1)]}
+        for b, m, s, l1 in runs]}))
+    return path
+
+
+def test_pair_results_pairs_two_methods_across_result_files_by_seed(tmp_path: Path, capsys) -> None:
+    """``benchmarks.pair_results``: per seed, each side's mean over its final seeds; A against B signed so that
+    a lower L1 of A is positive; seeds on one side only are left out; a seed found in two files of one side
+    counts once when its score is the same (a bit-identical rerun)."""
+    from benchmarks.pair_results import main
+    from benchmarks.quality import bootstrap_ci
+
+    a1 = _scored_file(tmp_path / "a1.json", [(0.1, "collab", 0, [0.10, 0.12]), (0.1, "collab", 1, [0.09, 0.09]),
+                                             (0.25, "collab", 2, [0.5, 0.5]), (0.1, "random", 0, [0.9, 0.9])])
+    a2 = _scored_file(tmp_path / "a2.json", [(0.1, "collab", 1, [0.09, 0.09]), (0.1, "collab", 2, [0.14, 0.14]),
+                                             (0.1, "collab", 7, [0.2, 0.2])])
+    b = _scored_file(tmp_path / "b.json", [(0.1, "collab", 0, [0.13, 0.13]), (0.1, "collab", 1, [0.10, 0.10]),
+                                           (0.1, "collab", 2, [0.13, 0.13])])
+    out = tmp_path / "pair.json"
+    payload = main([f"{a1},{a2}:collab", f"{b}:collab", "--budget", "0.1", "--out", str(out)])
+    diffs = [0.13 - 0.11, 0.10 - 0.09, 0.13 - 0.14]
+    assert payload["seeds"] == [0, 1, 2]
+    assert payload["a"]["scores"] == {0: pytest.approx(0.11), 1: 0.09, 2: 0.14}
+    comparison = payload["comparison"]
+    assert comparison["mean"] == pytest.approx(sum(diffs) / 3)
+    assert comparison["diffs"] == pytest.approx(diffs)
+    assert comparison["ci95"] == pytest.approx(list(bootstrap_ci(comparison["diffs"])))
+    assert comparison["wins"] == 2 and comparison["n"] == 3
+    assert json.loads(out.read_text())["comparison"]["wins"] == 2
+    assert "2/3" in capsys.readouterr().out
+    # PSNR: higher is better, and only the first final seed has it
+    psnr = main([f"{a1}:collab", f"{b}:collab", "--budget", "0.1", "--metric", "psnr", "--out", str(out)])
+    assert psnr["comparison"]["diffs"] == [0.0, 0.0]
+
+
+def test_pair_results_bad_input_stops_with_exit_2_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    """A spec without ``:METHOD``, a missing or foreign file, a seed scored differently in two files of one
+    side, no run at the budget, no seed on both sides: one line naming the problem, exit code 2."""
+    from benchmarks.pair_results import main
+
+    a = _scored_file(tmp_path / "a.json", [(0.1, "collab", 0, [0.1, 0.1])])
+    a_other = _scored_file(tmp_path / "a_other.json", [(0.1, "collab", 0, [0.1, 0.2])])
+    b = _scored_file(tmp_path / "b.json", [(0.1, "random", 1, [0.2, 0.2])])
+    (tmp_path / "foreign.json").write_text('{"results": []}')
+    (tmp_path / "broken.json").write_text('{"runs": [{"budget": 0.1, "method": "collab"}]}')
+    out = tmp_path / "pair.json"
+    cases = [([str(a), f"{b}:random"], "expected FILE[,FILE...]:METHOD"),
+             ([f"{tmp_path / 'missing.json'}:collab", f"{b}:random"], "No such file"),
+             ([f"{tmp_path / 'foreign.json'}:collab", f"{b}:random"], "no 'runs' list"),
+             ([f"{tmp_path / 'broken.json'}:collab", f"{b}:random"], "runs[0] is not a quality run"),
+             ([f"{a},{a_other}:collab", f"{b}:random"], "collab seed 0 at budget 0.1 scores"),
+             ([f"{a}:tpe", f"{b}:random"], "no tpe run at budget 0.1"),
+             ([f"{a}:collab", f"{b}:random"], "no search seed on both sides (A: [0], B: [1])")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--budget", "0.1", "--out", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not out.exists()
+
+
 def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
     """A reward lever (weights, ``w_l1``, ``w_pull``, the penalty) re-scores the proxy only: the held-out cache key of
     ``proxy_fidelity`` stays; the final fine-tuning, the ratios, the seed and the teacher's checkpoints change
