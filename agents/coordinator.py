@@ -17,7 +17,8 @@ and its record carries the budget.
 4. Each pair's result is appended to ``evaluations.jsonl`` as (k, slot) (flushed and fsynced; results
    that finish together share one write) and ``best.json`` is updated BEFORE any agent sees a reward.
 5. Both ``submit`` calls return the N rewards and the peer blocks of round k+1: the team rewards, and for
-   D ``w_team_d * reward - w_pull_d * t_pull`` (``reward.w_team_d`` 1 and ``w_pull_d`` 0 by default).
+   D ``w_team_d * reward - w_pull_d * t_pull`` (paired data by default ``-t_pull``, D's adversarial pull;
+   unpaired data the team reward: ``reward.w_team_d`` / ``reward.w_pull_d``, RunConfig._d_agent_reward).
 6. Each agent stores round k's transitions and learns: with fewer than 4 candidates evaluated at once
    SB3 takes its gradient steps now, by default, before the agent's episodes of round k+1 (they sit
    between two rounds' evaluations); from 4 (or with ``agents.learn_during_evaluation: true``) the agent

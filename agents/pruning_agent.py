@@ -2,8 +2,8 @@
 
 The agent builds N :class:`~envs.channel_env.ChannelPruningEnv` (one per slot: N = candidates per
 round) inside a :class:`~agents.vec_env.RoundVecEnv`, which submits the N proposals of a round to
-the Coordinator together and blocks (with a timeout) for the N rewards (the team's; the D agent's may
-weigh in its pull, ``reward.w_team_d`` / ``reward.w_pull_d``), then runs ``learn()``
+the Coordinator together and blocks (with a timeout) for the N rewards (the team's; the D agent's is its
+adversarial pull for paired data by default, ``reward.w_team_d`` / ``reward.w_pull_d``), then runs ``learn()``
 for the remaining rounds (``reset_num_timesteps=False`` so a resumed learner neither resets its
 counters nor replays warm-up). Algorithms: TD3 (default), DDPG, SAC (:mod:`agents.learners`), PPO.
 

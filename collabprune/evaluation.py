@@ -17,7 +17,8 @@ Reward (DESIGN.md §4): ``reward = -(w_fid * t_fid + w_kde * t_kde + w_bal * t_b
 averaged over ``reward.uniform_seeds`` seeds. A valid candidate therefore scores in
 ``[-(w_fid + w_kde + w_bal) * c_max, 0]``, always above the penalty of a diverged one. The optional
 terms ``w_l1 * t_l1`` and ``w_pull * t_pull`` (paired data; weights 0 by default) are bounded the same way.
-The discriminator agent alone may also learn from ``-w_pull_d * t_pull`` (:func:`discriminator_reward`).
+The discriminator agent learns from ``w_team_d * reward - w_pull_d * t_pull`` (:func:`discriminator_reward`):
+for paired data ``-t_pull`` by default, for unpaired data the team reward (DESIGN.md §4).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def discriminator_reward(team_reward: float, metrics: Mapping[str, Any], baselin
     :param team_reward: the candidate's reward (:func:`compute_reward`), finite.
     :param metrics: the candidate's metrics (``pull`` measured: paired data, ``finetune.lambda_l1 > 0``).
     :param baseline: the uniform candidate's seed-averaged metrics at the same budget.
-    :returns: ``team_reward`` itself with the defaults (``w_team_d`` 1, ``w_pull_d`` 0); a missing or
+    :returns: ``team_reward`` itself with ``w_team_d`` 1 and ``w_pull_d`` 0 (unpaired data's default), ``-t_pull``
+        with 0 and 1 (paired data's default, :meth:`RunConfig._d_agent_reward`); a missing or
         non-finite ``t_pull`` counts as its bound ``c_max``. Never below the team reward's floor minus
         ``w_pull_d * c_max``, so a diverged candidate's penalty stays the lowest.
     """

@@ -7,8 +7,8 @@ ratio (:meth:`RoleSpace.action_to_ratio`): the zero action asks for the uniform 
 group the requested ratios are projected onto the budget (MACs, or a latency budget's predicted
 latency; :meth:`RoleSpace.project`); the
 projected (executed) ratios are the proposal. Rewards are 0 before the last step; the last step's
-reward is the team reward of the evaluated pair (AMC style; the learner credits it to every step of
-the episode).
+reward is the evaluated pair's reward for this role (AMC style; the learner credits it to every step of
+the episode): the team reward, for the D agent :func:`collabprune.evaluation.discriminator_reward`.
 
 Who delivers the reward: standalone (env checkers, tests) the env calls ``submit(round, ratios,
 budget_fraction) -> (reward, PeerInfo)`` itself; in a search ``submit`` is ``None`` and the
@@ -139,7 +139,7 @@ def _squash(x: float) -> float:
     return x / (1.0 + x)
 
 
-#: ``submit(round, ratios, budget_fraction) -> (team reward, peer info for the next round)``; the budget
+#: ``submit(round, ratios, budget_fraction) -> (this role's reward, peer info for the next round)``; the budget
 #: fraction is the candidate's cost over the teacher's in the budget's unit (MACs, or predicted latency).
 SubmitFn = Callable[[int, list[float], float], "tuple[float, PeerInfo]"]
 
@@ -147,7 +147,7 @@ SubmitFn = Callable[[int, list[float], float], "tuple[float, PeerInfo]"]
 def budget_use_reward(space: RoleSpace) -> SubmitFn:
     """A cheap standalone ``submit``: reward = budget fraction / budget (1 = the budget is used fully).
 
-    For the env checkers and tests only; a search uses the Coordinator's team reward.
+    For the env checkers and tests only; a search uses the Coordinator's rewards.
     """
 
     def submit(round_index: int, ratios: list[float], budget_fraction: float) -> tuple[float, PeerInfo]:
@@ -353,7 +353,7 @@ class ChannelPruningEnv(gym.Env):
         return self._obs(), float(reward), True, False, info
 
     def finish(self, reward: float, peer: PeerInfo) -> None:
-        """Close the round: record the team reward and the peer block of the next round.
+        """Close the round: record this role's reward and the peer block of the next round.
 
         Called by the env itself (standalone) or by the vectorised env that delivered the reward.
         """

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from collabprune.config import RunConfig
+from collabprune.models.family import FAMILIES
 from collabprune.records import EvaluationRecord, SeedResult
 
 
@@ -64,6 +65,8 @@ class FakeEvaluator:
             "g_macs_fraction": gs.macs_fraction(g),
             "d_macs_fraction": ds.macs_fraction(d),
         }
+        if FAMILIES[self.cfg.model.family].paired and self.cfg.finetune.lambda_l1 > 0:
+            metrics["pull"] = 0.2 + 0.5 * d[-1]  # as measured: D's adversarial pull grows with its last group
         from collabprune.evaluation import compute_reward
 
         reward, terms = compute_reward(metrics, baseline or metrics, self.cfg)  # uniform: its own baseline

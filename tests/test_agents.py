@@ -419,7 +419,8 @@ def test_discriminator_agent_alone_learns_the_adversarial_pull(tmp_path: Path) -
 
     for weight in (0.0, 0.5):
         cfg = tiny_cfg(rounds=2)
-        cfg = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_pull_d": weight}})
+        cfg = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_pull_d": weight,
+                                                                    "w_team_d": 1.0}})
         root = tmp_path / str(weight)
         fake = fake_evaluator.FakeEvaluator(cfg, root)
         run = RunDir.create(root, cfg)

@@ -90,3 +90,30 @@ def test_no_progress_flag_before_or_after_the_command() -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path: Path) -> None:
     assert load_config(path).digest()
+
+
+@pytest.mark.parametrize("path, overrides, expected", [
+    ("demo.yaml", [], (0.0, 1.0)),  # paired data: the D agent learns from its pull
+    ("pix2pix_facades.yaml", [], (0.0, 1.0)),
+    ("cyclegan_demo.yaml", [], (1.0, 0.0)),  # unpaired: DESIGN.md §4's team reward
+    ("demo.yaml", ["finetune.lambda_l1=0"], (1.0, 0.0)),  # no L1 term: no pull to measure
+    ("demo.yaml", ["reward.w_pull_d=0"], (1.0, 0.0)),  # the team reward asked for, either way
+    ("demo.yaml", ["reward.w_team_d=1"], (1.0, 0.0)),
+    ("demo.yaml", ["reward.w_pull_d=0.5"], (0.0, 0.5)),
+    ("demo.yaml", ["reward.w_team_d=0"], (0.0, 1.0)),
+    ("demo.yaml", ["reward.w_team_d=1", "reward.w_pull_d=0.5"], (1.0, 0.5)),
+])
+def test_d_agent_reward_weights_resolve_by_family(path: str, overrides: list[str],
+                                                   expected: tuple[float, float]) -> None:
+    """Unset ``reward.w_team_d`` / ``reward.w_pull_d`` resolve at load: paired data with an L1 term gives the
+    D agent its own adversarial pull (0, 1), anything else the team reward (1, 0); one weight set fixes the
+    other. The resolved numbers are what the run's config (and its digest) holds."""
+    cfg = load_config(REPO / "configs" / path, overrides)
+    assert (cfg.reward.w_team_d, cfg.reward.w_pull_d) == expected
+    assert RunConfig.model_validate(cfg.to_dict()).digest() == cfg.digest()
+
+
+def test_d_agent_pull_on_unpaired_data_is_one_line_error() -> None:
+    with pytest.raises(ConfigError, match=r"reward.w_team_d=0 leaves the discriminator agent only its pull.*"
+                                          r"model.family=cyclegan.*allowed: reward.w_team_d > 0"):
+        load_config(REPO / "configs" / "cyclegan_demo.yaml", ["reward.w_team_d=0"])

@@ -264,19 +264,20 @@ def test_adversarial_pull_is_measured_and_weighted_only_when_on(evaluator: Candi
     with pytest.raises(ConfigError, match="not below the lowest valid reward"):
         load_config("configs/demo.yaml", ["reward.w_pull=3"])  # floor -(0.05 + 1 + 3) * 3 is below -10
     with pytest.raises(ConfigError, match="not below the lowest valid reward"):
-        load_config("configs/demo.yaml", ["reward.w_pull_d=3"])  # the D agent's floor -(1.05 + 3) * 3
+        load_config("configs/demo.yaml", ["reward.w_pull_d=3", "reward.w_team_d=1"])  # D's floor -(1.05 + 3) * 3
     with pytest.raises(ConfigError, match="reward.w_pull_d=1 needs paired data"):
         load_config("configs/cyclegan_demo.yaml", ["reward.w_pull_d=1"])
     with pytest.raises(ConfigError, match="reward.w_pull_d=1 compares"):
         load_config("configs/demo.yaml", ["reward.w_pull_d=1", "finetune.lambda_l1=0"])
-    # the D agent's reward: the team reward minus w_pull_d * t_pull; a missing pull counts as c_max
-    d_on = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_pull_d": 0.5}})
+    # the D agent's reward: w_team_d * team reward - w_pull_d * t_pull; a missing pull counts as c_max
+    team = {**cfg.reward.model_dump(), "w_team_d": 1.0, "w_pull_d": 0.0}
+    team_cfg = RunConfig.model_validate({**cfg.to_dict(), "reward": team})
+    d_on = RunConfig.model_validate({**cfg.to_dict(), "reward": {**team, "w_pull_d": 0.5}})
     assert discriminator_reward(-1.0, {**base, "pull": 0.2}, base, d_on) == pytest.approx(-1.25)
-    assert discriminator_reward(-1.0, {**base, "pull": 0.2}, base, cfg) == -1.0
-    pull_only = RunConfig.model_validate({**cfg.to_dict(), "reward": {**cfg.reward.model_dump(), "w_pull_d": 1.0,
-                                                                      "w_team_d": 0.0}})
+    assert discriminator_reward(-1.0, {**base, "pull": 0.2}, base, team_cfg) == -1.0
+    pull_only = RunConfig.model_validate({**cfg.to_dict(), "reward": {**team, "w_pull_d": 1.0, "w_team_d": 0.0}})
     assert discriminator_reward(-1.0, {**base, "pull": 0.2}, base, pull_only) == pytest.approx(-0.5)
     with pytest.raises(ConfigError, match="no reward"):
-        load_config("configs/demo.yaml", ["reward.w_team_d=0"])
+        load_config("configs/demo.yaml", ["reward.w_team_d=0", "reward.w_pull_d=0"])
     missing = {k: v for k, v in base.items() if k != "pull"}
     assert discriminator_reward(-1.0, missing, missing, d_on) == pytest.approx(-1.0 - 0.5 * d_on.reward.c_max)

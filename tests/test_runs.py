@@ -187,6 +187,8 @@ def test_a_field_added_later_keeps_the_digest_of_older_run_directories(tmp_path:
         (s, n) for s, n, _ in LATER_FIELDS_AT_OLD_VALUE}
     c = cfg()
     c.agents.learn_during_evaluation = False  # its old value (the default is auto now)
+    c = RunConfig.model_validate({**c.to_dict(), "reward": {**c.reward.model_dump(), "w_team_d": 1.0,
+                                                              "w_pull_d": 0.0}})  # the team reward, as before
     older = c.to_dict()
     older.pop("output")
     for section, name, _ in LATER_FIELDS_AT_OLD_VALUE:  # what the older code hashed
@@ -209,9 +211,10 @@ def test_an_older_config_file_resumes_with_the_old_values_of_later_fields(tmp_pa
 
     from collabprune.runs import CONFIG_FILE, LATER_FIELDS_AT_OLD_VALUE
 
-    c = cfg()
+    data = cfg().to_dict()
     for section, name, old in LATER_FIELDS_AT_OLD_VALUE:
-        setattr(getattr(c, section), name, old)
+        data[section][name] = old
+    c = RunConfig.model_validate(data)
     RunDir.create(tmp_path, c)
     stored = yaml.safe_load((tmp_path / CONFIG_FILE).read_text())
     for section, name, _ in LATER_FIELDS_AT_OLD_VALUE:
