@@ -381,6 +381,16 @@ def paired(per_seed: dict[int, dict[str, float]], method: str, reference: str,
             "diffs": diffs}
 
 
+def read_log(budget: float, method: str, seed: int, tag: str = "") -> list[dict[str, Any]] | None:
+    """The per-evaluation log of one search (``budget_<b>_<method>_seed<s>.jsonl`` in :func:`logs_dir` of
+    ``tag``): one dict per evaluated candidate (``round``, ``kind`` teacher/uniform/search, ``reward``, the
+    G and D keep ratios, MACs fractions); None when the search has no log."""
+    log = logs_dir(tag) / f"budget_{budget:g}_{method}_seed{seed}.jsonl"
+    if not log.is_file():
+        return None
+    return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+
+
 def plot_curves(budget: float, methods: Sequence[str], seeds: Sequence[int], path: Path, tag: str = "") -> Path | None:
     """Best-so-far search reward against evaluations, mean and min-max band over seeds, one line per method
     (from the logs in :func:`logs_dir` of ``tag``)."""
@@ -396,10 +406,9 @@ def plot_curves(budget: float, methods: Sequence[str], seeds: Sequence[int], pat
     for method in methods:
         curves = []
         for s in seeds:
-            log = logs_dir(tag) / f"budget_{budget:g}_{method}_seed{s}.jsonl"
-            if not log.is_file():
+            rows = read_log(budget, method, s, tag)
+            if rows is None:
                 continue
-            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
             uniform = next((r["reward"] for r in rows if r.get("kind") == "uniform"), None)
             search = [r["reward"] for r in rows if r.get("kind") == "search" and r.get("reward") is not None]
             best, run = [], uniform if uniform is not None else -math.inf

@@ -193,6 +193,77 @@ def test_pair_results_bad_input_stops_with_exit_2_and_writes_nothing(tmp_path: P
     assert not out.exists()
 
 
+def _learned_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A quality result at 0.1 (uniform and three collab finalists) and two of the collab searches' logs."""
+    import benchmarks.quality as quality
+
+    monkeypatch.setattr(quality, "LOGS_DIR", tmp_path / "quality_logs")
+    finalists = {("uniform", 0): ([0.5, 0.5], [0.5, 0.5]), ("collab", 0): ([1.0, 0.25], [0.75, 0.25]),
+                 ("collab", 1): ([0.5, 0.5], [0.5, 0.75]), ("collab", 2): ([0.5, 0.5], [0.5, 0.5])}
+    results = tmp_path / "quality.json"
+    results.write_text(json.dumps({"runs": [
+        {"budget": 0.1, "method": m, "seed": s, "finalist": {"g_ratios": g, "d_ratios": d}, "heldout": []}
+        for (m, s), (g, d) in finalists.items()]}))
+    logs = tmp_path / "quality_logs_t"
+    logs.mkdir()
+    # (round, reward, last D ratio): seed 0 gains 0.5 and narrows D's last group, seed 1 loses 0.2
+    for seed, rounds in ((0, [(0, -1.0, 0.5), (1, -1.0, 0.5), (2, -9.0, 0.5), (4, -0.5, 0.25), (5, -0.5, 0.25)]),
+                         (1, [(0, -1.0, 0.75), (1, -1.0, 0.75), (4, -1.2, 0.75), (5, -1.2, 0.75)])):
+        lines = [{"round": -1, "kind": "uniform", "reward": -1.05, "d_ratios": [0.5, 0.5]}]
+        lines += [{"round": r, "kind": "search", "reward": v, "d_ratios": [0.5, d3]} for r, v, d3 in rounds]
+        (logs / f"budget_0.1_collab_seed{seed}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return results
+
+
+def test_learned_summarises_reward_gain_and_allocations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.learned``: per seed the late minus early mean search reward (rounds outside both windows
+    ignored), its bootstrap interval and seeds improved; the last D group's mean keep ratio in each window;
+    the finalists' G log2 multipliers on the uniform finalist's and D keep ratios (every finalist, logged or
+    not)."""
+    from benchmarks.learned import main
+    from benchmarks.quality import bootstrap_ci
+
+    results = _learned_fixture(tmp_path, monkeypatch)
+    out = tmp_path / "learned.json"
+    payload = main([str(results), "--budget", "0.1", "--tag", "t", "--early", "0:2", "--late", "4:6", "--out", str(out)])
+    (row,) = payload["methods"]
+    assert row["method"] == "collab" and row["seeds"] == [0, 1] and row["finalists"] == 3
+    assert row["early"] == pytest.approx(-1.0) and row["late"] == pytest.approx((-0.5 - 1.2) / 2)
+    assert row["gain"] == pytest.approx((0.5 - 0.2) / 2) and row["seeds_improved"] == 1
+    assert list(row["gain_ci95"]) == pytest.approx(list(bootstrap_ci([0.5, -0.2])))
+    assert row["d_last_early"] == pytest.approx((0.5 + 0.75) / 2) and row["d_last_late"] == pytest.approx((0.25 + 0.75) / 2)
+    assert row["g_log2_multiplier"] == pytest.approx([1 / 3, -1 / 3])
+    assert row["d_ratios"] == pytest.approx([(0.75 + 0.5 + 0.5) / 3, (0.25 + 0.75 + 0.5) / 3])
+    assert json.loads(out.read_text())["methods"][0]["seeds_improved"] == 1
+    assert "1/2" in capsys.readouterr().out
+
+
+def test_learned_bad_input_stops_with_exit_2_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A method not in the file, a file without the uniform reference, a foreign file, a malformed window:
+    exit code 2 with one error line, nothing written."""
+    from benchmarks.learned import main
+
+    results = _learned_fixture(tmp_path, monkeypatch)
+    no_uniform = tmp_path / "no_uniform.json"
+    no_uniform.write_text(json.dumps({"runs": [r for r in json.loads(results.read_text())["runs"]
+                                               if r["method"] != "uniform"]}))
+    (tmp_path / "foreign.json").write_text('{"results": []}')
+    out = tmp_path / "learned.json"
+    cases = [([str(results), "--methods", "tpe"], "--methods: ['tpe'] not in"),
+             ([str(no_uniform)], "no uniform run at budget 0.1"),
+             ([str(tmp_path / "foreign.json")], "no 'runs' list"),
+             ([str(results), "--early", "5:2"], "expected START:END rounds")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--budget", "0.1", "--tag", "t", "--out", str(out)])
+        assert exc.value.code == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not out.exists()
+
+
 def test_heldout_cache_key_ignores_the_reward_but_not_the_protocol() -> None:
     """A reward lever (weights, ``w_l1``, ``w_pull``, the penalty) re-scores the proxy only: the held-out cache key of
     ``proxy_fidelity`` stays; the final fine-tuning, the ratios, the seed and the teacher's checkpoints change
