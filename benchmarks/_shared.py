@@ -41,9 +41,27 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
                         help="run config YAML (default: configs/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override section.field=value (repeatable)")
+    _add_out(parser, name)
+    return parser
+
+
+def results_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser for the tools that read ``benchmarks.quality`` results and run nothing: no config, a
+    required ``--budget`` (the generator MACs budget whose runs they read) and ``--out``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    parser.add_argument("--budget", type=float, required=True, help="generator MACs budget (fraction of the teacher's)")
+    _add_out(parser, name)
+    return parser
+
+
+def _add_out(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help=f"JSON result file (default: benchmarks/results/{name}.json)")
-    return parser
+
+
+def same_budget(value: Any, budget: float) -> bool:
+    """Whether a result's recorded ``budget`` (a number, as JSON stores it) is ``budget``; a missing one is not."""
+    return value is not None and math.isclose(float(value), budget, rel_tol=1e-9)
 
 
 def input_error(name: str, message: str) -> NoReturn:

@@ -35,7 +35,8 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/learned.py
 
 from rich.table import Table
 
-from benchmarks._shared import RESULTS_DIR, input_error, parse_list, print_table, read_quality_runs, write_results
+from benchmarks._shared import (input_error, parse_list, print_table, read_quality_runs, results_parser, same_budget,
+                                write_results)
 from benchmarks.quality import bootstrap_ci, read_log
 
 NAME = "learned"
@@ -99,7 +100,7 @@ def learned(runs: list[Any], method: str, budget: float, tag: str, early: tuple[
     :raises ValueError: no uniform finalist at the budget (the allocations' reference), or a finalist's
         ratio vector has another length than the uniform finalist's.
     """
-    here = [r for r in runs if r.get("budget") is not None and math.isclose(float(r["budget"]), budget, rel_tol=1e-9)]
+    here = [r for r in runs if same_budget(r.get("budget"), budget)]
     uniform = next((r["finalist"] for r in here if r.get("method") == "uniform"), None)
     if uniform is None:
         raise ValueError(f"no uniform run at budget {budget:g}: it is the allocations' reference")
@@ -136,17 +137,14 @@ def learned(runs: list[Any], method: str, budget: float, tag: str, early: tuple[
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n")[0])
+    parser = results_parser(NAME, __doc__.split("\n")[0])
     parser.add_argument("results", type=Path, help="a benchmarks.quality result file")
-    parser.add_argument("--budget", type=float, required=True, help="generator MACs budget (fraction of the teacher's)")
     parser.add_argument("--tag", default="", help="the quality run's --tag (its logs: quality_logs_<tag>/)")
     parser.add_argument("--methods", default="", help="comma-separated methods (default: every searching method "
                         "in the file)")
     parser.add_argument("--early", type=parse_window, default=(8, 20), help="early rounds START:END (default 8:20, "
                         "after the demo's 8 warm-up rounds)")
     parser.add_argument("--late", type=parse_window, default=(40, 60), help="late rounds START:END (default 40:60)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}.json",
-                        help=f"JSON result file (default: benchmarks/results/{NAME}.json)")
     return parser.parse_args(argv)
 
 

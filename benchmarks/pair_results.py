@@ -18,7 +18,6 @@ an error. It reads result files and runs nothing; pair only files measured on on
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/pair_results.p
 
 from rich.table import Table
 
-from benchmarks._shared import RESULTS_DIR, fmt_pm, input_error, parse_list, print_table, read_quality_runs, write_results
+from benchmarks._shared import (fmt_pm, input_error, parse_list, print_table, read_quality_runs, results_parser,
+                                same_budget, write_results)
 from benchmarks.quality import heldout_mean, paired
 from collabprune.heldout import HELDOUT_METRICS, PRIMARY_METRIC
 
@@ -75,7 +75,7 @@ def read_side(spec: str, budget: float, metric: str) -> Side:
             raise ValueError(f"{name}: {exc}") from None
         for i, run in enumerate(runs):
             try:
-                if str(run["method"]) != method or not math.isclose(float(run["budget"]), budget, rel_tol=1e-9):
+                if str(run["method"]) != method or not same_budget(run["budget"], budget):
                     continue
                 seed, score = int(run["seed"]), heldout_mean(run["heldout"], metric)
             except (KeyError, TypeError, ValueError) as exc:
@@ -93,14 +93,11 @@ def read_side(spec: str, budget: float, metric: str) -> Side:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n")[0])
+    parser = results_parser(NAME, __doc__.split("\n")[0])
     parser.add_argument("a", help="FILE[,FILE...]:METHOD, the side whose improvement is reported")
     parser.add_argument("b", help="FILE[,FILE...]:METHOD, the reference")
-    parser.add_argument("--budget", type=float, required=True, help="generator MACs budget (fraction of the teacher's)")
     parser.add_argument("--metric", default=PRIMARY_METRIC, choices=HELDOUT_METRICS,
                         help=f"held-out metric (default {PRIMARY_METRIC})")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}.json",
-                        help=f"JSON result file (default: benchmarks/results/{NAME}.json)")
     return parser.parse_args(argv)
 
 
